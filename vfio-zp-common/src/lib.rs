@@ -1,0 +1,191 @@
+//! Types shared by the kernel side (`vfio-zp-ebpf`) and the agent (`vfio-zp`).
+//!
+//! Everything here is `#[repr(C)]` plain data: the probes write it into the
+//! ring buffer and the counter map, the agent reads the same bytes back.
+//! Kernel pointers travel in these structs only as opaque keys; the agent maps
+//! them to small ids before anything leaves the process.
+#![no_std]
+
+/// Length of `task_struct::comm`.
+pub const COMM_LEN: usize = 16;
+
+/// Upper bound on the `struct page *` entries a probe inspects per GUP call.
+/// type1 pins through a `vfio_batch` of PAGE_SIZE / 8 = 512 entries, so this
+/// covers every call it makes; larger calls are flagged `FLAG_TRUNCATED`.
+pub const MAX_PAGES_SCANNED: u32 = 512;
+
+/// Pages in a THP huge zero page (2 MiB / 4 KiB on x86-64).
+pub const HUGE_ZERO_PAGES: u64 = 512;
+
+/// One probe point; its value indexes the per-probe counters.
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ProbeId {
+    /// `vfio_pin_pages_remote` entry + return, one event per call.
+    Type1Pin = 0,
+    /// `vfio_unpin_pages_remote` entry + return.
+    Type1Unpin = 1,
+    /// `put_pfn` entry + return (inlined on many builds).
+    PutPfn = 2,
+    /// `vfio_lock_acct` (any suffix): locked_vm deltas type1 charges.
+    LockAcct = 3,
+    /// `pin_user_pages_remote` entry + return.
+    GupPinRemote = 4,
+    /// `pin_user_pages` entry + return.
+    GupPin = 5,
+    /// `unpin_user_page` entry.
+    GupUnpinPage = 6,
+    /// `unpin_user_pages` entry.
+    GupUnpinPages = 7,
+    /// `unpin_user_pages_dirty_lock` entry.
+    GupUnpinPagesDirty = 8,
+    /// `vfio_iommu_type1_open` return: a container is born.
+    Type1Open = 9,
+    /// `vfio_iommu_type1_release` entry: a container dies.
+    Type1Release = 10,
+    /// `vfio_remove_dma` entry: a DMA mapping of a container goes away.
+    RemoveDma = 11,
+    /// `vfio_iommu_type1_ioctl` entry + return: MAP_DMA / UNMAP_DMA requests.
+    Type1Ioctl = 12,
+}
+
+/// Number of [`ProbeId`] values.
+pub const PROBE_COUNT: usize = 13;
+
+impl ProbeId {
+    pub const ALL: [ProbeId; PROBE_COUNT] = [
+        ProbeId::Type1Pin,
+        ProbeId::Type1Unpin,
+        ProbeId::PutPfn,
+        ProbeId::LockAcct,
+        ProbeId::GupPinRemote,
+        ProbeId::GupPin,
+        ProbeId::GupUnpinPage,
+        ProbeId::GupUnpinPages,
+        ProbeId::GupUnpinPagesDirty,
+        ProbeId::Type1Open,
+        ProbeId::Type1Release,
+        ProbeId::RemoveDma,
+        ProbeId::Type1Ioctl,
+    ];
+
+    pub fn from_u16(v: u16) -> Option<ProbeId> {
+        Self::ALL.get(v as usize).copied()
+    }
+}
+
+/// Indexes of the exact kernel-side counters (a per-CPU array the agent sums).
+/// Probe hits and ring-buffer drops are per probe; the rest are totals the
+/// verdicts rest on, kept exact even when events are dropped.
+pub mod counter {
+    use super::PROBE_COUNT;
+    /// `HITS + probe`: times the probe ran.
+    pub const HITS: u32 = 0;
+    /// `DROPS + probe`: events of that probe lost because the ring buffer was full.
+    pub const DROPS: u32 = PROBE_COUNT as u32;
+    const BASE: u32 = 2 * PROBE_COUNT as u32;
+    /// Pages GUP returned that are the 4 KiB zero page (pin_user_pages*).
+    pub const GUP_ZERO_PINNED: u32 = BASE;
+    /// Zero-page entries handed to unpin_user_page(s)*.
+    pub const GUP_ZERO_UNPINNED: u32 = BASE + 1;
+    /// Pages GUP returned that belong to the THP huge zero page.
+    pub const GUP_HUGE_ZERO_PINNED: u32 = BASE + 2;
+    /// Huge-zero-page entries handed to unpin_user_page(s)*.
+    pub const GUP_HUGE_ZERO_UNPINNED: u32 = BASE + 3;
+    /// Pages vfio_pin_pages_remote returned whose base pfn is the zero page.
+    pub const TYPE1_ZERO_PINNED: u32 = BASE + 4;
+    /// Pages vfio_pin_pages_remote returned in all.
+    pub const TYPE1_PINNED: u32 = BASE + 5;
+    /// Pages passed to vfio_unpin_pages_remote in all.
+    pub const TYPE1_UNPINNED: u32 = BASE + 6;
+    /// Sum of positive vfio_lock_acct deltas (pages charged).
+    pub const LOCK_ACCT_CHARGED: u32 = BASE + 7;
+    /// Sum of negative vfio_lock_acct deltas, as a positive number.
+    pub const LOCK_ACCT_UNCHARGED: u32 = BASE + 8;
+    /// Return probes that found no matching entry (kretprobe misses, late attach).
+    pub const UNMATCHED_RETURNS: u32 = BASE + 9;
+    /// Number of counters.
+    pub const COUNT: u32 = BASE + 10;
+}
+
+/// Event flags.
+pub mod flag {
+    /// `zero_refcount` holds the zero page's `_refcount` read by the probe.
+    pub const REFCOUNT: u16 = 1 << 0;
+    /// The refcount was read before the operation (unpin entry), not after.
+    pub const REFCOUNT_BEFORE: u16 = 1 << 1;
+    /// The base pfn / the single page is the 4 KiB zero page.
+    pub const PFN_ZERO: u16 = 1 << 2;
+    /// The base pfn / the single page is part of the THP huge zero page.
+    pub const PFN_HUGE_ZERO: u16 = 1 << 3;
+    /// The page scan stopped at `MAX_PAGES_SCANNED`.
+    pub const TRUNCATED: u16 = 1 << 4;
+    /// The GUP call ran inside vfio_pin_pages_remote on this thread.
+    pub const IN_TYPE1: u16 = 1 << 5;
+    /// The zero page identity was not available (config not set).
+    pub const NO_ZERO_PAGE_ID: u16 = 1 << 6;
+}
+
+/// One record in the ring buffer. The meaning of `args` depends on `probe`:
+///
+/// | probe | args |
+/// |---|---|
+/// | Type1Pin | dma, vaddr, npage requested, pinned (i64 return), pfn_base, limit |
+/// | Type1Unpin | dma, iova, pfn, npage, do_accounting, unlocked (i64 return) |
+/// | PutPfn | pfn, prot, returned (i64: 1 = page released) |
+/// | LockAcct | dma, npage (i64 delta), async, returned (i64) |
+/// | GupPinRemote / GupPin | start, nr_pages, gup_flags, returned (i64), zero pages, huge-zero pages |
+/// | GupUnpin* | npages, zero pages, huge-zero pages, make_dirty |
+/// | Type1Open | container (iommu_data; 0 when the open failed) |
+/// | Type1Release | container |
+/// | RemoveDma | container, dma |
+/// | Type1Ioctl | cmd, returned (i64), flags, vaddr, iova, size (as returned for UNMAP) |
+///
+/// `container` is the container key of the enclosing type1 ioctl or release
+/// on this thread (0 when none); `dma` and `container` are opaque kernel keys.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Event {
+    pub ts_ns: u64,
+    pub cgroup_id: u64,
+    pub container: u64,
+    pub tgid: u32,
+    pub pid: u32,
+    pub comm: [u8; COMM_LEN],
+    pub probe: u16,
+    pub flags: u16,
+    /// The zero page's `_refcount` when `flag::REFCOUNT` is set.
+    pub zero_refcount: i32,
+    pub args: [u64; 6],
+}
+
+impl Event {
+    pub const SIZE: usize = core::mem::size_of::<Event>();
+}
+
+/// What the agent tells the probes about the zero page, written once into
+/// the one-entry `CONFIG` array before attaching.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ZeroPageConfig {
+    /// 1 when the fields below are valid.
+    pub valid: u64,
+    /// PFN of the 4 KiB zero page.
+    pub zero_pfn: u64,
+    /// Kernel address of the `vmemmap_base` variable (0: use `vmemmap_const`).
+    pub vmemmap_base_addr: u64,
+    /// Fixed vmemmap start, when the kernel has no `vmemmap_base` variable.
+    pub vmemmap_const: u64,
+    /// `sizeof(struct page)`, from BTF.
+    pub page_size: u64,
+    /// `offsetof(struct page, _refcount)`, from BTF.
+    pub refcount_offset: u64,
+    /// Kernel address of the `huge_zero_pfn` variable (0: unknown).
+    pub huge_zero_pfn_addr: u64,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain old data with no padding holes that matter to readers.
+    unsafe impl aya::Pod for super::ZeroPageConfig {}
+}

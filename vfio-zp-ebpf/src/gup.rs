@@ -1,0 +1,191 @@
+//! Generic GUP pins and unpins: where the zero page's refcount really moves.
+//! These functions serve the whole kernel, so only calls made inside type1 or
+//! touching a zero page become events; every call is counted.
+use aya_ebpf::{
+    helpers::bpf_probe_read_kernel,
+    macros::{kprobe, kretprobe, map},
+    maps::PerCpuArray,
+    programs::{ProbeContext, RetProbeContext},
+};
+use vfio_zp_common::{MAX_PAGES_SCANNED, ProbeId, counter, flag};
+
+use crate::shared::{ZeroIds, add, current_container, emit, hit, peek, stash, unstash};
+
+/// Running tallies for `scan`, kept in map memory: the verifier does not
+/// track map contents, so the loop's states prune instead of multiplying
+/// with every distinct (zero, huge) count.
+#[map]
+static SCAN: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Zero and huge-zero entries among the first `n` of `pages`.
+#[inline(always)]
+fn scan(z: &ZeroIds, pages: u64, n: u64) -> (u64, u64, u16) {
+    let flags = if n > MAX_PAGES_SCANNED as u64 {
+        flag::TRUNCATED
+    } else {
+        0
+    };
+    let Some(tally) = SCAN.get_ptr_mut(0) else {
+        return (0, 0, flags);
+    };
+    // SAFETY: per-CPU slot; BPF programs do not nest on one CPU.
+    let tally = unsafe { &mut *tally };
+    *tally = [0, 0];
+    for i in 0..MAX_PAGES_SCANNED as u64 {
+        if i >= n {
+            break;
+        }
+        let Ok(page) = (unsafe { bpf_probe_read_kernel((pages + i * 8) as *const u64) }) else {
+            break;
+        };
+        match z.class_of_page(page) {
+            flag::PFN_ZERO => tally[0] += 1,
+            flag::PFN_HUGE_ZERO => tally[1] += 1,
+            _ => {}
+        }
+    }
+    (tally[0], tally[1], flags)
+}
+
+#[inline(always)]
+fn pin_entry(ctx: &ProbeContext, probe: ProbeId, first: usize) {
+    hit(probe);
+    // (start, nr_pages, gup_flags, pages) start at argument `first`.
+    let a = [
+        ctx.arg::<u64>(first).unwrap_or(0),
+        ctx.arg::<u64>(first + 1).unwrap_or(0),
+        ctx.arg::<u64>(first + 2).unwrap_or(0) & 0xffff_ffff,
+        ctx.arg::<u64>(first + 3).unwrap_or(0),
+        peek(ProbeId::Type1Pin).is_some() as u64,
+        0,
+    ];
+    stash(probe, &a);
+}
+
+#[inline(always)]
+fn pin_return(ctx: &RetProbeContext, probe: ProbeId) {
+    let ret: i64 = ctx.ret();
+    let Some(a) = unstash(probe) else { return };
+    let mut flags = if a[4] != 0 { flag::IN_TYPE1 } else { 0 };
+    let (mut zero, mut huge, mut refcount) = (0, 0, None);
+    match ZeroIds::load() {
+        Some(z) if ret > 0 && a[3] != 0 => {
+            let (zz, hh, f) = scan(&z, a[3], ret as u64);
+            (zero, huge) = (zz, hh);
+            flags |= f;
+            add(counter::GUP_ZERO_PINNED, zero);
+            add(counter::GUP_HUGE_ZERO_PINNED, huge);
+            if zero > 0 {
+                refcount = z.refcount();
+            }
+        }
+        Some(_) => {}
+        None => flags |= flag::NO_ZERO_PAGE_ID,
+    }
+    if flags & flag::IN_TYPE1 != 0 || zero > 0 || huge > 0 {
+        emit(
+            ctx,
+            probe,
+            flags,
+            refcount,
+            current_container(),
+            [a[0], a[1], a[2], ret as u64, zero, huge],
+        );
+    }
+}
+
+/// pin_user_pages_remote(mm, start, nr_pages, gup_flags, pages, ...)
+#[kprobe]
+pub fn gup_pin_remote(ctx: ProbeContext) -> u32 {
+    pin_entry(&ctx, ProbeId::GupPinRemote, 1);
+    0
+}
+
+#[kretprobe]
+pub fn gup_pin_remote_ret(ctx: RetProbeContext) -> u32 {
+    pin_return(&ctx, ProbeId::GupPinRemote);
+    0
+}
+
+/// pin_user_pages(start, nr_pages, gup_flags, pages, ...)
+#[kprobe]
+pub fn gup_pin(ctx: ProbeContext) -> u32 {
+    pin_entry(&ctx, ProbeId::GupPin, 0);
+    0
+}
+
+#[kretprobe]
+pub fn gup_pin_ret(ctx: RetProbeContext) -> u32 {
+    pin_return(&ctx, ProbeId::GupPin);
+    0
+}
+
+/// Unpins are seen at entry, so the refcount is the one before the unpin.
+#[inline(always)]
+fn unpin(ctx: &ProbeContext, probe: ProbeId, pages: u64, n: u64, make_dirty: u64) {
+    hit(probe);
+    let Some(z) = ZeroIds::load() else { return };
+    let (zero, huge, flags) = scan(&z, pages, n);
+    if zero == 0 && huge == 0 {
+        return;
+    }
+    add(counter::GUP_ZERO_UNPINNED, zero);
+    add(counter::GUP_HUGE_ZERO_UNPINNED, huge);
+    let rc = if zero > 0 { z.refcount() } else { None };
+    emit(
+        ctx,
+        probe,
+        flags | flag::REFCOUNT_BEFORE,
+        rc,
+        current_container(),
+        [n, zero, huge, make_dirty, 0, 0],
+    );
+}
+
+/// unpin_user_page(page): classified by the page pointer itself.
+#[kprobe]
+pub fn gup_unpin_page(ctx: ProbeContext) -> u32 {
+    hit(ProbeId::GupUnpinPage);
+    let page = ctx.arg::<u64>(0).unwrap_or(0);
+    let Some(z) = ZeroIds::load() else { return 0 };
+    let class = z.class_of_page(page);
+    if class == 0 {
+        return 0;
+    }
+    let rc = if class == flag::PFN_ZERO {
+        add(counter::GUP_ZERO_UNPINNED, 1);
+        z.refcount()
+    } else {
+        add(counter::GUP_HUGE_ZERO_UNPINNED, 1);
+        None
+    };
+    let zero = (class == flag::PFN_ZERO) as u64;
+    emit(
+        &ctx,
+        ProbeId::GupUnpinPage,
+        class | flag::REFCOUNT_BEFORE,
+        rc,
+        current_container(),
+        [1, zero, 1 - zero, 0, 0, 0],
+    );
+    0
+}
+
+/// unpin_user_pages(pages, npages)
+#[kprobe]
+pub fn gup_unpin_pages(ctx: ProbeContext) -> u32 {
+    let pages = ctx.arg::<u64>(0).unwrap_or(0);
+    let n = ctx.arg::<u64>(1).unwrap_or(0);
+    unpin(&ctx, ProbeId::GupUnpinPages, pages, n, 0);
+    0
+}
+
+/// unpin_user_pages_dirty_lock(pages, npages, make_dirty)
+#[kprobe]
+pub fn gup_unpin_pages_dirty(ctx: ProbeContext) -> u32 {
+    let pages = ctx.arg::<u64>(0).unwrap_or(0);
+    let n = ctx.arg::<u64>(1).unwrap_or(0);
+    let dirty = ctx.arg::<u64>(2).unwrap_or(0) & 0xff;
+    unpin(&ctx, ProbeId::GupUnpinPagesDirty, pages, n, dirty);
+    0
+}

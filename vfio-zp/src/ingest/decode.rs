@@ -1,0 +1,348 @@
+//! Raw ring-buffer records (vfio_zp_common::Event) to [`Event`]s.
+//! The argument layout per probe is documented on `vfio_zp_common::Event`.
+use vfio_zp_common::{Event as Raw, ProbeId, flag};
+
+use super::ids::KeyIds;
+use crate::event::{Event, PageClass, Refcount, UnpinFn, What, When};
+
+const VFIO_IOMMU_MAP_DMA: u64 = 0x3b71;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {0} bytes, expected {expected}", expected = Raw::SIZE)]
+    Size(usize),
+    #[error("unknown probe id {0}")]
+    Probe(u16),
+}
+
+/// Keeps the id maps that make decoding stateful.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    containers: KeyIds,
+    dmas: KeyIds,
+}
+
+/// Reads a ring-buffer record; the buffer carries no alignment guarantee.
+pub fn parse(bytes: &[u8]) -> Result<Raw, DecodeError> {
+    if bytes.len() < Raw::SIZE {
+        return Err(DecodeError::Size(bytes.len()));
+    }
+    // SAFETY: length checked; Raw is plain old data valid for any bytes.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Raw>()) })
+}
+
+fn class(flags: u16) -> PageClass {
+    if flags & flag::NO_ZERO_PAGE_ID != 0 {
+        PageClass::Unknown
+    } else if flags & flag::PFN_ZERO != 0 {
+        PageClass::Zero
+    } else if flags & flag::PFN_HUGE_ZERO != 0 {
+        PageClass::HugeZero
+    } else {
+        PageClass::Other
+    }
+}
+
+impl Decoder {
+    pub fn decode(&mut self, raw: &Raw) -> Result<Event, DecodeError> {
+        let probe = ProbeId::from_u16(raw.probe).ok_or(DecodeError::Probe(raw.probe))?;
+        let a = raw.args;
+        let f = raw.flags;
+        let truncated = f & flag::TRUNCATED != 0;
+        let what = match probe {
+            ProbeId::Type1Pin => What::Type1Pin {
+                dma: self.dmas.id(a[0], true),
+                vaddr: a[1],
+                npage: a[2],
+                pinned: a[3] as i64,
+                base: class(f),
+            },
+            ProbeId::Type1Unpin => What::Type1Unpin {
+                dma: self.dmas.id(a[0], false),
+                iova: a[1],
+                npage: a[3],
+                do_accounting: a[4] != 0,
+                unlocked: a[5] as i64,
+                base: class(f),
+            },
+            ProbeId::PutPfn => What::PutPfn {
+                page: class(f),
+                prot: a[1] as u32,
+                released: a[2] as i64 != 0,
+            },
+            ProbeId::LockAcct => What::LockAcct {
+                dma: self.dmas.id(a[0], false),
+                npage: a[1] as i64,
+                is_async: a[2] != 0,
+                ret: a[3] as i64 as i32,
+            },
+            ProbeId::GupPinRemote | ProbeId::GupPin => What::GupPin {
+                remote: probe == ProbeId::GupPinRemote,
+                start: a[0],
+                nr_pages: a[1],
+                gup_flags: a[2] as u32,
+                pinned: a[3] as i64,
+                zero_pages: a[4],
+                huge_zero_pages: a[5],
+                in_type1: f & flag::IN_TYPE1 != 0,
+                truncated,
+            },
+            ProbeId::GupUnpinPage | ProbeId::GupUnpinPages | ProbeId::GupUnpinPagesDirty => {
+                What::GupUnpin {
+                    func: match probe {
+                        ProbeId::GupUnpinPage => UnpinFn::UnpinUserPage,
+                        ProbeId::GupUnpinPages => UnpinFn::UnpinUserPages,
+                        _ => UnpinFn::UnpinUserPagesDirtyLock,
+                    },
+                    npages: a[0],
+                    zero_pages: a[1],
+                    huge_zero_pages: a[2],
+                    truncated,
+                }
+            }
+            ProbeId::Type1Open => What::ContainerOpen { ok: a[0] != 0 },
+            ProbeId::Type1Release => What::ContainerRelease,
+            ProbeId::RemoveDma => {
+                let dma = self.dmas.id(a[1], false);
+                self.dmas.retire(a[1]);
+                What::RemoveDma { dma }
+            }
+            ProbeId::Type1Ioctl if a[0] == VFIO_IOMMU_MAP_DMA => What::MapDma {
+                ret: a[1] as i64,
+                flags: a[2] as u32,
+                vaddr: a[3],
+                iova: a[4],
+                size: a[5],
+            },
+            ProbeId::Type1Ioctl => What::UnmapDma {
+                ret: a[1] as i64,
+                flags: a[2] as u32,
+                iova: a[4],
+                size: a[5],
+            },
+        };
+        let container = match (probe, raw.container) {
+            (_, 0) => None,
+            (ProbeId::Type1Open, k) => Some(self.containers.id(k, true)),
+            (ProbeId::Type1Release, k) => {
+                let id = self.containers.id(k, false);
+                self.containers.retire(k);
+                Some(id)
+            }
+            (_, k) => Some(self.containers.id(k, false)),
+        };
+        let zero_refcount = (f & flag::REFCOUNT != 0).then_some(Refcount {
+            value: raw.zero_refcount,
+            when: if f & flag::REFCOUNT_BEFORE != 0 {
+                When::Before
+            } else {
+                When::After
+            },
+        });
+        let comm_len = raw
+            .comm
+            .iter()
+            .position(|&c| c == 0)
+            .unwrap_or(raw.comm.len());
+        Ok(Event {
+            t_ns: raw.ts_ns,
+            tgid: raw.tgid,
+            pid: raw.pid,
+            comm: String::from_utf8_lossy(&raw.comm[..comm_len]).into_owned(),
+            cgroup_id: raw.cgroup_id,
+            container,
+            zero_refcount,
+            what,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vfio_zp_common::COMM_LEN;
+
+    const CONTAINER: u64 = 0xffff_8881_0000_1000;
+    const DMA: u64 = 0xffff_8881_0000_2000;
+
+    fn raw(probe: ProbeId, flags: u16, args: [u64; 6]) -> Raw {
+        let mut comm = [0u8; COMM_LEN];
+        comm[..4].copy_from_slice(b"qemu");
+        Raw {
+            ts_ns: 42,
+            cgroup_id: 7,
+            container: CONTAINER,
+            tgid: 100,
+            pid: 101,
+            comm,
+            probe: probe as u16,
+            flags,
+            zero_refcount: 1025,
+            args,
+        }
+    }
+
+    fn bytes(r: &Raw) -> Vec<u8> {
+        // SAFETY: viewing a POD struct as bytes.
+        unsafe { std::slice::from_raw_parts((r as *const Raw).cast::<u8>(), Raw::SIZE) }.to_vec()
+    }
+
+    #[test]
+    fn type1_pin_of_zero_page_with_refcount() {
+        let r = raw(
+            ProbeId::Type1Pin,
+            flag::PFN_ZERO | flag::REFCOUNT,
+            [DMA, 0x7f00, 256, 1, 0x1234, 0],
+        );
+        let e = Decoder::default()
+            .decode(&parse(&bytes(&r)).unwrap())
+            .unwrap();
+        assert_eq!(e.comm, "qemu");
+        assert_eq!(e.container, Some(1));
+        assert_eq!(
+            e.zero_refcount,
+            Some(Refcount {
+                value: 1025,
+                when: When::After
+            })
+        );
+        assert_eq!(
+            e.what,
+            What::Type1Pin {
+                dma: 1,
+                vaddr: 0x7f00,
+                npage: 256,
+                pinned: 1,
+                base: PageClass::Zero
+            }
+        );
+        // No kernel pointer or pfn survives into the JSON.
+        let json = serde_json::to_string(&e).unwrap();
+        for secret in [CONTAINER, DMA, 0x1234] {
+            assert!(!json.contains(&secret.to_string()), "{json}");
+        }
+    }
+
+    #[test]
+    fn negative_returns_and_deltas_keep_their_sign() {
+        let mut d = Decoder::default();
+        let r = raw(
+            ProbeId::LockAcct,
+            0,
+            [DMA, (-256i64) as u64, 1, (-12i64) as u64, 0, 0],
+        );
+        let e = d.decode(&r).unwrap();
+        assert_eq!(e.zero_refcount.map(|r| r.value), None);
+        assert_eq!(
+            e.what,
+            What::LockAcct {
+                dma: 1,
+                npage: -256,
+                is_async: true,
+                ret: -12
+            }
+        );
+    }
+
+    #[test]
+    fn unpin_seen_before_and_huge_zero_class() {
+        let r = raw(
+            ProbeId::GupUnpinPages,
+            flag::REFCOUNT | flag::REFCOUNT_BEFORE,
+            [3, 2, 1, 0, 0, 0],
+        );
+        let e = Decoder::default().decode(&r).unwrap();
+        assert_eq!(e.zero_refcount.unwrap().when, When::Before);
+        assert!(matches!(
+            e.what,
+            What::GupUnpin {
+                func: UnpinFn::UnpinUserPages,
+                zero_pages: 2,
+                huge_zero_pages: 1,
+                ..
+            }
+        ));
+        let r = raw(
+            ProbeId::Type1Unpin,
+            flag::PFN_HUGE_ZERO,
+            [DMA, 0x1000, 0, 512, 1, 512],
+        );
+        let e = Decoder::default().decode(&r).unwrap();
+        assert!(matches!(
+            e.what,
+            What::Type1Unpin {
+                base: PageClass::HugeZero,
+                npage: 512,
+                do_accounting: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn ioctl_map_and_unmap() {
+        let mut d = Decoder::default();
+        let m = d
+            .decode(&raw(
+                ProbeId::Type1Ioctl,
+                0,
+                [0x3b71, 0, 1, 0x7f00, 0x10_0000, 4096],
+            ))
+            .unwrap();
+        assert_eq!(
+            m.what,
+            What::MapDma {
+                flags: 1,
+                vaddr: 0x7f00,
+                iova: 0x10_0000,
+                size: 4096,
+                ret: 0
+            }
+        );
+        let u = d
+            .decode(&raw(
+                ProbeId::Type1Ioctl,
+                0,
+                [0x3b72, (-22i64) as u64, 0, 0, 0x10_0000, 0],
+            ))
+            .unwrap();
+        assert_eq!(
+            u.what,
+            What::UnmapDma {
+                flags: 0,
+                iova: 0x10_0000,
+                size: 0,
+                ret: -22
+            }
+        );
+    }
+
+    #[test]
+    fn container_ids_follow_lifetimes() {
+        let mut d = Decoder::default();
+        let open = d
+            .decode(&raw(ProbeId::Type1Open, 0, [CONTAINER, 0, 0, 0, 0, 0]))
+            .unwrap();
+        let rel = d
+            .decode(&raw(ProbeId::Type1Release, 0, [CONTAINER, 0, 0, 0, 0, 0]))
+            .unwrap();
+        let again = d
+            .decode(&raw(ProbeId::Type1Open, 0, [CONTAINER, 0, 0, 0, 0, 0]))
+            .unwrap();
+        assert_eq!(
+            (open.container, rel.container, again.container),
+            (Some(1), Some(1), Some(2))
+        );
+    }
+
+    #[test]
+    fn short_records_and_unknown_probes_are_errors() {
+        assert_eq!(parse(&[0u8; 10]).unwrap_err(), DecodeError::Size(10));
+        let mut r = raw(ProbeId::Type1Pin, 0, [0; 6]);
+        r.probe = 99;
+        assert_eq!(
+            Decoder::default().decode(&r).unwrap_err(),
+            DecodeError::Probe(99)
+        );
+    }
+}

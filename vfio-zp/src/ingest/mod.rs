@@ -1,0 +1,5 @@
+//! Raw kernel records in, [`crate::event::Event`]s out.
+pub mod decode;
+pub mod ids;
+
+pub use decode::{DecodeError, Decoder, parse};

@@ -1,0 +1,241 @@
+//! The loaded probes: the eBPF object, its maps, and the links that tie
+//! programs to resolved symbols. Only this file talks BPF to the kernel.
+use std::collections::{BTreeMap, HashSet};
+
+use aya::{
+    Ebpf,
+    maps::{Array, MapData, PerCpuArray, RingBuf},
+    programs::{KProbe, kprobe::KProbeLinkId},
+};
+use vfio_zp_common::{PROBE_COUNT, ProbeId, ZeroPageConfig, counter};
+
+use super::{
+    kallsyms::Kallsyms,
+    probe_points::{POINTS, ProbePoint, Resolution, resolve},
+};
+use crate::error::Fatal;
+use crate::record::{Counters, ProbeState, ProbeStatus, Totals};
+
+/// The probes, built by build.rs and embedded at compile time.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vfio-zp"));
+
+pub struct Probes {
+    ebpf: Ebpf,
+    counters: PerCpuArray<MapData, u64>,
+    links: BTreeMap<(ProbeId, &'static str), KProbeLinkId>,
+    status: Vec<ProbeStatus>,
+    _log: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+}
+
+/// Loads every program (verifier only, no attach). Used by `Probes::load`
+/// and by the verifier test, which runs on kernels without kprobes.
+pub fn load_object() -> Result<Ebpf, Fatal> {
+    if OBJECT.is_empty() {
+        return Err(Fatal::NoProbes);
+    }
+    let mut ebpf = Ebpf::load(OBJECT).map_err(|e| Fatal::Load(format!("{e:#}")))?;
+    for p in &POINTS {
+        for name in [p.entry, p.ret].into_iter().flatten() {
+            let prog: &mut KProbe = ebpf
+                .program_mut(name)
+                .ok_or_else(|| Fatal::Load(format!("program {name} missing from the object")))?
+                .try_into()
+                .map_err(|e| Fatal::Load(format!("{name}: {e}")))?;
+            prog.load()
+                .map_err(|e| Fatal::Load(format!("{name}: {e}")))?;
+        }
+    }
+    Ok(ebpf)
+}
+
+impl Probes {
+    pub fn load(config: ZeroPageConfig) -> Result<Probes, Fatal> {
+        let mut ebpf = load_object()?;
+        let load = |what: &str, e: &dyn std::fmt::Display| Fatal::Load(format!("{what}: {e}"));
+        let mut cfg: Array<_, ZeroPageConfig> = Array::try_from(
+            ebpf.map_mut("CONFIG")
+                .ok_or_else(|| load("CONFIG", &"missing"))?,
+        )
+        .map_err(|e| load("CONFIG", &e))?;
+        cfg.set(0, config, 0).map_err(|e| load("CONFIG", &e))?;
+        let counters = PerCpuArray::try_from(
+            ebpf.take_map("COUNTERS")
+                .ok_or_else(|| load("COUNTERS", &"missing"))?,
+        )
+        .map_err(|e| load("COUNTERS", &e))?;
+        // Probe-side log lines go to the agent's log; a probe build without
+        // aya-log statements has no AYA_LOGS map, which is fine.
+        let log = aya_log::EbpfLogger::init(&mut ebpf).ok();
+        Ok(Probes {
+            ebpf,
+            counters,
+            links: BTreeMap::new(),
+            status: Vec::new(),
+            _log: log,
+        })
+    }
+
+    /// The ring buffer of events, taken once by the reader.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, Fatal> {
+        let m = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or_else(|| Fatal::Load("EVENTS taken".into()))?;
+        RingBuf::try_from(m).map_err(|e| Fatal::Load(format!("EVENTS: {e}")))
+    }
+
+    pub fn log_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self._log.as_ref().map(|l| l.as_raw_fd())
+    }
+
+    pub fn flush_log(&mut self) {
+        if let Some(l) = self._log.as_mut() {
+            l.flush();
+        }
+    }
+
+    /// Resolves and attaches every point not attached yet; returns the status of all.
+    pub fn attach(
+        &mut self,
+        syms: &Kallsyms,
+        filter: Option<&HashSet<String>>,
+        type1_loaded: bool,
+    ) -> &[ProbeStatus] {
+        let mut status = Vec::with_capacity(POINTS.len());
+        for p in &POINTS {
+            let already = self
+                .status
+                .get(p.probe as usize)
+                .filter(|s| s.state == ProbeState::Attached);
+            if let Some(s) = already {
+                status.push(s.clone());
+                continue;
+            }
+            let (state, symbol, detail) = match resolve(p, syms, filter, type1_loaded) {
+                Resolution::Found { symbol } => match self.attach_point(p, &symbol) {
+                    Ok(()) => (ProbeState::Attached, Some(symbol), None),
+                    Err(e) => (ProbeState::Failed, Some(symbol), Some(e)),
+                },
+                Resolution::NotTraceable { symbol } => (
+                    ProbeState::NotTraceable,
+                    Some(symbol),
+                    Some("not in available_filter_functions".into()),
+                ),
+                Resolution::Missing => (
+                    ProbeState::Missing,
+                    None,
+                    Some("not in /proc/kallsyms: inlined into its callers or absent".into()),
+                ),
+                Resolution::ModuleNotLoaded => (ProbeState::ModuleNotLoaded, None, None),
+            };
+            status.push(ProbeStatus {
+                probe: p.label.into(),
+                function: p.function.into(),
+                symbol,
+                state,
+                detail,
+                loses: p.loses.into(),
+            });
+        }
+        self.status = status;
+        &self.status
+    }
+
+    fn attach_point(&mut self, p: &ProbePoint, symbol: &str) -> Result<(), String> {
+        let mut done = Vec::new();
+        for name in [p.entry, p.ret].into_iter().flatten() {
+            let prog: &mut KProbe = match self.ebpf.program_mut(name).map(TryInto::try_into) {
+                Some(Ok(prog)) => prog,
+                _ => return Err(format!("program {name} missing")),
+            };
+            match prog.attach(symbol, 0) {
+                Ok(link) => done.push((name, link)),
+                Err(e) => {
+                    // All or nothing per point: an entry without its return is noise.
+                    for (n, l) in done {
+                        if let Some(Ok(pr)) = self
+                            .ebpf
+                            .program_mut(n)
+                            .map(TryInto::<&mut KProbe>::try_into)
+                        {
+                            let _ = pr.detach(l);
+                        }
+                    }
+                    return Err(format!("{name}: {e}"));
+                }
+            }
+        }
+        for (name, link) in done {
+            self.links.insert((p.probe, name), link);
+        }
+        Ok(())
+    }
+
+    /// vfio_iommu_type1 went away: its kprobes are dead; drop them so a
+    /// reload attaches afresh.
+    pub fn detach_type1(&mut self) {
+        let gone: Vec<_> = self
+            .links
+            .keys()
+            .filter(|(probe, _)| super::probe_points::point(*probe).in_type1)
+            .copied()
+            .collect();
+        for key in gone {
+            if let Some(link) = self.links.remove(&key)
+                && let Some(Ok(pr)) = self
+                    .ebpf
+                    .program_mut(key.1)
+                    .map(TryInto::<&mut KProbe>::try_into)
+            {
+                let _ = pr.detach(link);
+            }
+        }
+        for s in &mut self.status {
+            if super::probe_points::by_label(&s.probe).is_some_and(|p| p.in_type1) {
+                s.state = ProbeState::ModuleNotLoaded;
+                s.symbol = None;
+                s.detail = None;
+            }
+        }
+    }
+
+    pub fn status(&self) -> &[ProbeStatus] {
+        &self.status
+    }
+
+    /// Sums the per-CPU counters.
+    pub fn counters(&self, t_ns: u64) -> Counters {
+        let get = |i: u32| -> u64 {
+            self.counters
+                .get(&i, 0)
+                .map(|v| v.iter().copied().sum())
+                .unwrap_or(0)
+        };
+        let mut hits = BTreeMap::new();
+        let mut drops = BTreeMap::new();
+        for p in &POINTS {
+            hits.insert(p.label.to_string(), get(counter::HITS + p.probe as u32));
+            drops.insert(p.label.to_string(), get(counter::DROPS + p.probe as u32));
+        }
+        debug_assert_eq!(hits.len(), PROBE_COUNT);
+        Counters {
+            t_ns,
+            hits,
+            drops,
+            totals: Totals {
+                gup_zero_pinned: get(counter::GUP_ZERO_PINNED),
+                gup_zero_unpinned: get(counter::GUP_ZERO_UNPINNED),
+                gup_huge_zero_pinned: get(counter::GUP_HUGE_ZERO_PINNED),
+                gup_huge_zero_unpinned: get(counter::GUP_HUGE_ZERO_UNPINNED),
+                type1_zero_pinned: get(counter::TYPE1_ZERO_PINNED),
+                type1_pinned: get(counter::TYPE1_PINNED),
+                type1_unpinned: get(counter::TYPE1_UNPINNED),
+                lock_acct_charged: get(counter::LOCK_ACCT_CHARGED),
+                lock_acct_uncharged: get(counter::LOCK_ACCT_UNCHARGED),
+                unmatched_returns: get(counter::UNMATCHED_RETURNS),
+            },
+            last: false,
+        }
+    }
+}

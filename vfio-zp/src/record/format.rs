@@ -1,0 +1,104 @@
+//! The recording format: JSON lines, one [`Line`] each. The first line is
+//! the [`Header`]; a reader refuses versions newer than it knows.
+//! Documented in docs/recording.md.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::Event;
+
+pub const FORMAT: &str = "vfio-zp-recording";
+pub const VERSION: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "record", rename_all = "snake_case")]
+pub enum Line {
+    Header(Header),
+    Event(Event),
+    /// Exact kernel-side counters, written periodically and at the end.
+    Counters(Counters),
+    /// Probe coverage changed (module loaded or unloaded).
+    Probes(ProbesChanged),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    pub format: String,
+    pub version: u32,
+    pub agent_version: String,
+    /// `uname -r` of the recorded kernel.
+    pub kernel_release: String,
+    /// The 4 KiB zero page's pfn (identifies it across this recording).
+    pub zero_pfn: u64,
+    /// `sizeof(struct page)` and `offsetof(struct page, _refcount)` from BTF.
+    pub struct_page_size: u64,
+    pub refcount_offset: u64,
+    /// Wall-clock start, milliseconds since the Unix epoch.
+    pub started_unix_ms: u64,
+    /// Monotonic clock at start, to relate event `t_ns` to wall time.
+    pub started_t_ns: u64,
+    pub probes: Vec<ProbeStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeStatus {
+    /// Stable label (kernel/probe_points.rs).
+    pub probe: String,
+    /// Kernel function it hooks.
+    pub function: String,
+    /// Symbol really hooked (may carry a clone suffix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symbol: Option<String>,
+    pub state: ProbeState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Coverage lost while not attached.
+    pub loses: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeState {
+    Attached,
+    /// Not in kallsyms: inlined or absent in this build.
+    Missing,
+    /// In kallsyms, not in available_filter_functions.
+    NotTraceable,
+    /// vfio_iommu_type1 is not loaded.
+    ModuleNotLoaded,
+    /// Attach was tried and failed (`detail` says why).
+    Failed,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub t_ns: u64,
+    /// Probe runs per probe label.
+    pub hits: BTreeMap<String, u64>,
+    /// Events lost to a full ring buffer, per probe label.
+    pub drops: BTreeMap<String, u64>,
+    pub totals: Totals,
+    #[serde(default)]
+    pub last: bool,
+}
+
+/// Exact totals kept by the probes (vfio_zp_common::counter).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    pub gup_zero_pinned: u64,
+    pub gup_zero_unpinned: u64,
+    pub gup_huge_zero_pinned: u64,
+    pub gup_huge_zero_unpinned: u64,
+    pub type1_zero_pinned: u64,
+    pub type1_pinned: u64,
+    pub type1_unpinned: u64,
+    pub lock_acct_charged: u64,
+    pub lock_acct_uncharged: u64,
+    pub unmatched_returns: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbesChanged {
+    pub t_ns: u64,
+    pub probes: Vec<ProbeStatus>,
+}

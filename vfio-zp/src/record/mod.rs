@@ -1,0 +1,107 @@
+//! Recordings: the event stream as versioned JSON lines (docs/recording.md).
+pub mod format;
+pub mod read;
+pub mod write;
+
+pub use format::{Counters, Header, Line, ProbeState, ProbeStatus, Totals};
+pub use read::{ReadError, Recording, read, read_path};
+pub use write::Writer;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, PageClass, What};
+
+    fn header() -> Header {
+        Header {
+            format: format::FORMAT.into(),
+            version: format::VERSION,
+            agent_version: "0.1.0".into(),
+            kernel_release: "6.1.0-test".into(),
+            zero_pfn: 0x2a0b,
+            struct_page_size: 64,
+            refcount_offset: 52,
+            started_unix_ms: 1,
+            started_t_ns: 2,
+            probes: vec![ProbeStatus {
+                probe: "type1_pin".into(),
+                function: "vfio_pin_pages_remote".into(),
+                symbol: Some("vfio_pin_pages_remote".into()),
+                state: ProbeState::Attached,
+                detail: None,
+                loses: "x".into(),
+            }],
+        }
+    }
+
+    fn event() -> Event {
+        Event {
+            t_ns: 5,
+            tgid: 1,
+            pid: 1,
+            comm: "q".into(),
+            cgroup_id: 9,
+            container: Some(1),
+            zero_refcount: None,
+            what: What::Type1Pin {
+                dma: 1,
+                vaddr: 4096,
+                npage: 1,
+                pinned: 1,
+                base: PageClass::Zero,
+            },
+        }
+    }
+
+    fn written(lines: &[Line]) -> String {
+        let mut w = Writer::new(Vec::new());
+        for l in lines {
+            w.write(l).unwrap();
+        }
+        String::from_utf8(w.into_inner()).unwrap()
+    }
+
+    #[test]
+    fn round_trip() {
+        let lines = [
+            Line::Header(header()),
+            Line::Event(event()),
+            Line::Counters(Counters::default()),
+        ];
+        let text = written(&lines);
+        let rec = read(text.as_bytes(), "t").unwrap();
+        assert_eq!(rec.header, header());
+        assert_eq!(rec.lines, lines[1..]);
+    }
+
+    #[test]
+    fn errors_name_the_line_and_reason() {
+        let good = written(&[Line::Header(header()), Line::Event(event())]);
+        let bad = format!("{good}{{\"record\":\"event\",\"t_ns\":1}}\n");
+        let e = read(bad.as_bytes(), "rec.jsonl").unwrap_err().to_string();
+        assert!(e.starts_with("rec.jsonl:3: "), "{e}");
+        // Truncated mid-line (a crash while writing).
+        let cut = &good[..good.len() - 10];
+        let e = read(cut.as_bytes(), "r").unwrap_err().to_string();
+        assert!(e.starts_with("r:2: "), "{e}");
+        assert!(
+            read("".as_bytes(), "r")
+                .unwrap_err()
+                .to_string()
+                .contains("empty")
+        );
+        let e = read("hello\n".as_bytes(), "r").unwrap_err().to_string();
+        assert!(e.contains("r:1: not JSON"), "{e}");
+    }
+
+    #[test]
+    fn newer_versions_are_refused_clearly() {
+        let mut h = serde_json::to_value(Line::Header(header())).unwrap();
+        h["version"] = 99.into();
+        h["new_field"] = 1.into();
+        let e = read(format!("{h}\n").as_bytes(), "r")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("version 99 is newer"), "{e}");
+    }
+}

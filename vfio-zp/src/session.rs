@@ -1,0 +1,204 @@
+//! A live session: preflight, probe set-up, then the event loop that turns
+//! ring-buffer records into [`Line`]s for whichever output consumes them.
+use std::time::Duration;
+
+use aya::maps::{MapData, RingBuf};
+use tokio::io::{Interest, unix::AsyncFd};
+use tracing::{info, warn};
+
+use crate::error::Fatal;
+use crate::ingest::{Decoder, parse};
+use crate::kernel::{
+    self, btf, kallsyms::Kallsyms, preflight, probe_points, programs::Probes, tracefs, zero_page,
+};
+use crate::record::{Header, Line, ProbeState, ProbeStatus, format::ProbesChanged};
+
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Every probe point must attach, or fail.
+    pub strict: bool,
+    /// Fail instead of waiting when vfio_iommu_type1 is not loaded.
+    pub no_wait: bool,
+}
+
+pub struct Session {
+    probes: Probes,
+    ring: AsyncFd<RingBuf<MapData>>,
+    decoder: Decoder,
+    type1_loaded: bool,
+    pub header: Header,
+}
+
+const POLL: Duration = Duration::from_millis(500);
+
+impl Session {
+    pub async fn start(opts: &Options) -> anyhow::Result<Session> {
+        preflight::check_privileges()?;
+        preflight::check_btf()?;
+        preflight::check_kprobes()?;
+        if !preflight::type1_loaded() {
+            if opts.no_wait {
+                return Err(Fatal::Type1NotLoaded(" and --no-wait was given".into()).into());
+            }
+            warn!("vfio_iommu_type1 is not loaded; waiting for it (--no-wait to fail instead)");
+            while !preflight::type1_loaded() {
+                tokio::time::sleep(POLL).await;
+            }
+        }
+        let layout = btf::read_page_layout().map_err(|e| Fatal::NoBtf(format!("{e:#}")))?;
+        let zero_pfn = zero_page::zero_pfn_from_pagemap()
+            .map_err(|e| Fatal::Privileges(format!("cannot find the zero page's pfn: {e:#}")))?;
+        let syms = Kallsyms::read(probe_points::wanted_symbol)
+            .map_err(|e| Fatal::Privileges(format!("/proc/kallsyms: {e}")))?;
+        if syms.addresses_hidden {
+            return Err(
+                Fatal::Privileges("/proc/kallsyms hides addresses (kptr_restrict)".into()).into(),
+            );
+        }
+        let mut probes = Probes::load(zero_page::config(&syms, layout, zero_pfn))?;
+        let type1_loaded = preflight::type1_loaded();
+        let status = probes
+            .attach(
+                &syms,
+                tracefs::read_filter_functions().as_ref(),
+                type1_loaded,
+            )
+            .to_vec();
+        report_coverage(&status);
+        if opts.strict {
+            let bad: Vec<_> = status
+                .iter()
+                .filter(|s| s.state != ProbeState::Attached)
+                .map(|s| format!("{} ({:?})", s.function, s.state))
+                .collect();
+            if !bad.is_empty() {
+                return Err(Fatal::Strict(format!(
+                    "probe points not attached: {}",
+                    bad.join(", ")
+                ))
+                .into());
+            }
+        }
+        // SAFETY: the ring buffer owns its map fd for as long as the AsyncFd lives.
+        let ring =
+            unsafe { AsyncFd::register_with_interest(probes.take_events()?, Interest::READABLE) }
+                .map_err(|e| anyhow::anyhow!("ring buffer: {}", e.into_parts().1))?;
+        let header = Header {
+            format: crate::record::format::FORMAT.into(),
+            version: crate::record::format::VERSION,
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            kernel_release: kernel::release(),
+            zero_pfn,
+            struct_page_size: layout.size,
+            refcount_offset: layout.refcount_offset,
+            started_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            started_t_ns: kernel::monotonic_ns(),
+            probes: status,
+        };
+        Ok(Session {
+            probes,
+            ring,
+            decoder: Decoder::default(),
+            type1_loaded,
+            header,
+        })
+    }
+
+    /// Runs until `stop` resolves, handing every line to `sink`. Ends with a
+    /// final drain and a `last` counters line, so nothing already in the
+    /// ring buffer is lost on a clean stop.
+    pub async fn run(
+        &mut self,
+        mut sink: impl FnMut(Line) -> anyhow::Result<()>,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        tokio::pin!(stop);
+        let mut tick = tokio::time::interval(POLL);
+        let mut last_counters = None;
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                guard = self.ring.readable_mut() => {
+                    let mut guard = guard?;
+                    drain(guard.get_inner_mut(), &mut self.decoder, &mut sink)?;
+                    guard.clear_ready();
+                }
+                _ = tick.tick() => {
+                    self.probes.flush_log();
+                    self.watch_module(&mut sink)?;
+                    let c = self.probes.counters(kernel::monotonic_ns());
+                    if last_counters.as_ref() != Some(&(c.hits.clone(), c.drops.clone())) {
+                        last_counters = Some((c.hits.clone(), c.drops.clone()));
+                        sink(Line::Counters(c))?;
+                    }
+                }
+            }
+        }
+        drain(self.ring.get_mut(), &mut self.decoder, &mut sink)?;
+        self.probes.flush_log();
+        let mut c = self.probes.counters(kernel::monotonic_ns());
+        c.last = true;
+        sink(Line::Counters(c))
+    }
+
+    /// Re-attaches when vfio_iommu_type1 (re)loads, detaches when it goes.
+    fn watch_module(
+        &mut self,
+        sink: &mut impl FnMut(Line) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let loaded = preflight::type1_loaded();
+        if loaded == self.type1_loaded {
+            return Ok(());
+        }
+        self.type1_loaded = loaded;
+        if loaded {
+            info!("vfio_iommu_type1 loaded: attaching its probes");
+            // The module's symbols appear a moment after /sys/module does.
+            std::thread::sleep(Duration::from_millis(100));
+            let syms = Kallsyms::read(probe_points::wanted_symbol)?;
+            self.probes
+                .attach(&syms, tracefs::read_filter_functions().as_ref(), true);
+        } else {
+            warn!("vfio_iommu_type1 unloaded: its probes are detached until it returns");
+            self.probes.detach_type1();
+        }
+        report_coverage(self.probes.status());
+        sink(Line::Probes(ProbesChanged {
+            t_ns: kernel::monotonic_ns(),
+            probes: self.probes.status().to_vec(),
+        }))
+    }
+}
+
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    decoder: &mut Decoder,
+    sink: &mut impl FnMut(Line) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    while let Some(item) = ring.next() {
+        match parse(&item).and_then(|raw| decoder.decode(&raw)) {
+            Ok(e) => sink(Line::Event(e))?,
+            Err(e) => warn!("undecodable probe record: {e}"),
+        }
+    }
+    Ok(())
+}
+
+/// One log line per point that is not attached: which, why, what is lost.
+pub fn report_coverage(status: &[ProbeStatus]) {
+    let attached = status
+        .iter()
+        .filter(|s| s.state == ProbeState::Attached)
+        .count();
+    info!("probes: {attached}/{} attached", status.len());
+    for s in status.iter().filter(|s| s.state != ProbeState::Attached) {
+        let why = s.detail.as_deref().unwrap_or("");
+        warn!(
+            "probe {} ({}) {:?} {why}; lost: {}",
+            s.probe, s.function, s.state, s.loses
+        );
+    }
+}

@@ -1,0 +1,33 @@
+//! Every probe program passes the running kernel's verifier (BPF_PROG_LOAD,
+//! no attach: this host may lack kprobes). Attach is proven in the VM lab.
+use vfio_zp::kernel::{preflight, probe_points::POINTS, programs};
+
+#[test]
+fn every_program_loads_on_this_kernel() {
+    if !preflight::is_root() {
+        eprintln!("SKIPPED: verifier test needs root (BPF_PROG_LOAD)");
+        return;
+    }
+    if programs::OBJECT.is_empty() {
+        panic!("built with AYA_BUILD_SKIP: no eBPF object to verify");
+    }
+    let ebpf = programs::load_object().unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<_> = POINTS
+        .iter()
+        .flat_map(|p| [p.entry, p.ret])
+        .flatten()
+        .collect();
+    assert_eq!(names.len(), 20);
+    for name in names {
+        let prog = ebpf
+            .program(name)
+            .unwrap_or_else(|| panic!("{name} missing"));
+        let info = prog
+            .info()
+            .unwrap_or_else(|e| panic!("{name} not loaded: {e}"));
+        assert!(info.id() > 0, "{name}");
+    }
+    for map in ["EVENTS", "COUNTERS", "CONFIG", "STASH"] {
+        assert!(ebpf.map(map).is_some(), "{map} missing");
+    }
+}
