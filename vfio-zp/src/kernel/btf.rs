@@ -65,7 +65,10 @@ mod tests {
             return;
         }
         let l = read_page_layout().unwrap();
-        assert!(l.size >= 56 && l.size <= 128 && l.size.is_multiple_of(8), "{l:?}");
+        assert!(
+            l.size >= 56 && l.size <= 128 && l.size.is_multiple_of(8),
+            "{l:?}"
+        );
         assert!(
             l.refcount_offset.is_multiple_of(4) && l.refcount_offset + 4 <= l.size,
             "{l:?}"

@@ -1,0 +1,365 @@
+//! The VM-lab matrix, checked: each lab kernel's recording against the
+//! kernel's own truth (zero page `_refcount` through /proc/kcore, pagemap,
+//! VmLck) written by the workload for every scenario.
+//!
+//! `cargo xtask test` runs the guests and then this test with
+//! VFIO_ZP_LAB_OUT=<dir with one subdirectory per kernel>. Without it the
+//! test says loudly that it checked nothing.
+use std::{collections::BTreeMap, path::Path};
+
+use serde::Deserialize;
+use vfio_zp::{
+    event::{Event, PageClass, What, When},
+    record::{Line, ProbeState, Recording, read_path},
+};
+
+/// GUP_PIN_COUNTING_BIAS: what one FOLL_PIN of a small page adds to `_refcount`.
+const PIN_BIAS: i64 = 1024;
+
+#[derive(Debug, Deserialize)]
+struct Truth {
+    scenario: String,
+    runs: Vec<RunTruth>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RunTruth {
+    pid: u32,
+    pages: u64,
+    map_flags: u32,
+    zero_backed_after_map: u64,
+    huge_zero_backed_after_map: u64,
+    refcount_before: Option<i32>,
+    refcount_after_unmap: Option<i32>,
+    vmlck_kb_after_map: Option<u64>,
+    vmlck_kb_after_unmap: Option<u64>,
+    cgroup_id: Option<u64>,
+    errors: Vec<String>,
+}
+
+/// What each lab kernel does, from kernel-facts (measured) and the issue.
+struct Behaviour {
+    /// GUP takes 1024 references per zero-page pin (before c8070b787519).
+    gup_refcounts_zero_page: bool,
+    /// type1 releases those references (873aefb376bb) -- not on 5.10-leaky.
+    type1_unpins_zero_page: bool,
+}
+
+fn behaviour(kernel: &str) -> Behaviour {
+    match kernel {
+        "5.10" => Behaviour {
+            gup_refcounts_zero_page: true,
+            type1_unpins_zero_page: true,
+        },
+        "5.10-leaky" => Behaviour {
+            gup_refcounts_zero_page: true,
+            type1_unpins_zero_page: false,
+        },
+        "6.1" | "6.12" => Behaviour {
+            gup_refcounts_zero_page: false,
+            type1_unpins_zero_page: true,
+        },
+        other => panic!("no expectations for lab kernel {other}"),
+    }
+}
+
+/// Per-process sums over the recorded events.
+#[derive(Debug, Default)]
+struct Seen {
+    type1_zero: i64,
+    type1_huge_zero: i64,
+    gup_zero_pins: i64,
+    gup_zero_unpins: i64,
+    charged: i64,
+    lock_acct_net: i64,
+    events: usize,
+    /// (expected pins outstanding when read, value) for every refcount the probes saw.
+    refcounts: Vec<(i64, i32)>,
+    cgroups: Vec<u64>,
+    containers_missing: usize,
+}
+
+fn seen_for(events: &[&Event]) -> Seen {
+    let mut s = Seen::default();
+    for e in events {
+        s.events += 1;
+        s.cgroups.push(e.cgroup_id);
+        match &e.what {
+            What::Type1Pin { pinned, base, .. } if *pinned > 0 => {
+                match base {
+                    PageClass::Zero => s.type1_zero += pinned,
+                    PageClass::HugeZero => s.type1_huge_zero += pinned,
+                    _ => {}
+                }
+                s.containers_missing += e.container.is_none() as usize;
+            }
+            What::GupPin {
+                in_type1: true,
+                zero_pages,
+                ..
+            } => s.gup_zero_pins += *zero_pages as i64,
+            What::GupUnpin { zero_pages, .. } => {
+                if let Some(r) = e.zero_refcount {
+                    assert_eq!(r.when, When::Before);
+                    s.refcounts
+                        .push((s.gup_zero_pins - s.gup_zero_unpins, r.value));
+                }
+                s.gup_zero_unpins += *zero_pages as i64;
+            }
+            What::LockAcct { npage, ret: 0, .. } => {
+                s.lock_acct_net += npage;
+                s.charged += (*npage).max(0);
+            }
+            _ => {}
+        }
+        if let (What::GupPin { .. }, Some(r)) = (&e.what, e.zero_refcount) {
+            assert_eq!(r.when, When::After);
+            s.refcounts
+                .push((s.gup_zero_pins - s.gup_zero_unpins, r.value));
+        }
+    }
+    s
+}
+
+fn check_kernel(kernel: &str, dir: &Path) -> Vec<String> {
+    let b = behaviour(kernel);
+    let mut bad = Vec::new();
+    let rec: Recording =
+        read_path(&dir.join("recording.jsonl")).unwrap_or_else(|e| panic!("{kernel}: {e}"));
+    println!(
+        "{kernel}: recording of {} ({} lines)",
+        rec.header.kernel_release,
+        rec.lines.len()
+    );
+    for p in [
+        "type1_pin",
+        "type1_unpin",
+        "lock_acct",
+        "gup_pin_remote",
+        "gup_unpin_page",
+        "type1_ioctl",
+        "remove_dma",
+    ] {
+        let st = rec
+            .header
+            .probes
+            .iter()
+            .find(|s| s.probe == p)
+            .map(|s| s.state);
+        if st != Some(ProbeState::Attached) {
+            bad.push(format!("{kernel}: probe {p} not attached: {st:?}"));
+        }
+    }
+    let events: Vec<&Event> = rec
+        .lines
+        .iter()
+        .filter_map(|l| {
+            if let Line::Event(e) = l {
+                Some(e)
+            } else {
+                None
+            }
+        })
+        .collect();
+    let last = rec.lines.iter().rev().find_map(|l| {
+        if let Line::Counters(c) = l {
+            Some(c)
+        } else {
+            None
+        }
+    });
+    let Some(last) = last.filter(|c| c.last) else {
+        bad.push(format!(
+            "{kernel}: recording has no final counters (recorder not stopped cleanly)"
+        ));
+        return bad;
+    };
+    let drops: u64 = last.drops.values().sum();
+    if drops > 0 {
+        bad.push(format!("{kernel}: {drops} events dropped"));
+    }
+    // Nothing lost between the kernel's exact counters and the event stream.
+    let all = seen_for(&events);
+    if all.type1_zero as u64 != last.totals.type1_zero_pinned {
+        bad.push(format!(
+            "{kernel}: events show {} type1 zero-page pins, kernel counters {}",
+            all.type1_zero, last.totals.type1_zero_pinned
+        ));
+    }
+
+    let mut truths: BTreeMap<String, Truth> = BTreeMap::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("truth-") && name.ends_with(".json") {
+            let t: Truth = serde_json::from_str(&std::fs::read_to_string(e.path()).unwrap())
+                .unwrap_or_else(|err| panic!("{}: {err}", e.path().display()));
+            truths.insert(t.scenario.clone(), t);
+        }
+    }
+    if truths.len() < 8 {
+        bad.push(format!(
+            "{kernel}: only {} scenario truths: {:?}",
+            truths.len(),
+            truths.keys()
+        ));
+    }
+    for (scenario, t) in &truths {
+        for run in &t.runs {
+            let ctx = format!("{kernel}/{scenario}/pid {}", run.pid);
+            if !run.errors.is_empty() {
+                bad.push(format!("{ctx}: truth errors {:?}", run.errors));
+                continue;
+            }
+            let mine: Vec<&Event> = events
+                .iter()
+                .copied()
+                .filter(|e| e.tgid == run.pid)
+                .collect();
+            let s = seen_for(&mine);
+            let (Some(before), Some(after)) = (run.refcount_before, run.refcount_after_unmap)
+            else {
+                bad.push(format!("{ctx}: no refcount truth"));
+                continue;
+            };
+            let growth = after as i64 - before as i64;
+            let leaked = s.gup_zero_pins - s.gup_zero_unpins;
+            println!(
+                "  {scenario:<20} pid {:>5}: zero-backed {:>4} (huge {:>3}) | type1 zero pins {:>4} huge {:>3} | gup zero pins {:>4} unpins {:>4} | refcount {before} -> {after} (growth {growth} = {} x 1024) | charged {} VmLck {:?} kB",
+                run.pid,
+                run.zero_backed_after_map,
+                run.huge_zero_backed_after_map,
+                s.type1_zero,
+                s.type1_huge_zero,
+                s.gup_zero_pins,
+                s.gup_zero_unpins,
+                growth / PIN_BIAS,
+                s.charged,
+                run.vmlck_kb_after_map,
+            );
+            if s.events == 0 {
+                bad.push(format!("{ctx}: no events recorded for this process"));
+                continue;
+            }
+            // Zero-page pins reported equal the pages the kernel backed with the zero page.
+            if s.type1_zero != run.zero_backed_after_map as i64 {
+                bad.push(format!(
+                    "{ctx}: type1 zero-page pins {} != zero-backed pages {}",
+                    s.type1_zero, run.zero_backed_after_map
+                ));
+            }
+            if s.type1_huge_zero != run.huge_zero_backed_after_map as i64 {
+                bad.push(format!(
+                    "{ctx}: huge-zero pins {} != huge-zero-backed pages {}",
+                    s.type1_huge_zero, run.huge_zero_backed_after_map
+                ));
+            }
+            if s.containers_missing > 0 {
+                bad.push(format!(
+                    "{ctx}: {} type1 pins without a container",
+                    s.containers_missing
+                ));
+            }
+            // The refcount really moved by 1024 per pin the probes say is still held.
+            let expected_growth = if b.gup_refcounts_zero_page {
+                PIN_BIAS * leaked
+            } else {
+                0
+            };
+            if growth != expected_growth {
+                bad.push(format!(
+                    "{ctx}: zero page refcount grew {growth}, probes explain {expected_growth}"
+                ));
+            }
+            if b.gup_refcounts_zero_page && b.type1_unpins_zero_page && leaked != 0 {
+                bad.push(format!(
+                    "{ctx}: {leaked} zero-page pins never released on a fixed kernel"
+                ));
+            }
+            if !b.type1_unpins_zero_page && run.zero_backed_after_map > 0 && leaked <= 0 {
+                bad.push(format!("{ctx}: the leaky kernel leaked nothing ({leaked})"));
+            }
+            if kernel == "5.10-leaky"
+                && scenario == "ro-read-touched"
+                && leaked != 2 * run.pages as i64 - 1
+            {
+                // 256 pins plus 255 look-ahead re-pins (kernel-facts.md).
+                bad.push(format!(
+                    "{ctx}: {leaked} leaked pins, kernel-facts measured {}",
+                    2 * run.pages - 1
+                ));
+            }
+            // Every refcount the probes read matches the truth at that point.
+            for (outstanding, value) in &s.refcounts {
+                let expect = before as i64
+                    + if b.gup_refcounts_zero_page {
+                        PIN_BIAS * outstanding
+                    } else {
+                        0
+                    };
+                if *value as i64 != expect {
+                    bad.push(format!(
+                        "{ctx}: probe read refcount {value}, truth implies {expect}"
+                    ));
+                    break;
+                }
+            }
+            // locked_vm: what vfio_lock_acct charged is what VmLck shows.
+            if let Some(kb) = run.vmlck_kb_after_map
+                && s.charged * 4 != kb as i64
+            {
+                bad.push(format!(
+                    "{ctx}: lock_acct charged {} pages, VmLck {kb} kB",
+                    s.charged
+                ));
+            }
+            if let Some(kb) = run.vmlck_kb_after_unmap
+                && s.lock_acct_net * 4 != kb as i64
+            {
+                bad.push(format!(
+                    "{ctx}: lock_acct net {} pages after unmap, VmLck {kb} kB",
+                    s.lock_acct_net
+                ));
+            }
+            if kernel == "6.12" {
+                if s.gup_zero_pins != 0 {
+                    bad.push(format!(
+                        "{ctx}: 6.12 unshares, yet GUP pinned {} zero pages",
+                        s.gup_zero_pins
+                    ));
+                }
+                if run.map_flags == 1 && s.charged != run.pages as i64 {
+                    bad.push(format!(
+                        "{ctx}: 6.12 charged {} pages for {} mapped",
+                        s.charged, run.pages
+                    ));
+                }
+            }
+            if let Some(cg) = run.cgroup_id
+                && let Some(other) = s.cgroups.iter().find(|c| **c != cg)
+            {
+                bad.push(format!("{ctx}: event in cgroup {other}, process in {cg}"));
+            }
+        }
+    }
+    bad
+}
+
+#[test]
+fn lab_recordings_match_kernel_truth() {
+    let Some(out) = std::env::var_os("VFIO_ZP_LAB_OUT") else {
+        eprintln!("SKIPPED: VFIO_ZP_LAB_OUT not set; run `cargo xtask test` for the VM matrix");
+        return;
+    };
+    let kernels =
+        std::env::var("VFIO_ZP_LAB_KERNELS").unwrap_or_else(|_| "5.10,6.1,6.12,5.10-leaky".into());
+    let mut bad = Vec::new();
+    for k in kernels.split(',') {
+        bad.extend(check_kernel(k, &Path::new(&out).join(k)));
+    }
+    assert!(
+        bad.is_empty(),
+        "{} mismatches:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
+}

@@ -1,0 +1,111 @@
+//! Drives VFIO type1 scenarios in a VM-lab guest and writes what the kernel
+//! itself says (zero page refcount via /proc/kcore, pagemap, VmLck) as JSON.
+#[path = "../workload/mod.rs"]
+mod workload;
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Context;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use workload::scenarios::{self, SCENARIOS};
+
+/// Drive a VFIO type1 scenario and record the kernel's own truth.
+#[derive(Parser)]
+struct Cli {
+    /// VFIO group node, e.g. /dev/vfio/3.
+    #[arg(long, env = "VFIO_GROUP", required_unless_present = "list_scenarios")]
+    group: Option<String>,
+    /// Scenario to run.
+    #[arg(long, required_unless_present = "list_scenarios")]
+    scenario: Option<String>,
+    /// Print the scenario names, one per line, and exit.
+    #[arg(long)]
+    list_scenarios: bool,
+    /// Write the truth as JSON here.
+    #[arg(long)]
+    truth: Option<PathBuf>,
+    /// Move into this cgroup v2 (relative to /sys/fs/cgroup, created if needed) first.
+    #[arg(long)]
+    cgroup: Option<String>,
+    /// Pages per mapping (4 KiB each).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(2..=1 << 20))]
+    pages: u64,
+    /// How long to keep the mapping before unmapping, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    hold_ms: u64,
+}
+
+fn enter_cgroup(path: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !path.split('/').any(|p| p == ".."),
+        "cgroup path must stay under /sys/fs/cgroup"
+    );
+    let dir = PathBuf::from("/sys/fs/cgroup").join(path.trim_start_matches('/'));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating cgroup {}", dir.display()))?;
+    std::fs::write(dir.join("cgroup.procs"), "0")
+        .with_context(|| format!("entering cgroup {}", dir.display()))
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    if cli.list_scenarios {
+        for s in &SCENARIOS {
+            println!("{}", s.name);
+        }
+        return Ok(());
+    }
+    let (Some(group), Some(name)) = (cli.group, cli.scenario) else {
+        unreachable!("clap requires both")
+    };
+    let s = scenarios::find(&name)
+        .with_context(|| format!("unknown scenario `{name}` (see --list-scenarios)"))?;
+    if let Some(cg) = &cli.cgroup {
+        enter_cgroup(cg)?;
+    }
+    let pages = if s.name == "huge-zero" {
+        cli.pages.max(1024)
+    } else {
+        cli.pages
+    } as usize;
+    let mut truth = scenarios::run(s, &group, pages, Duration::from_millis(cli.hold_ms))?;
+    truth.cgroup = cli.cgroup;
+    for r in &truth.runs {
+        println!(
+            "workload: {} pid {}: {} pages, {} zero-backed while mapped ({} huge-zero), zero page refcount {:?} -> {:?} -> {:?}, VmLck {:?} kB while mapped",
+            s.name,
+            r.pid,
+            r.pages,
+            r.zero_backed_after_map,
+            r.huge_zero_backed_after_map,
+            r.refcount_before,
+            r.refcount_after_map,
+            r.refcount_after_unmap,
+            r.vmlck_kb_after_map
+        );
+    }
+    if let Some(p) = cli.truth {
+        std::fs::write(&p, serde_json::to_string_pretty(&truth)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let help: String = SCENARIOS
+        .iter()
+        .map(|s| format!("  {:<20} {}\n", s.name, s.about))
+        .collect();
+    let matches = Cli::command()
+        .after_help(format!("Scenarios:\n{help}"))
+        .get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vfio-zp-workload: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

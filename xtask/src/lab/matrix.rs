@@ -1,0 +1,114 @@
+//! The matrix: every scenario on every lab kernel, recorded by vfio-zp
+//! while the workload records the kernel's own truth.
+use std::{path::Path, time::Duration};
+
+use anyhow::Context;
+
+use super::{bin_dir, kernels, qemu};
+
+/// Which cgroup each scenario runs in: shaped like libvirt's and kubepods'
+/// so attribution can be checked against real-looking paths.
+fn cgroup_for(scenario: &str) -> Option<&'static str> {
+    match scenario {
+        "ro-read-touched" => Some(r"machine.slice/machine-qemu\x2d1\x2dvm1.scope"),
+        "partial-unmap" => Some(
+            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0f1e2d3c_4b5a_6978_8796_a5b4c3d2e1f0.slice/cri-containerd-4f6b7c.scope",
+        ),
+        _ => None,
+    }
+}
+
+/// Starts the recorder, waits until its header is written (probes
+/// attached), runs `body`, then stops the recorder with SIGINT.
+pub fn with_recorder(recording: &str, print: bool, body: &str) -> anyhow::Result<String> {
+    let bin = bin_dir()?;
+    let print = if print { " --print" } else { "" };
+    Ok(format!(
+        r#"set -u
+BIN={bin}
+REC={recording}
+rm -f "$REC"
+"$BIN/vfio-zp" record -o "$REC" --no-wait{print} 2>"$RESULTS/recorder.log" &
+RP=$!
+i=0
+while [ ! -s "$REC" ]; do
+  sleep 1; i=$((i+1))
+  if ! kill -0 $RP 2>/dev/null || [ $i -gt 600 ]; then echo "lab: recorder did not start"; cat "$RESULTS/recorder.log"; exit 91; fi
+done
+echo "lab: recorder attached after ${{i}}s"
+status=0
+{body}
+kill -INT $RP
+wait $RP || {{ echo "lab: recorder failed"; status=1; }}
+cat "$RESULTS/recorder.log"
+exit $status
+"#,
+        bin = bin.display(),
+    ))
+}
+
+pub fn guest_script(scenarios: &[String]) -> anyhow::Result<String> {
+    let bin = bin_dir()?;
+    let mut body = String::new();
+    for s in scenarios {
+        let cg = cgroup_for(s)
+            .map(|c| format!(" --cgroup '{c}'"))
+            .unwrap_or_default();
+        body.push_str(&format!(
+            "\"{}/vfio-zp-workload\" --scenario {s} --truth \"$RESULTS/truth-{s}.json\"{cg} || status=1\n",
+            bin.display()
+        ));
+    }
+    with_recorder("$RESULTS/recording.jsonl", false, &body)
+}
+
+pub fn scenarios() -> anyhow::Result<Vec<String>> {
+    let out = crate::cmd::output(
+        std::process::Command::new(bin_dir()?.join("vfio-zp-workload")).arg("--list-scenarios"),
+    )?;
+    Ok(out.lines().map(str::to_string).collect())
+}
+
+/// Runs the matrix; results land in `out/<kernel>/`.
+pub fn run(names: &[String], out: &Path, timeout: Duration) -> anyhow::Result<()> {
+    let scenarios = scenarios()?;
+    let mut failed = Vec::new();
+    for name in names {
+        let k = kernels::prepare(name)?;
+        let dir = out.join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        eprintln!(
+            "lab: {name}: booting {} for {} scenarios",
+            k.release,
+            scenarios.len()
+        );
+        let r = qemu::run(&k, &dir, &guest_script(&scenarios)?, timeout, false)
+            .with_context(|| format!("lab kernel {name}"))?;
+        match r.exit_code {
+            Some(0) => eprintln!("lab: {name}: done in {:.0?}", r.elapsed),
+            code => {
+                eprintln!(
+                    "lab: {name}: guest command failed ({code:?}); console: {}",
+                    dir.join("console.log").display()
+                );
+                tail(&dir.join("console.log"), 30);
+                failed.push(name.clone());
+            }
+        }
+    }
+    anyhow::ensure!(
+        failed.is_empty(),
+        "guest runs failed on: {}",
+        failed.join(", ")
+    );
+    Ok(())
+}
+
+pub fn tail(path: &Path, n: usize) {
+    if let Ok(t) = std::fs::read_to_string(path) {
+        let lines: Vec<_> = t.lines().collect();
+        for l in &lines[lines.len().saturating_sub(n)..] {
+            eprintln!("  | {l}");
+        }
+    }
+}

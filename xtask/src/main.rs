@@ -1,0 +1,193 @@
+//! vfio-zp chores: `cargo xtask <command>`.
+mod bootstrap;
+mod cmd;
+mod lab;
+
+use std::{
+    path::PathBuf,
+    process::{Command, ExitCode},
+    time::Duration,
+};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "vfio-zp chores: bootstrap, VM lab, tests")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing (nightly rust-src, bpf-linker, QEMU, busybox, kmod...).
+    Bootstrap,
+    /// The main job: live zero-page events, on this host if it can, else in the VM lab.
+    Run {
+        /// Lab kernel to boot when this host cannot run the probes itself.
+        #[arg(long, default_value = "5.10-leaky")]
+        kernel: String,
+        /// Use the VM lab even if this host could run the probes.
+        #[arg(long)]
+        lab: bool,
+    },
+    /// Every test: unit and verifier tests, then the VM matrix checked against kernel truth.
+    Test {
+        /// Lab kernels (comma-separated).
+        #[arg(long, value_delimiter = ',', default_values_t = lab::kernels::DEFAULT_MATRIX.map(String::from))]
+        kernels: Vec<String>,
+        /// Skip the VM matrix (says so loudly).
+        #[arg(long)]
+        no_vm: bool,
+    },
+    /// Download (or verify the cached) lab kernels and build the leaky module.
+    Kernels {
+        #[arg(long, value_delimiter = ',', default_values_t = lab::kernels::DEFAULT_MATRIX.map(String::from))]
+        kernels: Vec<String>,
+    },
+    /// Boot a lab kernel with VFIO set up and run a shell command in it.
+    Vm {
+        #[arg(long, default_value = "6.1")]
+        kernel: String,
+        /// Shared read-write with the guest at the same path ($RESULTS there).
+        #[arg(long, default_value = "lab-out/vm")]
+        results: PathBuf,
+        #[arg(long, default_value_t = 900)]
+        timeout: u64,
+        /// Shell command run in the guest (host root mounted read-only at /).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Run every workload scenario on each lab kernel under the recorder.
+    VmMatrix {
+        #[arg(long, value_delimiter = ',', default_values_t = lab::kernels::DEFAULT_MATRIX.map(String::from))]
+        kernels: Vec<String>,
+        #[arg(long, default_value = "lab-out")]
+        out: PathBuf,
+        /// Seconds per kernel.
+        #[arg(long, default_value_t = 1200)]
+        timeout: u64,
+    },
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// The agent and the workload, built before anything boots.
+fn build_binaries() -> anyhow::Result<()> {
+    cmd::run(cargo().args(["build", "-p", "vfio-zp", "-p", "xtask", "--bins"]))
+}
+
+fn host_can_probe() -> bool {
+    std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists()
+        && std::path::Path::new("/sys/module/vfio_iommu_type1").exists()
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Bootstrap => bootstrap::run(),
+        Cmd::Kernels { kernels } => {
+            for k in kernels {
+                lab::kernels::prepare(&k)?;
+            }
+            Ok(())
+        }
+        Cmd::Vm {
+            kernel,
+            results,
+            timeout,
+            command,
+        } => {
+            bootstrap::run()?;
+            let k = lab::kernels::prepare(&kernel)?;
+            let r = lab::qemu::run(
+                &k,
+                &results,
+                &command.join(" "),
+                Duration::from_secs(timeout),
+                true,
+            )?;
+            match r.exit_code {
+                Some(0) => Ok(()),
+                c => anyhow::bail!("guest command exited with {c:?}"),
+            }
+        }
+        Cmd::VmMatrix {
+            kernels,
+            out,
+            timeout,
+        } => {
+            bootstrap::run()?;
+            build_binaries()?;
+            lab::matrix::run(&kernels, &out, Duration::from_secs(timeout))
+        }
+        Cmd::Run { kernel, lab } => {
+            bootstrap::run()?;
+            build_binaries()?;
+            let bin = lab::bin_dir()?;
+            if host_can_probe() && !lab {
+                eprintln!(
+                    "run: this host has kprobes and vfio_iommu_type1: running the agent here (Ctrl-C to stop)"
+                );
+                return cmd::run(Command::new(bin.join("vfio-zp")).arg("agent"));
+            }
+            eprintln!(
+                "run: this host cannot probe VFIO here; booting the VM lab ({kernel}) to show live events"
+            );
+            let k = lab::kernels::prepare(&kernel)?;
+            let body = format!(
+                "for s in ro-read-touched partial-unmap; do \"{}/vfio-zp-workload\" --scenario $s || status=1; done\n",
+                bin.display()
+            );
+            let script = lab::matrix::with_recorder("$RESULTS/demo.jsonl", true, &body)?;
+            let out = PathBuf::from("lab-out/demo");
+            let r = lab::qemu::run(&k, &out, &script, Duration::from_secs(900), true)?;
+            eprintln!(
+                "run: recording kept in {}",
+                out.join("demo.jsonl").display()
+            );
+            match r.exit_code {
+                Some(0) => Ok(()),
+                c => anyhow::bail!("the demo failed in the guest ({c:?})"),
+            }
+        }
+        Cmd::Test { kernels, no_vm } => {
+            bootstrap::run()?;
+            cmd::run(cargo().args(["test", "--workspace"]))?;
+            if no_vm {
+                eprintln!(
+                    "test: WARNING: --no-vm: the VM matrix was SKIPPED; attach and kernel-truth checks did not run"
+                );
+                return Ok(());
+            }
+            build_binaries()?;
+            let out = std::fs::canonicalize(".")?.join("lab-out");
+            lab::matrix::run(&kernels, &out, Duration::from_secs(1200))?;
+            cmd::run(
+                cargo()
+                    .args([
+                        "test",
+                        "-p",
+                        "vfio-zp",
+                        "--test",
+                        "lab_matrix",
+                        "--",
+                        "--nocapture",
+                    ])
+                    .env("VFIO_ZP_LAB_OUT", &out)
+                    .env("VFIO_ZP_LAB_KERNELS", kernels.join(",")),
+            )
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

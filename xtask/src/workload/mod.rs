@@ -1,0 +1,6 @@
+//! The lab workload: drives VFIO type1 in a guest and records the kernel's
+//! own truth around each step.
+pub mod kcore;
+pub mod pagemap;
+pub mod scenarios;
+pub mod vfio;

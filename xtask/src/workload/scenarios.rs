@@ -1,0 +1,309 @@
+//! VFIO scenarios, each measured against the kernel's own truth (zero page
+//! refcount through /proc/kcore, pagemap, VmLck) around every step.
+use serde::{Deserialize, Serialize};
+
+use super::{
+    kcore::ZeroPageTruth,
+    pagemap::{PAGE, Region},
+    vfio::{Container, MAP_READ, MAP_WRITE},
+};
+
+pub const IOVA: u64 = 0x10_0000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Touch {
+    Read,
+    Write,
+    None,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unmap {
+    Whole,
+    /// First half, then the rest.
+    Halves,
+    /// Close the container with the mapping still in it.
+    Close,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Scenario {
+    pub name: &'static str,
+    pub about: &'static str,
+    touch: Touch,
+    flags: u32,
+    unmap: Unmap,
+    /// Processes, one after the other, each with its own container.
+    processes: u32,
+    /// Start 1 MiB past a 2 MiB boundary with MADV_HUGEPAGE, so the aligned
+    /// middle can be backed by the THP huge zero page.
+    huge: bool,
+}
+
+pub const SCENARIOS: [Scenario; 8] = [
+    Scenario {
+        name: "ro-read-touched",
+        about: "read every page, map READ, unmap",
+        touch: Touch::Read,
+        flags: MAP_READ,
+        unmap: Unmap::Whole,
+        processes: 1,
+        huge: false,
+    },
+    Scenario {
+        name: "ro-written",
+        about: "write every page, map READ, unmap",
+        touch: Touch::Write,
+        flags: MAP_READ,
+        unmap: Unmap::Whole,
+        processes: 1,
+        huge: false,
+    },
+    Scenario {
+        name: "ro-untouched",
+        about: "never touch, map READ, unmap",
+        touch: Touch::None,
+        flags: MAP_READ,
+        unmap: Unmap::Whole,
+        processes: 1,
+        huge: false,
+    },
+    Scenario {
+        name: "rw-read-touched",
+        about: "read every page, map READ|WRITE, unmap",
+        touch: Touch::Read,
+        flags: MAP_READ | MAP_WRITE,
+        unmap: Unmap::Whole,
+        processes: 1,
+        huge: false,
+    },
+    Scenario {
+        name: "partial-unmap",
+        about: "read-touched READ map, unmap the first half, then the rest",
+        touch: Touch::Read,
+        flags: MAP_READ,
+        unmap: Unmap::Halves,
+        processes: 1,
+        huge: false,
+    },
+    Scenario {
+        name: "close-without-unmap",
+        about: "read-touched READ map, close the container without UNMAP",
+        touch: Touch::Read,
+        flags: MAP_READ,
+        unmap: Unmap::Close,
+        processes: 1,
+        huge: false,
+    },
+    Scenario {
+        name: "multi-container",
+        about: "two processes, each its own container, read-touched READ maps (one after the other: the group is exclusive)",
+        touch: Touch::Read,
+        flags: MAP_READ,
+        unmap: Unmap::Whole,
+        processes: 2,
+        huge: false,
+    },
+    Scenario {
+        name: "huge-zero",
+        about: "4 MiB read-touched with MADV_HUGEPAGE, 1 MiB past a 2 MiB boundary (the middle 2 MiB may be the huge zero page), map READ, unmap",
+        touch: Touch::Read,
+        flags: MAP_READ,
+        unmap: Unmap::Whole,
+        processes: 1,
+        huge: true,
+    },
+];
+
+pub fn find(name: &str) -> Option<&'static Scenario> {
+    SCENARIOS.iter().find(|s| s.name == name)
+}
+
+/// What the kernel itself said during one process's run.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RunTruth {
+    pub pid: u32,
+    pub pages: u64,
+    pub map_flags: u32,
+    /// Pages of the mapped range backed by the 4 KiB zero page, from
+    /// pagemap, before the map and while mapped.
+    pub zero_backed_before_map: u64,
+    pub zero_backed_after_map: u64,
+    /// Pages backed by the THP huge zero page while mapped.
+    pub huge_zero_backed_after_map: u64,
+    pub refcount_before: Option<i32>,
+    pub refcount_after_map: Option<i32>,
+    /// After the first half, for `partial-unmap`.
+    pub refcount_after_first_unmap: Option<i32>,
+    pub refcount_after_unmap: Option<i32>,
+    pub vmlck_kb_after_map: Option<u64>,
+    pub vmlck_kb_after_unmap: Option<u64>,
+    pub unmapped_bytes: u64,
+    /// cgroup v2 id (inode of the cgroup directory) the process ran in.
+    pub cgroup_id: Option<u64>,
+    pub errors: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Truth {
+    pub scenario: String,
+    pub kernel_release: String,
+    pub cgroup: Option<String>,
+    pub zero_pfn: Option<u64>,
+    pub runs: Vec<RunTruth>,
+    pub errors: Vec<String>,
+}
+
+/// The inode of this process's cgroup v2 directory: what bpf_get_current_cgroup_id() returns.
+fn cgroup_id() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let s = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = s.lines().find_map(|l| l.strip_prefix("0::"))?;
+    std::fs::metadata(format!("/sys/fs/cgroup{path}"))
+        .ok()
+        .map(|m| m.ino())
+}
+
+fn vmlck_kb() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// One process's part: map, measure, unmap, measure.
+pub fn run_once(
+    s: &Scenario,
+    group: &str,
+    pages: usize,
+    hold: std::time::Duration,
+) -> anyhow::Result<RunTruth> {
+    let truth = ZeroPageTruth::open();
+    let mut t = RunTruth {
+        pid: std::process::id(),
+        pages: pages as u64,
+        map_flags: s.flags,
+        cgroup_id: cgroup_id(),
+        ..Default::default()
+    };
+    let note = |t: &mut RunTruth, e: anyhow::Error| t.errors.push(format!("{e:#}"));
+    let refcount = |t: &mut RunTruth| match &truth {
+        Ok(z) => z.refcount().map_err(|e| note(t, e)).ok(),
+        Err(_) => None,
+    };
+    if let Err(e) = &truth {
+        t.errors.push(format!("zero page truth unavailable: {e:#}"));
+    }
+    let region = Region::new(pages, if s.huge { 1 << 20 } else { 0 }, s.huge)?;
+    match s.touch {
+        Touch::Read => region.read_touch(),
+        Touch::Write => region.write_touch(),
+        Touch::None => {}
+    }
+    let zero_pfn = truth.as_ref().ok().map(|z| z.zero_pfn);
+    let count = |region: &Region, t: &mut RunTruth| -> (u64, u64) {
+        let huge = truth.as_ref().ok().and_then(|z| z.huge_zero_pfn());
+        match region.pfns() {
+            Ok(pfns) => (
+                pfns.iter()
+                    .filter(|p| p.is_some() && **p == zero_pfn)
+                    .count() as u64,
+                pfns.iter()
+                    .filter(|p| matches!((p, huge), (Some(p), Some(h)) if *p >= h && *p < h + 512))
+                    .count() as u64,
+            ),
+            Err(e) => {
+                t.errors.push(format!("pagemap: {e:#}"));
+                (0, 0)
+            }
+        }
+    };
+    t.zero_backed_before_map = count(&region, &mut t).0;
+    let c = Container::open(group)?;
+    t.refcount_before = refcount(&mut t);
+    let size = region.len as u64;
+    c.map(region.addr as u64, IOVA, size, s.flags)?;
+    t.refcount_after_map = refcount(&mut t);
+    t.vmlck_kb_after_map = vmlck_kb();
+    (t.zero_backed_after_map, t.huge_zero_backed_after_map) = count(&region, &mut t);
+    std::thread::sleep(hold);
+    match s.unmap {
+        Unmap::Whole => t.unmapped_bytes = c.unmap(IOVA, size)?,
+        Unmap::Halves => {
+            let half = (pages / 2 * PAGE) as u64;
+            t.unmapped_bytes = c.unmap(IOVA, half)?;
+            t.refcount_after_first_unmap = refcount(&mut t);
+            t.unmapped_bytes += c.unmap(IOVA + half, size - half)?;
+        }
+        Unmap::Close => drop(c),
+    }
+    t.refcount_after_unmap = refcount(&mut t);
+    t.vmlck_kb_after_unmap = vmlck_kb();
+    Ok(t)
+}
+
+/// Runs `s` (forking one child per process) and gathers the truth.
+pub fn run(
+    s: &Scenario,
+    group: &str,
+    pages: usize,
+    hold: std::time::Duration,
+) -> anyhow::Result<Truth> {
+    let mut truth = Truth {
+        scenario: s.name.into(),
+        kernel_release: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .into(),
+        zero_pfn: ZeroPageTruth::open().ok().map(|z| z.zero_pfn),
+        ..Default::default()
+    };
+    if s.processes == 1 {
+        truth.runs.push(run_once(s, group, pages, hold)?);
+        return Ok(truth);
+    }
+    for _ in 0..s.processes {
+        truth
+            .runs
+            .push(in_child(|| run_once(s, group, pages, hold))?);
+    }
+    Ok(truth)
+}
+
+/// Runs `f` in a forked child (its own tgid) and returns its result.
+fn in_child(f: impl FnOnce() -> anyhow::Result<RunTruth>) -> anyhow::Result<RunTruth> {
+    use std::io::{Read, Write};
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe with a valid 2-int array.
+    anyhow::ensure!(unsafe { libc::pipe(fds.as_mut_ptr()) } == 0, "pipe failed");
+    // SAFETY: single-threaded here; the child only runs `f` and exits.
+    match unsafe { libc::fork() } {
+        -1 => anyhow::bail!("fork: {}", std::io::Error::last_os_error()),
+        0 => {
+            // SAFETY: fds[1] is ours to own in the child.
+            let mut w = unsafe { std::fs::File::from_raw_fd(fds[1]) };
+            let r = f().map_err(|e| format!("{e:#}"));
+            let _ = w.write_all(serde_json::to_string(&r).unwrap_or_default().as_bytes());
+            drop(w);
+            // SAFETY: leave without running the parent's destructors.
+            unsafe { libc::_exit(0) }
+        }
+        pid => {
+            // SAFETY: closing the child's end; fds[0] is ours to own.
+            unsafe { libc::close(fds[1]) };
+            let mut text = String::new();
+            unsafe { std::fs::File::from_raw_fd(fds[0]) }.read_to_string(&mut text)?;
+            let mut status = 0;
+            // SAFETY: reaping our child.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            let r: Result<RunTruth, String> = serde_json::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("child {pid} reported nothing ({e})"))?;
+            r.map_err(|e| anyhow::anyhow!("child {pid}: {e}"))
+        }
+    }
+}
