@@ -76,6 +76,7 @@ struct Seen {
     /// (expected pins outstanding when read, value) for every refcount the probes saw.
     refcounts: Vec<(i64, i32)>,
     cgroups: Vec<u64>,
+    containers: std::collections::BTreeSet<u32>,
     containers_missing: usize,
 }
 
@@ -92,6 +93,7 @@ fn seen_for(events: &[&Event]) -> Seen {
                     _ => {}
                 }
                 s.containers_missing += e.container.is_none() as usize;
+                s.containers.extend(e.container);
             }
             What::GupPin {
                 in_type1: true,
@@ -204,6 +206,7 @@ fn check_kernel(kernel: &str, dir: &Path) -> Vec<String> {
         ));
     }
     for (scenario, t) in &truths {
+        let mut containers_seen = std::collections::BTreeSet::new();
         for run in &t.runs {
             let ctx = format!("{kernel}/{scenario}/pid {}", run.pid);
             if !run.errors.is_empty() {
@@ -253,6 +256,13 @@ fn check_kernel(kernel: &str, dir: &Path) -> Vec<String> {
                     s.type1_huge_zero, run.huge_zero_backed_after_map
                 ));
             }
+            if !s.containers.is_disjoint(&containers_seen) {
+                bad.push(format!(
+                    "{ctx}: shares a container id with another process: {:?}",
+                    s.containers
+                ));
+            }
+            containers_seen.extend(s.containers.iter().copied());
             if s.containers_missing > 0 {
                 bad.push(format!(
                     "{ctx}: {} type1 pins without a container",

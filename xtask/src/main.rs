@@ -154,6 +154,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Test { kernels, no_vm } => {
             bootstrap::run()?;
+            cmd::run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+            cmd::run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
             cmd::run(cargo().args(["test", "--workspace"]))?;
             if no_vm {
                 eprintln!(

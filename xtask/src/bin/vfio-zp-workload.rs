@@ -15,6 +15,9 @@ struct Cli {
     /// VFIO group node, e.g. /dev/vfio/3.
     #[arg(long, env = "VFIO_GROUP", required_unless_present = "list_scenarios")]
     group: Option<String>,
+    /// A second VFIO group, for scenarios that run two containers at once.
+    #[arg(long, env = "VFIO_GROUP2")]
+    group2: Option<String>,
     /// Scenario to run.
     #[arg(long, required_unless_present = "list_scenarios")]
     scenario: Option<String>,
@@ -66,7 +69,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     } else {
         cli.pages
     } as usize;
-    let mut truth = scenarios::run(s, &group, pages, Duration::from_millis(cli.hold_ms))?;
+    let groups: Vec<String> = std::iter::once(group)
+        .chain(cli.group2.filter(|g| !g.is_empty()))
+        .collect();
+    let mut truth = scenarios::run(s, &groups, pages, Duration::from_millis(cli.hold_ms))?;
     truth.cgroup = cli.cgroup;
     for r in &truth.runs {
         println!(

@@ -36,7 +36,7 @@ fn archive_uri() -> anyhow::Result<String> {
         for line in t.lines().map(str::trim) {
             let uri = line
                 .strip_prefix("URIs:")
-                .map(|s| s.trim().split_whitespace().next().unwrap_or(""))
+                .map(|s| s.split_whitespace().next().unwrap_or(""))
                 .or_else(|| {
                     line.strip_prefix("deb ")
                         .and_then(|s| s.split_whitespace().find(|w| w.contains("://")))

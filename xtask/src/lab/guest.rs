@@ -29,8 +29,8 @@ poweroff -f
 "#;
 
 /// The set-up script: loads VFIO from the kernel's own tree (the leaky
-/// type1 in place of the stock one for 5.10-leaky), binds the e1000e to
-/// vfio-pci, then runs guest-cmd.sh and stores its exit code.
+/// type1 in place of the stock one for 5.10-leaky), binds every e1000e to
+/// vfio-pci (each its own IOMMU group), then runs guest-cmd.sh and stores its exit code.
 pub fn setup_script(k: &Kernel, results: &Path) -> String {
     let tree = k.tree.display();
     let leaky = match &k.leaky_module {
@@ -48,18 +48,21 @@ RESULTS={results}
 fail() {{ echo "lab: $*"; echo 90 > $RESULTS/exit-code; exit 90; }}
 modprobe -d {tree} vfio-pci || fail 'modprobe vfio-pci failed'
 modprobe -d {tree} vfio_iommu_type1 2>/dev/null
-{leaky}DEV=
+{leaky}GROUPS=
 for d in /sys/bus/pci/devices/*; do
-  [ "$(cat $d/vendor)" = 0x8086 ] && [ "$(cat $d/device)" = 0x10d3 ] && DEV=$(basename $d)
+  [ "$(cat $d/vendor)" = 0x8086 ] && [ "$(cat $d/device)" = 0x10d3 ] || continue
+  DEV=$(basename $d)
+  echo vfio-pci > $d/driver_override
+  [ -e $d/driver ] && echo $DEV > $d/driver/unbind
+  echo $DEV > /sys/bus/pci/drivers_probe
+  G=/dev/vfio/$(basename "$(readlink $d/iommu_group)")
+  [ -e $G ] || fail "$G did not appear for $DEV"
+  GROUPS="$GROUPS $G"
 done
-[ -n "$DEV" ] || fail 'no e1000e in the guest'
-echo vfio-pci > /sys/bus/pci/devices/$DEV/driver_override
-[ -e /sys/bus/pci/devices/$DEV/driver ] && echo $DEV > /sys/bus/pci/devices/$DEV/driver/unbind
-echo $DEV > /sys/bus/pci/drivers_probe
-GROUP=$(basename "$(readlink /sys/bus/pci/devices/$DEV/iommu_group)")
-[ -e /dev/vfio/$GROUP ] || fail "/dev/vfio/$GROUP did not appear"
-export VFIO_GROUP=/dev/vfio/$GROUP VFIO_ZP_LAB_KERNEL={name} RESULTS
-echo "lab: $(uname -r), $DEV in $VFIO_GROUP, type1 taint '$(cat /sys/module/vfio_iommu_type1/taint)'"
+set -- $GROUPS
+[ $# -ge 1 ] || fail 'no e1000e in the guest'
+export VFIO_GROUP=$1 VFIO_GROUP2=${{2:-}} VFIO_ZP_LAB_KERNEL={name} RESULTS
+echo "lab: $(uname -r), VFIO groups$GROUPS, type1 taint '$(cat /sys/module/vfio_iommu_type1/taint)'"
 sh $RESULTS/guest-cmd.sh
 echo $? > $RESULTS/exit-code
 sync

@@ -22,25 +22,30 @@ fn cgroup_for(scenario: &str) -> Option<&'static str> {
 /// attached), runs `body`, then stops the recorder with SIGINT.
 pub fn with_recorder(recording: &str, print: bool, body: &str) -> anyhow::Result<String> {
     let bin = bin_dir()?;
-    let print = if print { " --print" } else { "" };
+    // The demo shows events live on the console; the matrix keeps the log.
+    let (print, log) = if print {
+        (" --print", "")
+    } else {
+        ("", " 2>\"$RESULTS/recorder.log\"")
+    };
     Ok(format!(
         r#"set -u
 BIN={bin}
 REC={recording}
 rm -f "$REC"
-"$BIN/vfio-zp" record -o "$REC" --no-wait{print} 2>"$RESULTS/recorder.log" &
+"$BIN/vfio-zp" record -o "$REC" --no-wait{print}{log} &
 RP=$!
 i=0
 while [ ! -s "$REC" ]; do
   sleep 1; i=$((i+1))
-  if ! kill -0 $RP 2>/dev/null || [ $i -gt 600 ]; then echo "lab: recorder did not start"; cat "$RESULTS/recorder.log"; exit 91; fi
+  if ! kill -0 $RP 2>/dev/null || [ $i -gt 600 ]; then echo "lab: recorder did not start"; cat "$RESULTS/recorder.log" 2>/dev/null; exit 91; fi
 done
 echo "lab: recorder attached after ${{i}}s"
 status=0
 {body}
 kill -INT $RP
 wait $RP || {{ echo "lab: recorder failed"; status=1; }}
-cat "$RESULTS/recorder.log"
+[ -f "$RESULTS/recorder.log" ] && tail -n 3 "$RESULTS/recorder.log"
 exit $status
 "#,
         bin = bin.display(),

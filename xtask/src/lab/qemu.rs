@@ -46,13 +46,20 @@ pub fn run(
         .args([
             "-accel", "tcg", "-M", "q35", "-cpu", "max", "-m", "2G", "-smp", "1",
         ])
+        // Two e1000e, each its own IOMMU group: two containers can run at once.
+        .args(["-device", "intel-iommu,intremap=on,caching-mode=on"])
         .args([
             "-device",
-            "intel-iommu,intremap=on,caching-mode=on",
-            "-device",
             "e1000e,netdev=n0,romfile=",
+            "-netdev",
+            "user,id=n0,restrict=on",
         ])
-        .args(["-netdev", "user,id=n0,restrict=on"])
+        .args([
+            "-device",
+            "e1000e,netdev=n1,romfile=",
+            "-netdev",
+            "user,id=n1,restrict=on",
+        ])
         .args([
             "-nographic",
             "-nodefaults",

@@ -97,7 +97,7 @@ pub const SCENARIOS: [Scenario; 8] = [
     },
     Scenario {
         name: "multi-container",
-        about: "two processes, each its own container, read-touched READ maps (one after the other: the group is exclusive)",
+        about: "two processes at once, each with its own container and group, read-touched READ maps",
         touch: Touch::Read,
         flags: MAP_READ,
         unmap: Unmap::Whole,
@@ -252,10 +252,11 @@ pub fn run_once(
     Ok(t)
 }
 
-/// Runs `s` (forking one child per process) and gathers the truth.
+/// Runs `s` (one forked child per process, all at once, each on its own
+/// group) and gathers the truth.
 pub fn run(
     s: &Scenario,
-    group: &str,
+    groups: &[String],
     pages: usize,
     hold: std::time::Duration,
 ) -> anyhow::Result<Truth> {
@@ -268,48 +269,71 @@ pub fn run(
         zero_pfn: ZeroPageTruth::open().ok().map(|z| z.zero_pfn),
         ..Default::default()
     };
-    if s.processes == 1 {
-        truth.runs.push(run_once(s, group, pages, hold)?);
+    let n = s.processes as usize;
+    if n == 1 {
+        truth.runs.push(run_once(s, &groups[0], pages, hold)?);
         return Ok(truth);
     }
-    for _ in 0..s.processes {
-        truth
-            .runs
-            .push(in_child(|| run_once(s, group, pages, hold))?);
+    anyhow::ensure!(
+        groups.len() >= n,
+        "{} needs {n} VFIO groups (--group and --group2)",
+        s.name
+    );
+    let children = groups[..n]
+        .iter()
+        .map(|g| Child::spawn(|| run_once(s, g, pages, hold)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for c in children {
+        truth.runs.push(c.collect()?);
     }
     Ok(truth)
 }
 
-/// Runs `f` in a forked child (its own tgid) and returns its result.
-fn in_child(f: impl FnOnce() -> anyhow::Result<RunTruth>) -> anyhow::Result<RunTruth> {
-    use std::io::{Read, Write};
-    use std::os::fd::FromRawFd;
-    let mut fds = [0; 2];
-    // SAFETY: pipe with a valid 2-int array.
-    anyhow::ensure!(unsafe { libc::pipe(fds.as_mut_ptr()) } == 0, "pipe failed");
-    // SAFETY: single-threaded here; the child only runs `f` and exits.
-    match unsafe { libc::fork() } {
-        -1 => anyhow::bail!("fork: {}", std::io::Error::last_os_error()),
-        0 => {
-            // SAFETY: fds[1] is ours to own in the child.
-            let mut w = unsafe { std::fs::File::from_raw_fd(fds[1]) };
-            let r = f().map_err(|e| format!("{e:#}"));
-            let _ = w.write_all(serde_json::to_string(&r).unwrap_or_default().as_bytes());
-            drop(w);
-            // SAFETY: leave without running the parent's destructors.
-            unsafe { libc::_exit(0) }
+/// A forked child running one process's part (its own tgid).
+struct Child {
+    pid: libc::pid_t,
+    out: std::fs::File,
+}
+
+impl Child {
+    fn spawn(f: impl FnOnce() -> anyhow::Result<RunTruth>) -> anyhow::Result<Child> {
+        use std::io::Write;
+        use std::os::fd::FromRawFd;
+        let mut fds = [0; 2];
+        // SAFETY: pipe with a valid 2-int array.
+        anyhow::ensure!(unsafe { libc::pipe(fds.as_mut_ptr()) } == 0, "pipe failed");
+        // SAFETY: single-threaded here; the child only runs `f` and exits.
+        match unsafe { libc::fork() } {
+            -1 => anyhow::bail!("fork: {}", std::io::Error::last_os_error()),
+            0 => {
+                // SAFETY: fds[1] is ours to own in the child.
+                let mut w = unsafe { std::fs::File::from_raw_fd(fds[1]) };
+                let r = f().map_err(|e| format!("{e:#}"));
+                let _ = w.write_all(serde_json::to_string(&r).unwrap_or_default().as_bytes());
+                drop(w);
+                // SAFETY: leave without running the parent's destructors.
+                unsafe { libc::_exit(0) }
+            }
+            pid => {
+                // SAFETY: closing the child's end; fds[0] is ours to own.
+                unsafe { libc::close(fds[1]) };
+                Ok(Child {
+                    pid,
+                    out: unsafe { std::fs::File::from_raw_fd(fds[0]) },
+                })
+            }
         }
-        pid => {
-            // SAFETY: closing the child's end; fds[0] is ours to own.
-            unsafe { libc::close(fds[1]) };
-            let mut text = String::new();
-            unsafe { std::fs::File::from_raw_fd(fds[0]) }.read_to_string(&mut text)?;
-            let mut status = 0;
-            // SAFETY: reaping our child.
-            unsafe { libc::waitpid(pid, &mut status, 0) };
-            let r: Result<RunTruth, String> = serde_json::from_str(&text)
-                .map_err(|e| anyhow::anyhow!("child {pid} reported nothing ({e})"))?;
-            r.map_err(|e| anyhow::anyhow!("child {pid}: {e}"))
-        }
+    }
+
+    fn collect(mut self) -> anyhow::Result<RunTruth> {
+        use std::io::Read;
+        let mut text = String::new();
+        self.out.read_to_string(&mut text)?;
+        let mut status = 0;
+        // SAFETY: reaping our child.
+        unsafe { libc::waitpid(self.pid, &mut status, 0) };
+        let r: Result<RunTruth, String> = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("child {} reported nothing ({e})", self.pid))?;
+        r.map_err(|e| anyhow::anyhow!("child {}: {e}", self.pid))
     }
 }
