@@ -24,7 +24,7 @@ pub struct Probes {
     counters: PerCpuArray<MapData, u64>,
     links: BTreeMap<(ProbeId, &'static str), KProbeLinkId>,
     status: Vec<ProbeStatus>,
-    _log: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    log: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
 /// Loads every program (verifier only, no attach). Used by `Probes::load`
@@ -71,7 +71,7 @@ impl Probes {
             counters,
             links: BTreeMap::new(),
             status: Vec::new(),
-            _log: log,
+            log,
         })
     }
 
@@ -86,11 +86,11 @@ impl Probes {
 
     pub fn log_fd(&self) -> Option<std::os::fd::RawFd> {
         use std::os::fd::AsRawFd;
-        self._log.as_ref().map(|l| l.as_raw_fd())
+        self.log.as_ref().map(|l| l.as_raw_fd())
     }
 
     pub fn flush_log(&mut self) {
-        if let Some(l) = self._log.as_mut() {
+        if let Some(l) = self.log.as_mut() {
             l.flush();
         }
     }

@@ -19,16 +19,16 @@ pub struct Suite {
 /// The Debian archive URI the host's apt uses (deb822 or one-line sources).
 fn archive_uri() -> anyhow::Result<String> {
     let mut texts = Vec::new();
-    for dir in ["/etc/apt/sources.list.d"] {
-        if let Ok(rd) = fs::read_dir(dir) {
-            for e in rd.flatten() {
-                if e.path()
-                    .extension()
-                    .is_some_and(|x| x == "sources" || x == "list")
-                {
-                    texts.push(fs::read_to_string(e.path()).unwrap_or_default());
-                }
-            }
+    for e in fs::read_dir("/etc/apt/sources.list.d")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if e.path()
+            .extension()
+            .is_some_and(|x| x == "sources" || x == "list")
+        {
+            texts.push(fs::read_to_string(e.path()).unwrap_or_default());
         }
     }
     texts.push(fs::read_to_string("/etc/apt/sources.list").unwrap_or_default());
