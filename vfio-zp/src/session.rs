@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use aya::maps::{MapData, RingBuf};
 use tokio::io::{Interest, unix::AsyncFd};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::error::Fatal;
 use crate::ingest::{Decoder, parse};
@@ -45,7 +45,9 @@ impl Session {
                 tokio::time::sleep(POLL).await;
             }
         }
+        debug!("reading struct page layout from BTF");
         let layout = btf::read_page_layout().map_err(|e| Fatal::NoBtf(format!("{e:#}")))?;
+        debug!(?layout, "finding the zero page");
         let zero_pfn = zero_page::zero_pfn_from_pagemap()
             .map_err(|e| Fatal::Privileges(format!("cannot find the zero page's pfn: {e:#}")))?;
         let syms = Kallsyms::read(probe_points::wanted_symbol)
@@ -55,7 +57,9 @@ impl Session {
                 Fatal::Privileges("/proc/kallsyms hides addresses (kptr_restrict)".into()).into(),
             );
         }
+        debug!("loading the probes (verifier)");
         let mut probes = Probes::load(zero_page::config(&syms, layout, zero_pfn))?;
+        debug!("attaching");
         let type1_loaded = preflight::type1_loaded();
         let status = probes
             .attach(
