@@ -63,4 +63,43 @@ mod tests {
         assert_eq!(c, 3);
         assert_eq!(ids.id(0xffff_8880_1234_5000, false), c);
     }
+
+    proptest::proptest! {
+        /// Over any sequence of sightings, births and frees of a few keys:
+        /// a key keeps its id until it is retired and born again, and no
+        /// id ever names two kernel objects.
+        #[test]
+        fn ids_follow_object_lifetimes(ops in proptest::collection::vec((0u64..4, 0u8..3), 0..200)) {
+            let mut ids = KeyIds::default();
+            let mut current: HashMap<u64, Id> = HashMap::new();
+            let mut retired: HashMap<u64, bool> = HashMap::new();
+            let mut owner: HashMap<Id, u64> = HashMap::new();
+            for (key, op) in ops {
+                let key = 0xffff_8880_0000_0000 + key * 0x1000;
+                match op {
+                    2 => {
+                        ids.retire(key);
+                        if current.contains_key(&key) {
+                            retired.insert(key, true);
+                        }
+                    }
+                    op => {
+                        let birth = op == 1;
+                        let id = ids.id(key, birth);
+                        let renewed = birth && retired.get(&key).copied().unwrap_or(false);
+                        match current.get(&key) {
+                            Some(old) if !renewed => proptest::prop_assert_eq!(id, *old),
+                            Some(old) => proptest::prop_assert!(id > *old),
+                            None => {}
+                        }
+                        if renewed || !current.contains_key(&key) {
+                            retired.insert(key, false);
+                        }
+                        current.insert(key, id);
+                        proptest::prop_assert_eq!(*owner.entry(id).or_insert(key), key);
+                    }
+                }
+            }
+        }
+    }
 }
