@@ -150,6 +150,11 @@ pub struct Truth {
     pub kernel_release: String,
     pub cgroup: Option<String>,
     pub zero_pfn: Option<u64>,
+    /// The zero page refcount before the first process starts and after
+    /// the last one ends: with processes running at once, only these
+    /// bracket the whole scenario.
+    pub refcount_before: Option<i32>,
+    pub refcount_after: Option<i32>,
     pub runs: Vec<RunTruth>,
     pub errors: Vec<String>,
 }
@@ -260,32 +265,36 @@ pub fn run(
     pages: usize,
     hold: std::time::Duration,
 ) -> anyhow::Result<Truth> {
+    let zero = ZeroPageTruth::open();
+    let refcount = || zero.as_ref().ok().and_then(|z| z.refcount().ok());
     let mut truth = Truth {
         scenario: s.name.into(),
         kernel_release: std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .unwrap_or_default()
             .trim()
             .into(),
-        zero_pfn: ZeroPageTruth::open().ok().map(|z| z.zero_pfn),
+        zero_pfn: zero.as_ref().ok().map(|z| z.zero_pfn),
+        refcount_before: refcount(),
         ..Default::default()
     };
     let n = s.processes as usize;
     if n == 1 {
         truth.runs.push(run_once(s, &groups[0], pages, hold)?);
-        return Ok(truth);
+    } else {
+        anyhow::ensure!(
+            groups.len() >= n,
+            "{} needs {n} VFIO groups (--group and --group2)",
+            s.name
+        );
+        let children = groups[..n]
+            .iter()
+            .map(|g| Child::spawn(|| run_once(s, g, pages, hold)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        for c in children {
+            truth.runs.push(c.collect()?);
+        }
     }
-    anyhow::ensure!(
-        groups.len() >= n,
-        "{} needs {n} VFIO groups (--group and --group2)",
-        s.name
-    );
-    let children = groups[..n]
-        .iter()
-        .map(|g| Child::spawn(|| run_once(s, g, pages, hold)))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    for c in children {
-        truth.runs.push(c.collect()?);
-    }
+    truth.refcount_after = refcount();
     Ok(truth)
 }
 
