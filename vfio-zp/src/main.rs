@@ -185,8 +185,13 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 })?)
             };
             let mut w = Writer::new(std::io::BufWriter::new(out));
-            let Some(mut s) = start(&probes.options()).await? else {
-                return Ok(());
+            let started = start(&probes.options()).await;
+            let Ok(Some(mut s)) = started else {
+                // Leave no empty recording behind a failed or cancelled start.
+                if output.as_os_str() != "-" {
+                    let _ = std::fs::remove_file(&output);
+                }
+                return started.map(drop);
             };
             let io = |e: std::io::Error| Fatal::Output {
                 path: output.display().to_string(),
