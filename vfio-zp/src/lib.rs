@@ -2,10 +2,13 @@
 //!
 //! Data path: probes (vfio-zp-ebpf) -> [`kernel::programs`] ring buffer ->
 //! [`ingest`] (decode, kernel pointers to small ids) -> [`event::Event`] ->
-//! outputs ([`record`] JSON lines, the agent's log).
+//! [`model`] (type1's accounting, leak verdicts, memlock advice) -> outputs
+//! ([`record`] JSON lines, the agent's log, `replay`).
+pub mod attribution;
 pub mod error;
 pub mod event;
 pub mod ingest;
 pub mod kernel;
+pub mod model;
 pub mod record;
 pub mod session;

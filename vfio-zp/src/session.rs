@@ -6,10 +6,12 @@ use aya::maps::{MapData, RingBuf};
 use tokio::io::{Interest, unix::AsyncFd};
 use tracing::{debug, info, warn};
 
+use crate::attribution::resolve::Resolver;
 use crate::error::Fatal;
 use crate::ingest::{Decoder, parse};
 use crate::kernel::{
-    self, btf, kallsyms::Kallsyms, preflight, probe_points, programs::Probes, tracefs, zero_page,
+    self, btf, kallsyms::Kallsyms, kcore::ZeroRefcount, preflight, probe_points, programs::Probes,
+    tracefs, zero_page,
 };
 use crate::record::{Header, Line, ProbeState, ProbeStatus, format::ProbesChanged};
 
@@ -25,6 +27,8 @@ pub struct Session {
     probes: Probes,
     ring: AsyncFd<RingBuf<MapData>>,
     decoder: Decoder,
+    resolver: Resolver,
+    refcount: Option<ZeroRefcount>,
     type1_loaded: bool,
     pub header: Header,
 }
@@ -58,7 +62,20 @@ impl Session {
             );
         }
         debug!("loading the probes (verifier)");
-        let mut probes = Probes::load(zero_page::config(&syms, layout, zero_pfn))?;
+        let config = zero_page::config(&syms, layout, zero_pfn);
+        let refcount = ZeroRefcount::open(
+            zero_pfn,
+            config.vmemmap_base_addr,
+            config.vmemmap_const,
+            layout,
+        )
+        .inspect_err(|e| {
+            info!(
+                "zero page refcount via /proc/kcore unavailable ({e:#}); using the probes' readings"
+            )
+        })
+        .ok();
+        let mut probes = Probes::load(config)?;
         debug!("attaching");
         let type1_loaded = preflight::type1_loaded();
         let status = probes
@@ -92,6 +109,7 @@ impl Session {
             version: crate::record::format::VERSION,
             agent_version: env!("CARGO_PKG_VERSION").into(),
             kernel_release: kernel::release(),
+            kernel_version: kernel::version(),
             zero_pfn,
             struct_page_size: layout.size,
             refcount_offset: layout.refcount_offset,
@@ -106,6 +124,8 @@ impl Session {
             probes,
             ring,
             decoder: Decoder::default(),
+            resolver: Resolver::default(),
+            refcount,
             type1_loaded,
             header,
         })
@@ -127,25 +147,46 @@ impl Session {
                 _ = &mut stop => break,
                 guard = self.ring.readable_mut() => {
                     let mut guard = guard?;
-                    drain(guard.get_inner_mut(), &mut self.decoder, &mut sink)?;
+                    drain(guard.get_inner_mut(), &mut self.decoder, &mut self.resolver, &mut sink)?;
                     guard.clear_ready();
                 }
                 _ = tick.tick() => {
                     self.probes.flush_log();
                     self.watch_module(&mut sink)?;
-                    let c = self.probes.counters(kernel::monotonic_ns());
-                    if last_counters.as_ref() != Some(&(c.hits.clone(), c.drops.clone())) {
-                        last_counters = Some((c.hits.clone(), c.drops.clone()));
+                    // Events first, so the counters and refcount read after them.
+                    self.drain_ring(&mut sink)?;
+                    let c = self.counters();
+                    let key = (c.hits.clone(), c.drops.clone(), c.zero_refcount);
+                    if last_counters.as_ref() != Some(&key) {
+                        last_counters = Some(key);
                         sink(Line::Counters(c))?;
                     }
                 }
             }
         }
-        drain(self.ring.get_mut(), &mut self.decoder, &mut sink)?;
+        self.drain_ring(&mut sink)?;
         self.probes.flush_log();
-        let mut c = self.probes.counters(kernel::monotonic_ns());
+        let mut c = self.counters();
         c.last = true;
         sink(Line::Counters(c))
+    }
+
+    fn counters(&self) -> crate::record::Counters {
+        let mut c = self.probes.counters(kernel::monotonic_ns());
+        c.zero_refcount = self.refcount.as_ref().and_then(|r| r.read().ok());
+        c
+    }
+
+    fn drain_ring(
+        &mut self,
+        sink: &mut impl FnMut(Line) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        drain(
+            self.ring.get_mut(),
+            &mut self.decoder,
+            &mut self.resolver,
+            sink,
+        )
     }
 
     /// Re-attaches when vfio_iommu_type1 (re)loads, detaches when it goes.
@@ -177,14 +218,25 @@ impl Session {
     }
 }
 
+/// Decodes what the ring buffer holds; each event is preceded by the
+/// cgroup and process lines it is the first to need.
 fn drain(
     ring: &mut RingBuf<MapData>,
     decoder: &mut Decoder,
+    resolver: &mut Resolver,
     sink: &mut impl FnMut(Line) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     while let Some(item) = ring.next() {
         match parse(&item).and_then(|raw| decoder.decode(&raw)) {
-            Ok(e) => sink(Line::Event(e))?,
+            Ok(e) => {
+                if let Some(c) = resolver.cgroup(e.cgroup_id) {
+                    sink(Line::Cgroup(c))?;
+                }
+                if let Some(p) = resolver.process(e.tgid, &e.comm) {
+                    sink(Line::Process(p))?;
+                }
+                sink(Line::Event(e))?
+            }
             Err(e) => warn!("undecodable probe record: {e}"),
         }
     }

@@ -1,6 +1,7 @@
 //! vfio-zp chores: `cargo xtask <command>`.
 mod bootstrap;
 mod cmd;
+mod fuzz;
 mod lab;
 
 use std::{
@@ -67,6 +68,26 @@ enum Cmd {
         /// Seconds per kernel.
         #[arg(long, default_value_t = 1200)]
         timeout: u64,
+        /// Pages per mapping (256 = 1 MiB, the size kernel-facts.md measured).
+        #[arg(long, default_value_t = 256)]
+        pages: u64,
+    },
+    /// Run the fuzz targets (fuzz/) for a set time each; fails on any crash.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Targets (default: all).
+        #[arg(default_values_t = fuzz::TARGETS.map(String::from))]
+        targets: Vec<String>,
+    },
+    /// Regenerate the golden recordings in vfio-zp/tests/fixtures (a
+    /// small-page matrix run on every lab kernel).
+    Fixtures {
+        #[arg(long, value_delimiter = ',', default_values_t = lab::kernels::DEFAULT_MATRIX.map(String::from))]
+        kernels: Vec<String>,
+        #[arg(long, default_value_t = 16)]
+        pages: u64,
     },
 }
 
@@ -117,10 +138,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             kernels,
             out,
             timeout,
+            pages,
         } => {
             bootstrap::run()?;
             build_binaries()?;
-            lab::matrix::run(&kernels, &out, Duration::from_secs(timeout))
+            lab::matrix::run(&kernels, &out, pages, Duration::from_secs(timeout))
+        }
+        Cmd::Fuzz { seconds, targets } => {
+            bootstrap::run()?;
+            fuzz::run(&targets, seconds)
+        }
+        Cmd::Fixtures { kernels, pages } => {
+            bootstrap::run()?;
+            build_binaries()?;
+            lab::matrix::fixtures(
+                &kernels,
+                std::path::Path::new("vfio-zp/tests/fixtures"),
+                pages,
+                Duration::from_secs(1200),
+            )
         }
         Cmd::Run { kernel, lab } => {
             bootstrap::run()?;
@@ -144,8 +180,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let out = PathBuf::from("lab-out/demo");
             let r = lab::qemu::run(&k, &out, &script, Duration::from_secs(900), true)?;
             eprintln!(
-                "run: recording kept in {}",
+                "run: recording kept in {}; its verdicts (`vfio-zp replay`):",
                 out.join("demo.jsonl").display()
+            );
+            // The model's conclusions, replayed on the host from the guest's recording.
+            let _ = cmd::run(
+                Command::new(bin.join("vfio-zp"))
+                    .arg("replay")
+                    .arg(out.join("demo.jsonl")),
             );
             match r.exit_code {
                 Some(0) => Ok(()),
@@ -165,7 +207,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             build_binaries()?;
             let out = std::fs::canonicalize(".")?.join("lab-out");
-            lab::matrix::run(&kernels, &out, Duration::from_secs(1200))?;
+            lab::matrix::run(&kernels, &out, 256, Duration::from_secs(1200))?;
             cmd::run(
                 cargo()
                     .args([

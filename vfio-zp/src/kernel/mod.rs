@@ -2,6 +2,7 @@
 //! does I/O against the kernel, so the rest runs in tests and replay.
 pub mod btf;
 pub mod kallsyms;
+pub mod kcore;
 pub mod preflight;
 pub mod probe_points;
 pub mod programs;
@@ -13,6 +14,13 @@ pub fn release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
+}
+
+/// `uname -v` (distributions put the upstream sublevel here).
+pub fn version() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/version")
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 /// CLOCK_MONOTONIC in ns: the clock bpf_ktime_get_ns() uses.

@@ -235,6 +235,7 @@ impl Probes {
                 lock_acct_uncharged: get(counter::LOCK_ACCT_UNCHARGED),
                 unmatched_returns: get(counter::UNMATCHED_RETURNS),
             },
+            zero_refcount: None,
             last: false,
         }
     }

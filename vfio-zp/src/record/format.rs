@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use crate::event::Event;
 
 pub const FORMAT: &str = "vfio-zp-recording";
-pub const VERSION: u32 = 1;
+/// 2 added `cgroup` and `process` lines, `kernel_version` and counters'
+/// `zero_refcount`; version 1 files read as version 2 files without them.
+pub const VERSION: u32 = 2;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "record", rename_all = "snake_case")]
@@ -19,6 +21,38 @@ pub enum Line {
     Counters(Counters),
     /// Probe coverage changed (module loaded or unloaded).
     Probes(ProbesChanged),
+    /// A cgroup id's path, written before the first event from it.
+    Cgroup(CgroupInfo),
+    /// A process's memlock facts, written before its first event.
+    Process(ProcessInfo),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupInfo {
+    pub id: u64,
+    /// Path under the cgroup v2 root, `/`-separated, no leading slash
+    /// (empty for the root). None when the cgroup was gone before it was seen.
+    pub path: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    pub tgid: u32,
+    pub comm: String,
+    /// Soft RLIMIT_MEMLOCK from /proc/PID/limits.
+    pub memlock: Memlock,
+    /// CAP_IPC_LOCK in the effective set: type1 then charges but never refuses.
+    #[serde(default)]
+    pub cap_ipc_lock: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Memlock {
+    Bytes(u64),
+    Unlimited,
+    /// The process was gone (or /proc unreadable) before it could be read.
+    Unknown,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -28,6 +62,10 @@ pub struct Header {
     pub agent_version: String,
     /// `uname -r` of the recorded kernel.
     pub kernel_release: String,
+    /// `uname -v`: distributions put the upstream sublevel here
+    /// (Debian: "#1 SMP Debian 5.10.223-1 ...").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_version: Option<String>,
     /// The 4 KiB zero page's pfn (identifies it across this recording).
     pub zero_pfn: u64,
     /// `sizeof(struct page)` and `offsetof(struct page, _refcount)` from BTF.
@@ -78,6 +116,10 @@ pub struct Counters {
     /// Events lost to a full ring buffer, per probe label.
     pub drops: BTreeMap<String, u64>,
     pub totals: Totals,
+    /// The zero page's `_refcount` read through /proc/kcore at this moment
+    /// (absent when kcore is unavailable, e.g. under kernel lockdown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zero_refcount: Option<i32>,
     #[serde(default)]
     pub last: bool,
 }

@@ -4,7 +4,7 @@ pub mod read;
 pub mod write;
 
 pub use format::{Counters, Header, Line, ProbeState, ProbeStatus, Totals};
-pub use read::{ReadError, Recording, read, read_path};
+pub use read::{ReadError, Recording, Stream, read, read_path, stream_path};
 pub use write::Writer;
 
 #[cfg(test)]
@@ -18,6 +18,7 @@ mod tests {
             version: format::VERSION,
             agent_version: "0.1.0".into(),
             kernel_release: "6.1.0-test".into(),
+            kernel_version: None,
             zero_pfn: 0x2a0b,
             struct_page_size: 64,
             refcount_offset: 52,

@@ -28,40 +28,110 @@ pub struct Recording {
 }
 
 pub fn read_path(path: &std::path::Path) -> Result<Recording, ReadError> {
+    let mut s = stream_path(path)?;
+    let lines = s.by_ref().collect::<Result<Vec<_>, _>>()?;
+    Ok(Recording {
+        header: s.header,
+        lines,
+    })
+}
+
+pub fn read(r: impl BufRead, path: &str) -> Result<Recording, ReadError> {
+    let mut s = Stream::new(r, path)?;
+    let lines = s.by_ref().collect::<Result<Vec<_>, _>>()?;
+    Ok(Recording {
+        header: s.header,
+        lines,
+    })
+}
+
+/// Opens a recording for streaming: the header now, the lines one by one.
+pub fn stream_path(
+    path: &std::path::Path,
+) -> Result<Stream<std::io::BufReader<std::fs::File>>, ReadError> {
     let p = path.display().to_string();
     let f = std::fs::File::open(path).map_err(|source| ReadError::Io {
         path: p.clone(),
         source,
     })?;
-    read(std::io::BufReader::new(f), &p)
+    Stream::new(std::io::BufReader::new(f), &p)
 }
 
-pub fn read(r: impl BufRead, path: &str) -> Result<Recording, ReadError> {
-    let mut header = None;
-    let mut lines = Vec::new();
-    for (i, line) in r.lines().enumerate() {
-        let n = i + 1;
-        let err = |reason: String| ReadError::Line {
+/// The lines after the header; stops at the first error.
+pub struct Stream<R> {
+    pub header: Header,
+    reader: R,
+    path: String,
+    line: usize,
+    buf: String,
+    failed: bool,
+}
+
+impl<R: BufRead> Stream<R> {
+    pub fn new(mut reader: R, path: &str) -> Result<Stream<R>, ReadError> {
+        let mut buf = String::new();
+        let mut line = 0;
+        loop {
+            buf.clear();
+            line += 1;
+            let n = reader.read_line(&mut buf).map_err(|e| ReadError::Line {
+                path: path.into(),
+                line,
+                reason: format!("unreadable: {e}"),
+            })?;
+            if n == 0 {
+                return Err(ReadError::Empty { path: path.into() });
+            }
+            if !buf.trim().is_empty() {
+                break;
+            }
+        }
+        let header = parse_header(buf.trim_end()).map_err(|reason| ReadError::Line {
             path: path.into(),
-            line: n,
+            line,
             reason,
-        };
-        let text = line.map_err(|e| err(format!("unreadable: {e}")))?;
-        if text.trim().is_empty() {
-            continue;
-        }
-        if header.is_none() {
-            header = Some(parse_header(&text).map_err(err)?);
-            continue;
-        }
-        let parsed: Line = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
-        if matches!(parsed, Line::Header(_)) {
-            return Err(err("a second header".into()));
-        }
-        lines.push(parsed);
+        })?;
+        Ok(Stream {
+            header,
+            reader,
+            path: path.into(),
+            line,
+            buf,
+            failed: false,
+        })
     }
-    let header = header.ok_or_else(|| ReadError::Empty { path: path.into() })?;
-    Ok(Recording { header, lines })
+}
+
+impl<R: BufRead> Iterator for Stream<R> {
+    type Item = Result<Line, ReadError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.failed {
+            self.buf.clear();
+            self.line += 1;
+            let err = |reason: String| ReadError::Line {
+                path: self.path.clone(),
+                line: self.line,
+                reason,
+            };
+            let r = match self.reader.read_line(&mut self.buf) {
+                Ok(0) => return None,
+                Ok(_) if self.buf.trim().is_empty() => continue,
+                Ok(_) if !self.buf.ends_with('\n') => Err(err(
+                    "truncated: the last line has no end (recording cut short?)".into(),
+                )),
+                Ok(_) => match serde_json::from_str::<Line>(&self.buf) {
+                    Ok(Line::Header(_)) => Err(err("a second header".into())),
+                    Ok(l) => Ok(l),
+                    Err(e) => Err(err(e.to_string())),
+                },
+                Err(e) => Err(err(format!("unreadable: {e}"))),
+            };
+            self.failed = r.is_err();
+            return Some(r);
+        }
+        None
+    }
 }
 
 /// The header is read loosely first so a newer version gets a clear error

@@ -30,23 +30,15 @@ struct Cli {
     /// Move into this cgroup v2 (relative to /sys/fs/cgroup, created if needed) first.
     #[arg(long)]
     cgroup: Option<String>,
+    /// For two-process scenarios: the second process moves into this cgroup.
+    #[arg(long)]
+    cgroup2: Option<String>,
     /// Pages per mapping (4 KiB each).
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(2..=1 << 20))]
     pages: u64,
     /// How long to keep the mapping before unmapping, in milliseconds.
     #[arg(long, default_value_t = 100)]
     hold_ms: u64,
-}
-
-fn enter_cgroup(path: &str) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        !path.split('/').any(|p| p == ".."),
-        "cgroup path must stay under /sys/fs/cgroup"
-    );
-    let dir = PathBuf::from("/sys/fs/cgroup").join(path.trim_start_matches('/'));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating cgroup {}", dir.display()))?;
-    std::fs::write(dir.join("cgroup.procs"), "0")
-        .with_context(|| format!("entering cgroup {}", dir.display()))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -62,18 +54,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let s = scenarios::find(&name)
         .with_context(|| format!("unknown scenario `{name}` (see --list-scenarios)"))?;
     if let Some(cg) = &cli.cgroup {
-        enter_cgroup(cg)?;
+        scenarios::enter_cgroup(cg)?;
     }
-    let pages = if s.name == "huge-zero" {
-        cli.pages.max(1024)
-    } else {
-        cli.pages
-    } as usize;
+    let pages = cli.pages as usize;
     let groups: Vec<String> = std::iter::once(group)
         .chain(cli.group2.filter(|g| !g.is_empty()))
         .collect();
-    let mut truth = scenarios::run(s, &groups, pages, Duration::from_millis(cli.hold_ms))?;
+    let mut truth = scenarios::run(
+        s,
+        &groups,
+        cli.cgroup2.as_deref(),
+        pages,
+        Duration::from_millis(cli.hold_ms),
+    )?;
     truth.cgroup = cli.cgroup;
+    truth.cgroup2 = cli.cgroup2;
     for r in &truth.runs {
         println!(
             "workload: {} pid {}: {} pages, {} zero-backed while mapped ({} huge-zero), zero page refcount {:?} -> {:?} -> {:?}, VmLck {:?} kB while mapped",
@@ -87,6 +82,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             r.refcount_after_unmap,
             r.vmlck_kb_after_map
         );
+        if let Some(e) = &r.map_error {
+            println!("workload: {} pid {}: MAP_DMA refused: {e}", s.name, r.pid);
+        }
     }
     if let Some(p) = cli.truth {
         std::fs::write(&p, serde_json::to_string_pretty(&truth)?)

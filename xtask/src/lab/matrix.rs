@@ -8,13 +8,23 @@ use super::{bin_dir, kernels, qemu};
 
 /// Which cgroup each scenario runs in: shaped like libvirt's and kubepods'
 /// so attribution can be checked against real-looking paths.
-fn cgroup_for(scenario: &str) -> Option<&'static str> {
+/// `multi-container` runs a libvirt VM and a KubeVirt-like pod at once.
+pub const LIBVIRT_VM1: &str = r"machine.slice/machine-qemu\x2d1\x2dvm1.scope";
+pub const LIBVIRT_VM2: &str =
+    r"machine.slice/machine-qemu\x2d2\x2dvm\x2dtwo.scope/libvirt/emulator";
+pub const LIBVIRT_TIGHT: &str = r"machine.slice/machine-qemu\x2d3\x2dtight.scope";
+pub const POD_A: &str = "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0f1e2d3c_4b5a_6978_8796_a5b4c3d2e1f0.slice/cri-containerd-4f6b7c8d9e0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4.scope";
+pub const POD_B: &str = "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod11112222_3333_4444_5555_666677778888.slice/cri-containerd-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope";
+
+pub const CGROUPS: [&str; 5] = [LIBVIRT_VM1, LIBVIRT_VM2, LIBVIRT_TIGHT, POD_A, POD_B];
+
+fn cgroups_for(scenario: &str) -> (Option<&'static str>, Option<&'static str>) {
     match scenario {
-        "ro-read-touched" => Some(r"machine.slice/machine-qemu\x2d1\x2dvm1.scope"),
-        "partial-unmap" => Some(
-            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0f1e2d3c_4b5a_6978_8796_a5b4c3d2e1f0.slice/cri-containerd-4f6b7c.scope",
-        ),
-        _ => None,
+        "ro-read-touched" => (Some(LIBVIRT_VM1), None),
+        "partial-unmap" => (Some(POD_A), None),
+        "multi-container" => (Some(LIBVIRT_VM2), Some(POD_B)),
+        "memlock-tight" => (Some(LIBVIRT_TIGHT), None),
+        _ => (None, None),
     }
 }
 
@@ -33,7 +43,7 @@ pub fn with_recorder(recording: &str, print: bool, body: &str) -> anyhow::Result
 BIN={bin}
 REC={recording}
 rm -f "$REC"
-"$BIN/vfio-zp" record -o "$REC" --no-wait{print}{log} &
+"$BIN/vfio-zp" record -o "$REC" --verdicts "$RESULTS/verdicts.json" --no-wait{print}{log} &
 RP=$!
 i=0
 while [ ! -s "$REC" ]; do
@@ -52,15 +62,15 @@ exit $status
     ))
 }
 
-pub fn guest_script(scenarios: &[String]) -> anyhow::Result<String> {
+pub fn guest_script(scenarios: &[String], pages: u64) -> anyhow::Result<String> {
     let bin = bin_dir()?;
     let mut body = String::new();
     for s in scenarios {
-        let cg = cgroup_for(s)
-            .map(|c| format!(" --cgroup '{c}'"))
-            .unwrap_or_default();
+        let (cg, cg2) = cgroups_for(s);
+        let cg = cg.map(|c| format!(" --cgroup '{c}'")).unwrap_or_default();
+        let cg2 = cg2.map(|c| format!(" --cgroup2 '{c}'")).unwrap_or_default();
         body.push_str(&format!(
-            "\"{}/vfio-zp-workload\" --scenario {s} --truth \"$RESULTS/truth-{s}.json\"{cg} || status=1\n",
+            "\"{}/vfio-zp-workload\" --scenario {s} --pages {pages} --truth \"$RESULTS/truth-{s}.json\"{cg}{cg2} || status=1\n",
             bin.display()
         ));
     }
@@ -75,7 +85,7 @@ pub fn scenarios() -> anyhow::Result<Vec<String>> {
 }
 
 /// Runs the matrix; results land in `out/<kernel>/`.
-pub fn run(names: &[String], out: &Path, timeout: Duration) -> anyhow::Result<()> {
+pub fn run(names: &[String], out: &Path, pages: u64, timeout: Duration) -> anyhow::Result<()> {
     let scenarios = scenarios()?;
     let mut failed = Vec::new();
     for name in names {
@@ -87,7 +97,7 @@ pub fn run(names: &[String], out: &Path, timeout: Duration) -> anyhow::Result<()
             k.release,
             scenarios.len()
         );
-        let r = qemu::run(&k, &dir, &guest_script(&scenarios)?, timeout, false)
+        let r = qemu::run(&k, &dir, &guest_script(&scenarios, pages)?, timeout, false)
             .with_context(|| format!("lab kernel {name}"))?;
         match r.exit_code {
             Some(0) => eprintln!("lab: {name}: done in {:.0?}", r.elapsed),
@@ -116,4 +126,29 @@ pub fn tail(path: &Path, n: usize) {
             eprintln!("  | {l}");
         }
     }
+}
+
+/// Golden fixtures: a small-page matrix whose recordings, live verdicts and
+/// kernel truths are kept in the tree for `cargo test` (tests/golden.rs).
+pub fn fixtures(
+    names: &[String],
+    dest: &Path,
+    pages: u64,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let out = std::env::temp_dir().join("vfio-zp-fixtures");
+    run(names, &out, pages, timeout)?;
+    for name in names {
+        let to = dest.join(name);
+        let _ = std::fs::remove_dir_all(&to);
+        std::fs::create_dir_all(&to)?;
+        for e in std::fs::read_dir(out.join(name))?.flatten() {
+            let f = e.file_name().to_string_lossy().into_owned();
+            if f == "recording.jsonl" || f == "verdicts.json" || f.starts_with("truth-") {
+                std::fs::copy(e.path(), to.join(&f))?;
+            }
+        }
+        eprintln!("fixtures: {name} -> {}", to.display());
+    }
+    Ok(())
 }

@@ -35,12 +35,15 @@ pub struct Scenario {
     unmap: Unmap,
     /// Processes, one after the other, each with its own container.
     processes: u32,
-    /// Start 1 MiB past a 2 MiB boundary with MADV_HUGEPAGE, so the aligned
-    /// middle can be backed by the THP huge zero page.
+    /// 2 MiB plus `pages` (at most 256) either side, MADV_HUGEPAGE, so the
+    /// aligned middle can be backed by the THP huge zero page.
     huge: bool,
+    /// Run with RLIMIT_MEMLOCK at half the mapping and without
+    /// CAP_IPC_LOCK: fits only while zero pages go uncharged.
+    tight_memlock: bool,
 }
 
-pub const SCENARIOS: [Scenario; 8] = [
+pub const SCENARIOS: [Scenario; 9] = [
     Scenario {
         name: "ro-read-touched",
         about: "read every page, map READ, unmap",
@@ -49,6 +52,7 @@ pub const SCENARIOS: [Scenario; 8] = [
         unmap: Unmap::Whole,
         processes: 1,
         huge: false,
+        tight_memlock: false,
     },
     Scenario {
         name: "ro-written",
@@ -58,6 +62,7 @@ pub const SCENARIOS: [Scenario; 8] = [
         unmap: Unmap::Whole,
         processes: 1,
         huge: false,
+        tight_memlock: false,
     },
     Scenario {
         name: "ro-untouched",
@@ -67,6 +72,7 @@ pub const SCENARIOS: [Scenario; 8] = [
         unmap: Unmap::Whole,
         processes: 1,
         huge: false,
+        tight_memlock: false,
     },
     Scenario {
         name: "rw-read-touched",
@@ -76,6 +82,7 @@ pub const SCENARIOS: [Scenario; 8] = [
         unmap: Unmap::Whole,
         processes: 1,
         huge: false,
+        tight_memlock: false,
     },
     Scenario {
         name: "partial-unmap",
@@ -85,6 +92,7 @@ pub const SCENARIOS: [Scenario; 8] = [
         unmap: Unmap::Halves,
         processes: 1,
         huge: false,
+        tight_memlock: false,
     },
     Scenario {
         name: "close-without-unmap",
@@ -94,6 +102,7 @@ pub const SCENARIOS: [Scenario; 8] = [
         unmap: Unmap::Close,
         processes: 1,
         huge: false,
+        tight_memlock: false,
     },
     Scenario {
         name: "multi-container",
@@ -103,15 +112,27 @@ pub const SCENARIOS: [Scenario; 8] = [
         unmap: Unmap::Whole,
         processes: 2,
         huge: false,
+        tight_memlock: false,
     },
     Scenario {
         name: "huge-zero",
-        about: "4 MiB read-touched with MADV_HUGEPAGE, 1 MiB past a 2 MiB boundary (the middle 2 MiB may be the huge zero page), map READ, unmap",
+        about: "2 MiB-aligned middle plus up to 1 MiB either side, read-touched with MADV_HUGEPAGE (the middle may be the huge zero page), map READ, unmap",
         touch: Touch::Read,
         flags: MAP_READ,
         unmap: Unmap::Whole,
         processes: 1,
         huge: true,
+        tight_memlock: false,
+    },
+    Scenario {
+        name: "memlock-tight",
+        about: "read-touched READ map with RLIMIT_MEMLOCK at half its size and no CAP_IPC_LOCK (refused where zero pages are charged)",
+        touch: Touch::Read,
+        flags: MAP_READ,
+        unmap: Unmap::Whole,
+        processes: 1,
+        huge: false,
+        tight_memlock: true,
     },
 ];
 
@@ -141,6 +162,10 @@ pub struct RunTruth {
     pub unmapped_bytes: u64,
     /// cgroup v2 id (inode of the cgroup directory) the process ran in.
     pub cgroup_id: Option<u64>,
+    /// RLIMIT_MEMLOCK set for `memlock-tight`, bytes.
+    pub memlock_limit: Option<u64>,
+    /// MAP_DMA's error, for `memlock-tight` (where it may be refused).
+    pub map_error: Option<String>,
     pub errors: Vec<String>,
 }
 
@@ -149,6 +174,8 @@ pub struct Truth {
     pub scenario: String,
     pub kernel_release: String,
     pub cgroup: Option<String>,
+    /// The second process's cgroup, for two-process scenarios.
+    pub cgroup2: Option<String>,
     pub zero_pfn: Option<u64>,
     /// The zero page refcount before the first process starts and after
     /// the last one ends: with processes running at once, only these
@@ -157,6 +184,19 @@ pub struct Truth {
     pub refcount_after: Option<i32>,
     pub runs: Vec<RunTruth>,
     pub errors: Vec<String>,
+}
+
+/// Moves this process into cgroup v2 `path` (under /sys/fs/cgroup, created if needed).
+pub fn enter_cgroup(path: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    anyhow::ensure!(
+        !path.split('/').any(|p| p == ".."),
+        "cgroup path must stay under /sys/fs/cgroup"
+    );
+    let dir = std::path::PathBuf::from("/sys/fs/cgroup").join(path.trim_start_matches('/'));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating cgroup {}", dir.display()))?;
+    std::fs::write(dir.join("cgroup.procs"), "0")
+        .with_context(|| format!("entering cgroup {}", dir.display()))
 }
 
 /// The inode of this process's cgroup v2 directory: what bpf_get_current_cgroup_id() returns.
@@ -203,7 +243,14 @@ pub fn run_once(
     if let Err(e) = &truth {
         t.errors.push(format!("zero page truth unavailable: {e:#}"));
     }
-    let region = Region::new(pages, if s.huge { 1 << 20 } else { 0 }, s.huge)?;
+    let region = if s.huge {
+        // `side` pages either side of a 2 MiB-aligned middle (512 pages).
+        let side = pages.min(256);
+        Region::new(512 + 2 * side, (512 - side) * PAGE, true)?
+    } else {
+        Region::new(pages, 0, false)?
+    };
+    t.pages = (region.len / PAGE) as u64;
     match s.touch {
         Touch::Read => region.read_touch(),
         Touch::Write => region.write_touch(),
@@ -232,7 +279,18 @@ pub fn run_once(
     t.refcount_before = refcount(&mut t);
     let size = region.len as u64;
     let half = (pages / 2 * PAGE) as u64;
-    if s.unmap == Unmap::Halves {
+    if s.tight_memlock {
+        t.memlock_limit = Some(half);
+        limit_memlock(half)?;
+        if let Err(e) = c.map(region.addr as u64, IOVA, size, s.flags) {
+            t.map_error = Some(format!("{e:#}"));
+            t.refcount_after_map = refcount(&mut t);
+            t.vmlck_kb_after_map = vmlck_kb();
+            t.refcount_after_unmap = t.refcount_after_map;
+            t.vmlck_kb_after_unmap = t.vmlck_kb_after_map;
+            return Ok(t);
+        }
+    } else if s.unmap == Unmap::Halves {
         // type1v2 refuses to split a mapping: map the halves separately.
         c.map(region.addr as u64, IOVA, half, s.flags)?;
         c.map(region.addr as u64 + half, IOVA + half, size - half, s.flags)?;
@@ -257,11 +315,61 @@ pub fn run_once(
     Ok(t)
 }
 
+/// RLIMIT_MEMLOCK to `bytes`, and CAP_IPC_LOCK out of the effective set
+/// (type1 enforces the limit only without it).
+fn limit_memlock(bytes: u64) -> anyhow::Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: bytes,
+        rlim_max: bytes,
+    };
+    // SAFETY: valid rlimit struct.
+    anyhow::ensure!(
+        unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) } == 0,
+        "setrlimit: {}",
+        std::io::Error::last_os_error()
+    );
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    const CAP_IPC_LOCK: u32 = 14;
+    let mut h = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut d = [Data::default(); 2];
+    // SAFETY: capget/capset with a v3 header and two data structs.
+    unsafe {
+        anyhow::ensure!(
+            libc::syscall(libc::SYS_capget, &mut h, d.as_mut_ptr()) == 0,
+            "capget: {}",
+            std::io::Error::last_os_error()
+        );
+        d[0].effective &= !(1 << CAP_IPC_LOCK);
+        anyhow::ensure!(
+            libc::syscall(libc::SYS_capset, &h, d.as_ptr()) == 0,
+            "capset: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
 /// Runs `s` (one forked child per process, all at once, each on its own
 /// group) and gathers the truth.
 pub fn run(
     s: &Scenario,
     groups: &[String],
+    cgroup2: Option<&str>,
     pages: usize,
     hold: std::time::Duration,
 ) -> anyhow::Result<Truth> {
@@ -288,7 +396,15 @@ pub fn run(
         );
         let children = groups[..n]
             .iter()
-            .map(|g| Child::spawn(|| run_once(s, g, pages, hold)))
+            .enumerate()
+            .map(|(i, g)| {
+                Child::spawn(|| {
+                    if let (1, Some(cg)) = (i, cgroup2) {
+                        enter_cgroup(cg)?;
+                    }
+                    run_once(s, g, pages, hold)
+                })
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
         for c in children {
             truth.runs.push(c.collect()?);

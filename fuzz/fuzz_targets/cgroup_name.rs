@@ -1,0 +1,7 @@
+//! Any cgroup path names to something non-empty, without panicking.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|path: &str| {
+    assert!(!vfio_zp::attribution::classify(path).name().is_empty());
+});

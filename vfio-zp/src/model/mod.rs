@@ -1,0 +1,643 @@
+//! The model of type1's zero-page and locked_vm accounting. Pure: it sees
+//! only recording [`Line`]s, so a recorded stream replays through it to the
+//! same verdicts the live agent reached.
+//!
+//! For each event it predicts the effect (zero page refcount delta,
+//! locked_vm delta), compares with what the kernel reports, and counts every
+//! divergence by kind with an explanation.
+pub mod behaviour;
+pub mod ledger;
+pub mod refcount;
+pub mod verdict;
+
+use std::collections::{BTreeMap, HashMap};
+
+use behaviour::{Behaviour, KernelVersion, Trait};
+use ledger::{Container, Dma, Held, Pages, PinCall, Process};
+use refcount::{PIN_BIAS, ReadingSource, Vote, ZeroLedger};
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Event, Id, PageClass, UnpinFn, What};
+use crate::record::{Header, Line, ProbeState, format::ProbesChanged};
+
+/// FOLL_WRITE: the one GUP flag whose value never moved.
+const FOLL_WRITE: u32 = 0x01;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Leak rates are averaged over this much event time.
+    pub rate_window_ns: u64,
+    /// Closed containers with nothing leaked are forgotten after this long.
+    pub retain_closed_ns: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            rate_window_ns: 60_000_000_000,
+            retain_closed_ns: 3_600_000_000_000,
+        }
+    }
+}
+
+/// Ways the kernel did something other than the model predicted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Divergence {
+    /// A zero page refcount reading the pins seen do not explain.
+    ZeroRefcount,
+    /// vfio_lock_acct charged a pin call other than the model predicted.
+    LockAcctCharge,
+    /// vfio_unpin_pages_remote released a different number of charged pages.
+    UnpinUnlocked,
+    /// After an ioctl or at a mapping's end, locked_vm differs from the model.
+    LockedVm,
+    /// Unpin or charge of a mapping the model never saw pinned (e.g. made
+    /// before the agent started).
+    UnknownMapping,
+}
+
+impl Divergence {
+    pub fn label(self) -> &'static str {
+        match self {
+            Divergence::ZeroRefcount => "zero_refcount",
+            Divergence::LockAcctCharge => "lock_acct_charge",
+            Divergence::UnpinUnlocked => "unpin_unlocked",
+            Divergence::LockedVm => "locked_vm",
+            Divergence::UnknownMapping => "unknown_mapping",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DivergenceCount {
+    pub count: u64,
+    /// The most recent explanation.
+    pub last: String,
+}
+
+pub struct Model {
+    cfg: Config,
+    kernel_release: String,
+    pub(crate) behaviour: Behaviour,
+    pub(crate) containers: BTreeMap<Id, Container>,
+    dmas: HashMap<Id, Dma>,
+    pub(crate) procs: BTreeMap<u32, Process>,
+    pub(crate) cgroups: HashMap<u64, String>,
+    in_flight: HashMap<u32, PinCall>,
+    /// Each thread's last unpin call, to drop the nested calls of one unpin.
+    last_unpin: HashMap<u32, (UnpinFn, u64, u64, u64)>,
+    pub(crate) zero: ZeroLedger,
+    /// Zero pins taken outside type1 (pin_user_pages users), still held.
+    pub(crate) other_zero_pins: i64,
+    pub(crate) divergences: BTreeMap<Divergence, DivergenceCount>,
+    pub(crate) probes: BTreeMap<String, ProbeState>,
+    pub(crate) events_lost: u64,
+    pub(crate) truncated_scans: u64,
+    pub(crate) events: u64,
+    pub(crate) now: u64,
+    /// Explanations not yet taken by [`Model::take_notes`].
+    notes: Vec<String>,
+}
+
+/// Unattributed type1 activity (no container id seen) is kept under id 0.
+pub const UNATTRIBUTED: Id = 0;
+const MAX_NOTES: usize = 1000;
+
+impl Model {
+    pub fn new(header: &Header, cfg: Config) -> Model {
+        let version =
+            KernelVersion::parse(&header.kernel_release, header.kernel_version.as_deref());
+        let mut m = Model {
+            cfg,
+            kernel_release: header.kernel_release.clone(),
+            behaviour: Behaviour::new(version),
+            containers: BTreeMap::new(),
+            dmas: HashMap::new(),
+            procs: BTreeMap::new(),
+            cgroups: HashMap::new(),
+            in_flight: HashMap::new(),
+            last_unpin: HashMap::new(),
+            zero: ZeroLedger::default(),
+            other_zero_pins: 0,
+            divergences: BTreeMap::new(),
+            probes: BTreeMap::new(),
+            events_lost: 0,
+            truncated_scans: 0,
+            events: 0,
+            now: header.started_t_ns,
+            notes: Vec::new(),
+        };
+        m.set_probes(&ProbesChanged {
+            t_ns: header.started_t_ns,
+            probes: header.probes.clone(),
+        });
+        m
+    }
+
+    pub fn kernel_release(&self) -> &str {
+        &self.kernel_release
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Explanations of divergences and notable observations since the last call.
+    pub fn take_notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notes)
+    }
+
+    fn note(&mut self, s: String) {
+        if self.notes.len() < MAX_NOTES {
+            self.notes.push(s);
+        }
+    }
+
+    fn diverge(&mut self, kind: Divergence, why: String) {
+        let d = self.divergences.entry(kind).or_default();
+        d.count += 1;
+        d.last = why.clone();
+        self.note(format!("model divergence {}: {why}", kind.label()));
+    }
+
+    pub fn apply(&mut self, line: &Line) {
+        match line {
+            Line::Header(_) => {}
+            Line::Event(e) => self.event(e),
+            Line::Counters(c) => {
+                self.now = self.now.max(c.t_ns);
+                self.events_lost = c.drops.values().sum();
+                if let Some(v) = c.zero_refcount {
+                    self.kcore_reading(v as i64, c.t_ns);
+                }
+                self.expire();
+            }
+            Line::Probes(p) => self.set_probes(p),
+            Line::Cgroup(c) => {
+                // A removed cgroup keeps the last name it was seen with.
+                if let Some(p) = &c.path {
+                    self.cgroups.insert(c.id, p.clone());
+                }
+            }
+            Line::Process(p) => {
+                let proc = self
+                    .procs
+                    .entry(p.tgid)
+                    .or_insert_with(|| Process::new(p.tgid, &p.comm, 0));
+                proc.memlock = p.memlock;
+                proc.cap_ipc_lock = p.cap_ipc_lock;
+            }
+        }
+    }
+
+    fn set_probes(&mut self, p: &ProbesChanged) {
+        self.probes = p
+            .probes
+            .iter()
+            .map(|s| (s.probe.clone(), s.state))
+            .collect();
+    }
+
+    fn per_pin(&self) -> i64 {
+        if self.behaviour.get(Trait::GupPinsZeroPage) {
+            PIN_BIAS
+        } else {
+            0
+        }
+    }
+
+    fn probe_reading(&mut self, value: i64, t_ns: u64) {
+        match self.zero.vote(value) {
+            Vote::Pins => self.behaviour.observe(Trait::GupPinsZeroPage, true),
+            Vote::Ignores => self.behaviour.observe(Trait::GupPinsZeroPage, false),
+            Vote::None | Vote::Neither => {}
+        }
+        if let Some(expect) = self.zero.expected(self.per_pin())
+            && expect != value
+        {
+            self.diverge(
+                Divergence::ZeroRefcount,
+                format!(
+                    "zero page refcount read {value}, the pins seen predict {expect} ({:+} references unexplained)",
+                    value - expect
+                ),
+            );
+        }
+        self.zero.record(value, t_ns, ReadingSource::Probe);
+    }
+
+    /// kcore readings race with events in flight, so they only re-anchor
+    /// the ledger, and count as a divergence only when nothing moved since
+    /// the previous one.
+    fn kcore_reading(&mut self, value: i64, t_ns: u64) {
+        if !self.zero.moved_since_kcore
+            && let Some(expect) = self.zero.expected(self.per_pin())
+            && expect != value
+        {
+            self.diverge(
+                Divergence::ZeroRefcount,
+                format!(
+                    "zero page refcount is {value} (kcore) with no pin or unpin since, the model expects {expect}: another kernel user took or dropped {:+} references",
+                    value - expect
+                ),
+            );
+        }
+        self.zero.record(value, t_ns, ReadingSource::Kcore);
+    }
+
+    fn process(&mut self, e: &Event) -> &mut Process {
+        self.procs
+            .entry(e.tgid)
+            .or_insert_with(|| Process::new(e.tgid, &e.comm, e.cgroup_id))
+    }
+
+    fn container(&mut self, id: Id, e: &Event) -> &mut Container {
+        self.containers
+            .entry(id)
+            .or_insert_with(|| Container::new(id, e.tgid, &e.comm, e.cgroup_id))
+    }
+
+    fn event(&mut self, e: &Event) {
+        self.events += 1;
+        self.now = self.now.max(e.t_ns);
+        let proc = self.process(e);
+        if proc.cgroup_id == 0 {
+            proc.cgroup_id = e.cgroup_id;
+        }
+        if !matches!(e.what, What::GupUnpin { .. }) {
+            self.last_unpin.remove(&e.pid);
+        }
+        match &e.what {
+            What::ContainerOpen { ok: true } => {
+                if let Some(id) = e.container {
+                    let mut c = Container::new(id, e.tgid, &e.comm, e.cgroup_id);
+                    c.opened_ns = Some(e.t_ns);
+                    self.containers.insert(id, c);
+                }
+            }
+            What::ContainerOpen { ok: false } => {}
+            What::ContainerRelease => {
+                if let Some(id) = e.container {
+                    self.container(id, e).closed_ns = Some(e.t_ns);
+                }
+            }
+            What::GupPin {
+                in_type1,
+                zero_pages,
+                huge_zero_pages,
+                gup_flags,
+                pinned,
+                truncated,
+                ..
+            } => {
+                self.truncated_scans += *truncated as u64;
+                let zero = *zero_pages as i64;
+                let huge = *huge_zero_pages as i64;
+                self.zero.pinned(zero);
+                if *in_type1 {
+                    let read_only = gup_flags & FOLL_WRITE == 0;
+                    if read_only && zero > 0 {
+                        self.behaviour.observe(Trait::RoLongtermUnshares, false);
+                    }
+                    let call = self.in_flight.entry(e.pid).or_default();
+                    call.container = call.container.or(e.container);
+                    call.zero_pinned += zero;
+                    call.huge_zero_pinned += huge;
+                    call.read_only_gup |= read_only;
+                    let id = call.container.unwrap_or(UNATTRIBUTED);
+                    let c = self.container(id, e);
+                    c.zero_pins_taken += zero as u64;
+                    c.huge_zero_pins_live += huge;
+                    if read_only && *pinned > 0 {
+                        self.process(e).ro_longterm_pinned += pinned;
+                    }
+                } else {
+                    self.other_zero_pins += zero;
+                }
+                if let Some(r) = e.zero_refcount {
+                    self.probe_reading(r.value as i64, e.t_ns);
+                }
+            }
+            What::GupUnpin {
+                func,
+                npages,
+                zero_pages,
+                huge_zero_pages,
+                ..
+            } => {
+                // Read before the unpin ran.
+                if let Some(r) = e.zero_refcount {
+                    self.probe_reading(r.value as i64, e.t_ns);
+                }
+                let this = (*func, *npages, *zero_pages, *huge_zero_pages);
+                if let Some(outer) = self.last_unpin.insert(e.pid, this)
+                    && nested_unpin(outer, this)
+                {
+                    return;
+                }
+                let zero = *zero_pages as i64;
+                let huge = *huge_zero_pages as i64;
+                self.zero.pinned(-zero);
+                let in_call = self.in_flight.get_mut(&e.pid).map(|call| {
+                    call.zero_unpinned += zero;
+                    call.container
+                });
+                match in_call.unwrap_or(e.container) {
+                    Some(id) => {
+                        let c = self.container(id, e);
+                        c.zero_pins_released += zero as u64;
+                        c.huge_zero_pins_live -= huge;
+                        if in_call.is_none() {
+                            c.zero_pins_survived -= zero;
+                        }
+                    }
+                    None => self.other_zero_pins -= zero,
+                }
+            }
+            What::PutPfn {
+                page: PageClass::Zero,
+                released,
+                ..
+            } => self
+                .behaviour
+                .observe(Trait::PutPfnSkipsReserved, !released),
+            What::PutPfn { .. } => {}
+            What::Type1Pin {
+                dma,
+                vaddr,
+                pinned,
+                base,
+                ..
+            } => self.type1_pin(e, *dma, *vaddr, *pinned, *base),
+            What::Type1Unpin {
+                dma,
+                npage,
+                unlocked,
+                base,
+                ..
+            } => self.type1_unpin(e, *dma, *npage as i64, *unlocked, *base),
+            What::LockAcct {
+                dma, npage, ret, ..
+            } => self.lock_acct(e, *dma, *npage, *ret),
+            What::RemoveDma { dma } => {
+                if let Some(d) = self.dmas.get_mut(dma) {
+                    d.removed = true;
+                    let c = d.container;
+                    if let Some(c) = self.containers.get_mut(&c) {
+                        c.dmas.remove(dma);
+                    }
+                }
+                self.settle(*dma);
+            }
+            What::MapDma {
+                ret: 0,
+                vaddr,
+                iova,
+                size,
+                flags,
+            } => {
+                if let Some(c) = e.container.and_then(|id| self.containers.get(&id)) {
+                    let range = *vaddr..vaddr.saturating_add(*size);
+                    for id in c.dmas.clone() {
+                        if let Some(d) = self.dmas.get_mut(&id)
+                            && d.iova.is_none()
+                            && range.contains(&d.vaddr)
+                        {
+                            d.vaddr = *vaddr;
+                            d.iova = Some(*iova);
+                            d.size = Some(*size);
+                            d.read_only = Some(flags & 2 == 0);
+                        }
+                    }
+                }
+                self.quiescent(e);
+            }
+            What::UnmapDma { ret: 0, .. } => self.quiescent(e),
+            What::MapDma { .. } | What::UnmapDma { .. } => {}
+        }
+    }
+
+    fn type1_pin(&mut self, e: &Event, dma: Id, vaddr: u64, pinned: i64, base: PageClass) {
+        let call = self.in_flight.remove(&e.pid).unwrap_or_default();
+        let id = e
+            .container
+            .or(call.container)
+            .or_else(|| self.dmas.get(&dma).map(|d| d.container))
+            .unwrap_or(UNATTRIBUTED);
+        // The call's GUP zero-page pins: unpinned in the call (873aefb) or kept.
+        if call.zero_pinned > 0 {
+            let kept = call.zero_pinned - call.zero_unpinned;
+            if call.zero_unpinned > 0 {
+                self.behaviour.observe(Trait::Type1UnpinsZeroPage, true);
+            } else if kept > 0 && base == PageClass::Zero {
+                self.behaviour.observe(Trait::Type1UnpinsZeroPage, false);
+            }
+        }
+        let survived = call.zero_pinned - call.zero_unpinned;
+        let now = e.t_ns;
+        let c = self.container(id, e);
+        if survived != 0 {
+            c.zero_pins_survived += survived;
+            c.recent.push_back((now, survived));
+        }
+        if pinned <= 0 {
+            if pinned == -(libc::ENOMEM as i64) {
+                // type1 checks RLIMIT_MEMLOCK inline before charging.
+                self.refused(e, "type1 refused to pin (ENOMEM)".into());
+            }
+            return;
+        }
+        // A run of other pages type1 charged nothing for is reserved
+        // (device memory); a partial charge is a divergence below.
+        let held = Held {
+            class: base,
+            reserved: base != PageClass::Zero && base != PageClass::HugeZero && call.charged == 0,
+        };
+        c.dmas.insert(dma);
+        *c.pinned.get_mut(held) += pinned;
+        let charge = held.charged(pinned);
+        c.locked_model += charge;
+        let d = self.dmas.entry(dma).or_insert_with(|| Dma {
+            container: id,
+            tgid: e.tgid,
+            vaddr,
+            iova: None,
+            size: None,
+            read_only: None,
+            pinned: Pages::default(),
+            locked_model: 0,
+            locked_kernel: 0,
+            removed: false,
+        });
+        *d.pinned.get_mut(held) += pinned;
+        d.locked_model += charge;
+        d.locked_kernel += call.unattached;
+        if let Some(c) = self.containers.get_mut(&id) {
+            c.locked_kernel += call.unattached;
+        }
+        let p = self.process(e);
+        p.locked_model += charge;
+        p.locked_kernel += call.unattached;
+        if base == PageClass::Zero {
+            p.zero_held += pinned;
+        }
+        p.note_peak();
+        if call.charged != charge {
+            self.diverge(
+                Divergence::LockAcctCharge,
+                format!(
+                    "{}[{}] pinned {pinned} {base:?} pages; the model charges {charge} to locked_vm, vfio_lock_acct charged {}",
+                    e.comm, e.tgid, call.charged
+                ),
+            );
+        }
+    }
+
+    fn type1_unpin(&mut self, e: &Event, dma: Id, npage: i64, unlocked: i64, base: PageClass) {
+        let Some(d) = self.dmas.get_mut(&dma) else {
+            self.diverge(
+                Divergence::UnknownMapping,
+                format!(
+                    "{}[{}] unpinned {npage} pages of a mapping pinned before vfio-zp was watching",
+                    e.comm, e.tgid
+                ),
+            );
+            return;
+        };
+        let held = Held {
+            class: base,
+            reserved: matches!(base, PageClass::Other | PageClass::Unknown)
+                && unlocked == 0
+                && d.pinned.reserved >= npage,
+        };
+        let predicted = held.charged(npage);
+        *d.pinned.get_mut(held) -= npage;
+        d.locked_model -= predicted;
+        let (id, tgid) = (d.container, d.tgid);
+        if let Some(c) = self.containers.get_mut(&id) {
+            *c.pinned.get_mut(held) -= npage;
+            c.locked_model -= predicted;
+        }
+        if let Some(p) = self.procs.get_mut(&tgid) {
+            p.locked_model -= predicted;
+            if base == PageClass::Zero {
+                p.zero_held -= npage;
+            }
+        }
+        if unlocked != predicted {
+            self.diverge(
+                Divergence::UnpinUnlocked,
+                format!(
+                    "{}[{}] unpinned {npage} {base:?} pages: the kernel released {unlocked} from locked_vm, the model {predicted}",
+                    e.comm, e.tgid
+                ),
+            );
+        }
+        self.settle(dma);
+    }
+
+    fn lock_acct(&mut self, e: &Event, dma: Id, npage: i64, ret: i32) {
+        if ret != 0 {
+            self.refused(
+                e,
+                format!("vfio_lock_acct refused {npage} pages (error {ret})"),
+            );
+            return;
+        }
+        if npage > 0 {
+            let call = self.in_flight.entry(e.pid).or_default();
+            call.container = call.container.or(e.container);
+            call.charged += npage;
+        }
+        let Some(d) = self.dmas.get_mut(&dma) else {
+            if npage > 0 {
+                // A new mapping's first pin call: its return creates the mapping.
+                self.in_flight.entry(e.pid).or_default().unattached += npage;
+            } else {
+                self.diverge(
+                    Divergence::UnknownMapping,
+                    format!(
+                        "{}[{}] released {} locked pages of a mapping pinned before vfio-zp was watching",
+                        e.comm, e.tgid, -npage
+                    ),
+                );
+            }
+            return;
+        };
+        d.locked_kernel += npage;
+        let (id, tgid) = (d.container, d.tgid);
+        if let Some(c) = self.containers.get_mut(&id) {
+            c.locked_kernel += npage;
+        }
+        if let Some(p) = self.procs.get_mut(&tgid) {
+            p.locked_kernel += npage;
+            p.note_peak();
+        }
+        self.settle(dma);
+    }
+
+    fn refused(&mut self, e: &Event, what: String) {
+        self.process(e).refusals += 1;
+        self.note(format!(
+            "{}[{}]: {what}: locked_vm would exceed RLIMIT_MEMLOCK",
+            e.comm, e.tgid
+        ));
+    }
+
+    /// A removed mapping with nothing pinned must have given back all it
+    /// was charged; then it is forgotten.
+    fn settle(&mut self, dma: Id) {
+        let Some(d) = self.dmas.get(&dma) else { return };
+        if !d.removed || d.pinned.total() != 0 {
+            return;
+        }
+        if d.locked_kernel == d.locked_model {
+            self.dmas.remove(&dma);
+        }
+    }
+
+    /// After a MAP_DMA or UNMAP_DMA returned, every charge of the call is
+    /// done: the container's locked_vm must match the model.
+    fn quiescent(&mut self, e: &Event) {
+        let Some(c) = e.container.and_then(|id| self.containers.get(&id)) else {
+            return;
+        };
+        if c.locked_kernel != c.locked_model {
+            let why = format!(
+                "container {} of {}[{}]: vfio_lock_acct charged {} pages net, the model {}",
+                c.id, c.comm, c.tgid, c.locked_kernel, c.locked_model
+            );
+            self.diverge(Divergence::LockedVm, why);
+        }
+    }
+
+    /// Forgets long-closed containers that hold and leaked nothing.
+    fn expire(&mut self) {
+        let keep_after = self.now.saturating_sub(self.cfg.retain_closed_ns);
+        let window = self.now.saturating_sub(self.cfg.rate_window_ns);
+        self.containers.retain(|_, c| {
+            while c.recent.front().is_some_and(|(t, _)| *t < window) {
+                c.recent.pop_front();
+            }
+            !(c.closed_ns.is_some_and(|t| t < keep_after)
+                && c.zero_pins_survived == 0
+                && c.dmas.is_empty())
+        });
+    }
+}
+
+/// unpin_user_pages_dirty_lock() hands pages it need not dirty to
+/// unpin_user_pages(), which may call unpin_user_page(): one unpin seen by
+/// two or three probes, back to back on one thread with the same pages.
+fn nested_unpin(outer: (UnpinFn, u64, u64, u64), inner: (UnpinFn, u64, u64, u64)) -> bool {
+    use UnpinFn::*;
+    let callee = matches!(
+        (outer.0, inner.0),
+        (UnpinUserPagesDirtyLock, UnpinUserPages | UnpinUserPage) | (UnpinUserPages, UnpinUserPage)
+    );
+    callee && outer.1 == inner.1 && outer.2 == inner.2 && outer.3 == inner.3
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,387 @@
+//! Model unit tests on event sequences shaped like the lab kernels' (see
+//! tests/fixtures for the real ones); property tests against a kernel
+//! simulator are in tests/model_props.rs.
+use super::verdict::Leak;
+use super::*;
+use crate::event::{Refcount, UnpinFn, When};
+use crate::record::format::{CgroupInfo, Memlock, ProcessInfo};
+
+const C: Id = 1;
+const PID: u32 = 100;
+
+fn header(release: &str, version: Option<&str>) -> Header {
+    Header {
+        format: crate::record::format::FORMAT.into(),
+        version: crate::record::format::VERSION,
+        agent_version: "test".into(),
+        kernel_release: release.into(),
+        kernel_version: version.map(String::from),
+        zero_pfn: 1,
+        struct_page_size: 64,
+        refcount_offset: 52,
+        started_unix_ms: 0,
+        started_t_ns: 0,
+        probes: crate::kernel::probe_points::POINTS
+            .iter()
+            .map(|p| crate::record::ProbeStatus {
+                probe: p.label.into(),
+                function: p.function.into(),
+                symbol: None,
+                state: ProbeState::Attached,
+                detail: None,
+                loses: String::new(),
+            })
+            .collect(),
+    }
+}
+
+struct Run {
+    m: Model,
+    t: u64,
+}
+
+impl Run {
+    fn new(release: &str, version: Option<&str>) -> Run {
+        let mut m = Model::new(&header(release, version), Config::default());
+        m.apply(&Line::Cgroup(CgroupInfo {
+            id: 7,
+            path: Some(r"machine.slice/machine-qemu\x2d1\x2dvm1.scope".into()),
+        }));
+        let mut r = Run { m, t: 0 };
+        r.ev(What::ContainerOpen { ok: true }, None);
+        r
+    }
+
+    fn ev(&mut self, what: What, refcount: Option<(i32, When)>) {
+        self.t += 1_000_000;
+        self.m.apply(&Line::Event(Event {
+            t_ns: self.t,
+            tgid: PID,
+            pid: PID,
+            comm: "qemu".into(),
+            cgroup_id: 7,
+            container: Some(C),
+            zero_refcount: refcount.map(|(value, when)| Refcount { value, when }),
+            what,
+        }));
+    }
+
+    fn gup(&mut self, zero: u64, refcount: i32) {
+        self.ev(
+            What::GupPin {
+                remote: true,
+                start: 0,
+                nr_pages: zero,
+                gup_flags: 0x10000,
+                pinned: zero as i64,
+                zero_pages: zero,
+                huge_zero_pages: 0,
+                in_type1: true,
+                truncated: false,
+            },
+            Some((refcount, When::After)),
+        );
+    }
+
+    fn unpin(&mut self, zero: u64, refcount: i32) {
+        self.ev(
+            What::GupUnpin {
+                func: UnpinFn::UnpinUserPage,
+                npages: zero,
+                zero_pages: zero,
+                huge_zero_pages: 0,
+                truncated: false,
+            },
+            Some((refcount, When::Before)),
+        );
+    }
+
+    fn pin(&mut self, dma: Id, pinned: i64, base: PageClass) {
+        self.ev(
+            What::Type1Pin {
+                dma,
+                vaddr: 0x1000,
+                npage: pinned as u64,
+                pinned,
+                base,
+            },
+            None,
+        );
+    }
+
+    fn charge(&mut self, dma: Id, npage: i64) {
+        self.ev(
+            What::LockAcct {
+                dma,
+                npage,
+                is_async: npage < 0,
+                ret: 0,
+            },
+            None,
+        );
+    }
+
+    fn unmap(&mut self, dma: Id, npage: u64, base: PageClass) {
+        self.ev(What::RemoveDma { dma }, None);
+        let unlocked = if base == PageClass::Zero {
+            0
+        } else {
+            npage as i64
+        };
+        self.ev(
+            What::Type1Unpin {
+                dma,
+                iova: 0,
+                npage,
+                do_accounting: false,
+                unlocked,
+                base,
+            },
+            None,
+        );
+        if unlocked > 0 {
+            self.charge(dma, -unlocked);
+        }
+    }
+
+    fn container(&self) -> verdict::ContainerVerdict {
+        let v = self.m.verdicts();
+        v.containers.into_iter().find(|c| c.id == C).unwrap()
+    }
+}
+
+const LEAKY: (&str, Option<&str>) = ("5.10.0-32-amd64", Some("#1 SMP Debian 5.10.223-1"));
+
+/// 5.10 without 873aefb: three zero pages, the look-ahead re-pinned twice.
+fn leaky_map(r: &mut Run) {
+    let mut refs = 1;
+    for i in 0..3 {
+        let n = if i < 2 { 2 } else { 1 };
+        for _ in 0..n {
+            refs += 1024;
+            r.gup(1, refs);
+        }
+        r.pin(1, 1, PageClass::Zero);
+    }
+}
+
+#[test]
+fn leaky_kernel_leaks_every_surviving_pin_and_says_why() {
+    let mut r = Run::new(LEAKY.0, LEAKY.1);
+    leaky_map(&mut r);
+    let c = r.container();
+    assert_eq!(c.name, "vm1");
+    assert_eq!((c.zero_page_pins_live, c.zero_page_pins_leaked), (5, 5));
+    assert_eq!(c.leak, Leak::Leaking);
+    assert_eq!(c.pinned_pages.zero, 3);
+    let v = r.m.verdicts();
+    assert_eq!(v.host.zero_page_refcount, Some(1 + 5 * 1024));
+    assert_eq!(v.host.unexplained_refs, Some(0));
+    assert_eq!(v.host.headroom_pins, Some((i32::MAX as i64 - 5121) / 1024));
+    let t1 = &v.behaviour[Trait::Type1UnpinsZeroPage as usize];
+    assert!(!t1.value);
+    assert!(t1.contradiction.as_ref().unwrap().contains("5.10.223"));
+    assert!(v.behaviour[Trait::GupPinsZeroPage as usize].value);
+    // Unmapped: the pins stay leaked.
+    for _ in 0..3 {
+        r.unmap(1, 1, PageClass::Zero);
+    }
+    assert_eq!(r.container().zero_page_pins_leaked, 5);
+    assert!(r.m.verdicts().divergences.is_empty());
+}
+
+#[test]
+fn fixed_kernel_releases_in_the_pin_path() {
+    let mut r = Run::new("5.10.0-32-amd64", Some("#1 SMP Debian 5.10.223-1"));
+    for _ in 0..3 {
+        r.gup(1, 1025);
+        r.unpin(1, 1025);
+        r.pin(1, 1, PageClass::Zero);
+    }
+    let c = r.container();
+    assert_eq!((c.zero_page_pins_live, c.zero_page_pins_leaked), (0, 0));
+    assert_eq!(c.leak, Leak::None);
+    let v = r.m.verdicts();
+    assert!(v.behaviour[Trait::Type1UnpinsZeroPage as usize].value);
+    assert_eq!(
+        v.behaviour[Trait::GupPinsZeroPage as usize].source,
+        behaviour::Source::Observed,
+        "the level 1025 with one pin outstanding proves GUP pins"
+    );
+}
+
+#[test]
+fn gup_ignoring_the_zero_page_is_inferred_and_never_leaks() {
+    // 6.1.y: one batch GUP of 4 zero pages, refcount stays 1.
+    let mut r = Run::new("6.1.0-56-amd64", Some("#1 SMP Debian 6.1.192-1"));
+    r.gup(4, 1);
+    for _ in 0..4 {
+        r.unpin(1, 1);
+    }
+    for _ in 0..4 {
+        r.pin(1, 1, PageClass::Zero);
+    }
+    let v = r.m.verdicts();
+    let g = &v.behaviour[Trait::GupPinsZeroPage as usize];
+    assert_eq!((g.value, g.source), (false, behaviour::Source::Observed));
+    assert_eq!(r.container().leak, Leak::None);
+    assert_eq!(v.processes[0].uncharged_zero_page_bytes, 4 * 4096);
+}
+
+#[test]
+fn lock_acct_is_checked_against_the_page_classes() {
+    let mut r = Run::new("6.12.117", None);
+    // A new mapping: charged inside its first pin call, before it is seen.
+    r.charge(2, 4);
+    r.pin(2, 4, PageClass::Other);
+    r.charge(2, 1);
+    r.pin(2, 2, PageClass::Other); // half charged: a divergence
+    let v = r.m.verdicts();
+    assert_eq!(v.divergences["lock_acct_charge"].count, 1);
+    assert!(v.divergences["lock_acct_charge"].last.contains("charged 1"));
+    let c = r.container();
+    assert_eq!((c.locked_vm_pages_kernel, c.locked_vm_pages_model), (5, 6));
+    assert_eq!(r.m.verdicts().processes[0].locked_vm_bytes_kernel, 5 * 4096);
+    // Not charged at all: reserved pfns (a device BAR), held uncharged.
+    r.pin(2, 8, PageClass::Other);
+    assert_eq!(r.container().pinned_pages.reserved, 8);
+    r.ev(
+        What::Type1Unpin {
+            dma: 2,
+            iova: 0,
+            npage: 8,
+            do_accounting: false,
+            unlocked: 0,
+            base: PageClass::Other,
+        },
+        None,
+    );
+    let c = r.container();
+    assert_eq!((c.pinned_pages.reserved, c.pinned_pages.other), (0, 6));
+    assert_eq!(r.m.verdicts().divergences["lock_acct_charge"].count, 1);
+    assert!(!r.m.verdicts().divergences.contains_key("unpin_unlocked"));
+}
+
+#[test]
+fn memlock_advice_names_the_shortfall() {
+    let mut r = Run::new("5.10.0-32-amd64", None);
+    r.m.apply(&Line::Process(ProcessInfo {
+        tgid: PID,
+        comm: "qemu".into(),
+        memlock: Memlock::Bytes(4 * 4096),
+        cap_ipc_lock: false,
+    }));
+    r.charge(3, 2);
+    r.pin(3, 2, PageClass::Other);
+    for _ in 0..4 {
+        r.gup(1, 1025);
+        r.unpin(1, 1025);
+        r.pin(3, 1, PageClass::Zero);
+    }
+    let p = &r.m.verdicts().processes[0];
+    assert_eq!(p.locked_vm_bytes_kernel, 2 * 4096);
+    assert_eq!(p.uncharged_zero_page_bytes, 4 * 4096);
+    assert_eq!(p.peak_if_charged_bytes, 6 * 4096);
+    assert_eq!(p.would_exceed_if_charged, Some(true));
+    assert_eq!(p.shortfall_bytes, 2 * 4096);
+    assert!(p.advice.contains("would exceed"), "{}", p.advice);
+}
+
+#[test]
+fn refusals_are_reported() {
+    let mut r = Run::new("6.12.117", None);
+    r.pin(4, -12, PageClass::Other);
+    assert_eq!(r.m.verdicts().processes[0].refusals, 1);
+    assert!(
+        r.m.take_notes()
+            .iter()
+            .any(|n| n.contains("RLIMIT_MEMLOCK"))
+    );
+}
+
+#[test]
+fn unknown_mappings_and_foreign_references_are_divergences() {
+    let mut r = Run::new("5.10.0-32-amd64", None);
+    r.ev(
+        What::Type1Unpin {
+            dma: 9,
+            iova: 0,
+            npage: 1,
+            do_accounting: false,
+            unlocked: 1,
+            base: PageClass::Other,
+        },
+        None,
+    );
+    // Two quiet kcore readings that disagree: someone else took references.
+    for v in [1, 2049] {
+        r.t += 1;
+        r.m.apply(&Line::Counters(crate::record::Counters {
+            t_ns: r.t,
+            zero_refcount: Some(v),
+            ..Default::default()
+        }));
+    }
+    let v = r.m.verdicts();
+    assert_eq!(v.divergences["unknown_mapping"].count, 1);
+    assert_eq!(v.divergences["zero_refcount"].count, 1);
+    assert_eq!(v.host.unexplained_refs, Some(2048));
+    assert!(v.host.unexplained_note.unwrap().contains("about 2 pins"));
+}
+
+#[test]
+fn lost_events_make_zero_page_verdicts_uncertain() {
+    let mut r = Run::new("6.1.0", None);
+    r.gup(1, 1);
+    r.m.apply(&Line::Counters(crate::record::Counters {
+        t_ns: 99,
+        drops: [("gup_unpin_page".to_string(), 3)].into(),
+        ..Default::default()
+    }));
+    let c = r.container();
+    assert_eq!(c.leak, Leak::Uncertain);
+    assert!(c.leak_reason.contains("3 events lost"));
+}
+
+#[test]
+fn removed_cgroups_keep_their_name() {
+    let mut r = Run::new("6.1.0", None);
+    r.m.apply(&Line::Cgroup(CgroupInfo { id: 7, path: None }));
+    assert_eq!(r.container().name, "vm1");
+}
+
+#[test]
+fn nested_unpin_calls_count_once() {
+    let mut r = Run::new("5.10.0-32-amd64", None);
+    let unpin = |func| What::GupUnpin {
+        func,
+        npages: 1,
+        zero_pages: 0,
+        huge_zero_pages: 1,
+        truncated: false,
+    };
+    r.ev(
+        What::GupPin {
+            remote: true,
+            start: 0,
+            nr_pages: 1,
+            gup_flags: 0,
+            pinned: 1,
+            zero_pages: 0,
+            huge_zero_pages: 1,
+            in_type1: true,
+            truncated: false,
+        },
+        None,
+    );
+    r.pin(5, 1, PageClass::HugeZero);
+    // put_pfn -> unpin_user_pages_dirty_lock -> unpin_user_pages -> unpin_user_page
+    r.ev(unpin(UnpinFn::UnpinUserPagesDirtyLock), None);
+    r.ev(unpin(UnpinFn::UnpinUserPages), None);
+    r.ev(unpin(UnpinFn::UnpinUserPage), None);
+    assert_eq!(r.container().huge_zero_page_pins_live, 0);
+    // Two separate single-page unpins are two.
+    r.ev(unpin(UnpinFn::UnpinUserPage), None);
+    r.ev(unpin(UnpinFn::UnpinUserPage), None);
+    assert_eq!(r.container().huge_zero_page_pins_live, -2);
+}

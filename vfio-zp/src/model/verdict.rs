@@ -1,0 +1,529 @@
+//! Answers from the model: per container, per process (memlock) and for the
+//! host. Only event time is used, so replay prints what live printed.
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use super::behaviour::{Source, TRAITS, Trait, TraitReport};
+use super::ledger::{Container, Pages};
+use super::refcount::{BASE_REFS, PIN_BIAS, REFCOUNT_MAX, ReadingSource};
+use super::{DivergenceCount, Model, UNATTRIBUTED};
+use crate::attribution::{Workload, classify};
+use crate::event::Id;
+use crate::record::{ProbeState, format::Memlock};
+
+const PAGE: i64 = 4096;
+/// Probes without which a leak can be missed.
+const LEAK_PROBES: [&str; 5] = [
+    "type1_pin",
+    "gup_pin_remote",
+    "gup_unpin_page",
+    "gup_unpin_pages",
+    "gup_unpin_pages_dirty",
+];
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Verdicts {
+    /// Event time (CLOCK_MONOTONIC ns) the verdicts describe.
+    pub t_ns: u64,
+    pub kernel_release: String,
+    pub kernel_version: Option<String>,
+    pub behaviour: Vec<TraitReport>,
+    pub host: Host,
+    pub containers: Vec<ContainerVerdict>,
+    pub processes: Vec<MemlockAdvice>,
+    pub divergences: BTreeMap<String, DivergenceCount>,
+    pub coverage: Coverage,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Host {
+    /// The zero page's `_refcount`: the latest reading, moved by the pins
+    /// seen since (None before any reading).
+    pub zero_page_refcount: Option<i64>,
+    pub refcount_read_by: Option<String>,
+    pub refcount_read_at_ns: Option<u64>,
+    /// The part the pins vfio-zp saw explain: 1 + 1024 per live pin.
+    pub explained_refs: i64,
+    pub unexplained_refs: Option<i64>,
+    pub unexplained_note: Option<String>,
+    /// GUP pins of the zero page held right now, all holders seen.
+    pub zero_page_pins_live: i64,
+    /// Of those, taken outside type1 (other pin_user_pages users).
+    pub other_zero_page_pins_live: i64,
+    pub zero_page_pins_leaked: i64,
+    /// Further pins before `_refcount` overflows.
+    pub headroom_pins: Option<i64>,
+    pub leak_rate_pins_per_s: f64,
+    pub overflow_eta_s: Option<f64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Leak {
+    None,
+    Leaking,
+    /// Events were lost or a probe needed for the verdict is not attached.
+    Uncertain,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Mapping {
+    pub dma: Id,
+    pub iova: Option<u64>,
+    pub size: Option<u64>,
+    pub vaddr: u64,
+    pub read_only: Option<bool>,
+    pub pinned_pages: Pages,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ContainerVerdict {
+    /// Small stable id of the VFIO container (never a kernel address).
+    pub id: Id,
+    /// The attributed name: VM, pod, container, unit or cgroup path.
+    pub name: String,
+    pub workload: Option<Workload>,
+    pub cgroup_id: u64,
+    pub cgroup_path: Option<String>,
+    pub tgid: u32,
+    pub comm: String,
+    pub open: bool,
+    pub mappings: Vec<Mapping>,
+    /// Pages type1 holds, by class.
+    pub pinned_pages: Pages,
+    /// GUP zero-page pins taken for it since vfio-zp started.
+    pub zero_page_pins_total: u64,
+    /// Of those, still holding 1024 references each.
+    pub zero_page_pins_live: i64,
+    pub zero_page_pins_leaked: i64,
+    pub huge_zero_page_pins_live: i64,
+    pub leak: Leak,
+    pub leak_reason: String,
+    pub leak_rate_pins_per_s: f64,
+    pub locked_vm_pages_kernel: i64,
+    pub locked_vm_pages_model: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemlockAdvice {
+    pub tgid: u32,
+    pub comm: String,
+    pub name: String,
+    pub memlock: Memlock,
+    pub cap_ipc_lock: bool,
+    /// locked_vm type1 charged (vfio_lock_acct) and the model's prediction.
+    pub locked_vm_bytes_kernel: i64,
+    pub locked_vm_bytes_model: i64,
+    /// DMA-mapped bytes backed by the zero page, which this kernel does not charge.
+    pub uncharged_zero_page_bytes: i64,
+    /// The most this process would have had locked had they been charged.
+    pub peak_if_charged_bytes: i64,
+    pub would_exceed_if_charged: Option<bool>,
+    pub shortfall_bytes: i64,
+    /// On kernels that unshare: bytes pinned by read-only long-term pins,
+    /// an upper bound of the pages allocated in place of the zero page.
+    pub ro_longterm_pinned_bytes: Option<i64>,
+    pub refusals: u64,
+    pub advice: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Coverage {
+    pub events: u64,
+    pub events_lost: u64,
+    pub probes_not_attached: Vec<String>,
+    /// GUP calls of more than 512 pages (only the first 512 inspected).
+    pub truncated_scans: u64,
+    pub uncertain: Option<String>,
+}
+
+impl Model {
+    fn name_of(&self, cgroup_id: u64) -> (String, Option<Workload>, Option<String>) {
+        match self.cgroups.get(&cgroup_id) {
+            Some(path) => {
+                let w = classify(path);
+                (w.name(), Some(w), Some(path.clone()))
+            }
+            None => (format!("cgroup:{cgroup_id}"), None, None),
+        }
+    }
+
+    fn leaked(&self, c: &Container) -> i64 {
+        if !self.behaviour.get(Trait::GupPinsZeroPage) || c.zero_pins_survived <= 0 {
+            return 0;
+        }
+        // Unreleasable by the running code, or no longer reachable.
+        if self.behaviour.get(Trait::PutPfnSkipsReserved) || c.pinned.zero <= 0 {
+            c.zero_pins_survived
+        } else {
+            0
+        }
+    }
+
+    fn rate(&self, c: &Container) -> f64 {
+        if !self.behaviour.get(Trait::GupPinsZeroPage) {
+            return 0.0;
+        }
+        let from = self.now.saturating_sub(self.cfg.rate_window_ns);
+        let pins: i64 = c
+            .recent
+            .iter()
+            .filter(|(t, _)| *t >= from)
+            .map(|(_, n)| n)
+            .sum();
+        (pins.max(0) as f64) / (self.cfg.rate_window_ns as f64 / 1e9)
+    }
+
+    fn uncertainty(&self) -> Option<String> {
+        let missing: Vec<&str> = LEAK_PROBES
+            .iter()
+            .copied()
+            .filter(|p| self.probes.get(*p) != Some(&ProbeState::Attached))
+            .collect();
+        match (self.events_lost, missing.is_empty()) {
+            (0, true) => None,
+            (0, false) => Some(format!(
+                "probes not attached: {} (pins or unpins may be unseen)",
+                missing.join(", ")
+            )),
+            (n, _) => Some(format!(
+                "{n} events lost to a full ring buffer: counts may be short"
+            )),
+        }
+    }
+
+    fn container_verdict(&self, c: &Container, uncertain: &Option<String>) -> ContainerVerdict {
+        let (name, workload, cgroup_path) = if c.id == UNATTRIBUTED {
+            ("unattributed".into(), None, None)
+        } else {
+            self.name_of(c.cgroup_id)
+        };
+        let gup_pins = self.behaviour.get(Trait::GupPinsZeroPage);
+        let leaked = self.leaked(c);
+        let live = if gup_pins { c.zero_pins_live() } else { 0 };
+        let saw_zero = c.zero_pins_taken > 0 || c.pinned.zero > 0;
+        let (leak, leak_reason) = if leaked > 0 {
+            let why = if self.behaviour.get(Trait::PutPfnSkipsReserved) {
+                "put_pfn() never releases the reserved zero page and type1 did not unpin it in the pin path"
+            } else {
+                "their mappings are gone"
+            };
+            (
+                Leak::Leaking,
+                format!(
+                    "{leaked} zero-page pins outlived the type1 calls that took them and hold {} references for good: {why}",
+                    leaked * PIN_BIAS
+                ),
+            )
+        } else if let (Some(u), true) = (uncertain, saw_zero) {
+            (Leak::Uncertain, u.clone())
+        } else {
+            let why = match () {
+                _ if !saw_zero => "no zero-page pins",
+                _ if !gup_pins => "this kernel's GUP takes no reference on the zero page",
+                _ => "every zero-page pin was released in the pin path",
+            };
+            (Leak::None, why.into())
+        };
+        let mappings = c
+            .dmas
+            .iter()
+            .filter_map(|id| self.dmas.get(id).map(|d| (id, d)))
+            .map(|(id, d)| Mapping {
+                dma: *id,
+                iova: d.iova,
+                size: d.size,
+                vaddr: d.vaddr,
+                read_only: d.read_only,
+                pinned_pages: d.pinned,
+            })
+            .collect();
+        ContainerVerdict {
+            id: c.id,
+            name,
+            workload,
+            cgroup_id: c.cgroup_id,
+            cgroup_path,
+            tgid: c.tgid,
+            comm: c.comm.clone(),
+            open: c.closed_ns.is_none(),
+            mappings,
+            pinned_pages: c.pinned,
+            zero_page_pins_total: c.zero_pins_taken,
+            zero_page_pins_live: live,
+            zero_page_pins_leaked: leaked,
+            huge_zero_page_pins_live: c.huge_zero_pins_live,
+            leak,
+            leak_reason,
+            leak_rate_pins_per_s: if leaked > 0 { self.rate(c) } else { 0.0 },
+            locked_vm_pages_kernel: c.locked_kernel,
+            locked_vm_pages_model: c.locked_model,
+        }
+    }
+
+    fn memlock_advice(&self, p: &super::ledger::Process) -> MemlockAdvice {
+        let unshares = self.behaviour.get(Trait::RoLongtermUnshares);
+        let peak = p.peak_if_charged * PAGE;
+        let limit = match p.memlock {
+            Memlock::Bytes(b) if !p.cap_ipc_lock => Some(b as i64),
+            _ => None,
+        };
+        let would_exceed = limit.map(|l| peak > l);
+        let shortfall = limit.map(|l| (peak - l).max(0)).unwrap_or(0);
+        let size = |b: i64| match b.unsigned_abs() {
+            n if n >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+            n if n >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+            _ => format!("{} KiB", b / 1024),
+        };
+        let advice = match (p.memlock, p.cap_ipc_lock, would_exceed) {
+            (_, true, _) => "CAP_IPC_LOCK: type1 charges locked_vm but never refuses".into(),
+            (Memlock::Unlimited, ..) => "RLIMIT_MEMLOCK unlimited".into(),
+            (Memlock::Unknown, ..) => {
+                "RLIMIT_MEMLOCK unknown (process gone before it was read)".into()
+            }
+            (_, _, Some(true)) => format!(
+                "would exceed RLIMIT_MEMLOCK by {} on a kernel that charges zero-page-backed DMA (read-only pins unshare and are charged from 6.2): raise it to at least {}",
+                size(shortfall),
+                size(peak)
+            ),
+            _ if unshares => format!(
+                "fits; this kernel already charges read-only pins ({} pinned read-only)",
+                size(p.ro_longterm_pinned * PAGE)
+            ),
+            _ => format!(
+                "fits even if zero-page-backed DMA were charged (peak {})",
+                size(peak)
+            ),
+        };
+        MemlockAdvice {
+            tgid: p.tgid,
+            comm: p.comm.clone(),
+            name: self.name_of(p.cgroup_id).0,
+            memlock: p.memlock,
+            cap_ipc_lock: p.cap_ipc_lock,
+            locked_vm_bytes_kernel: p.locked_kernel * PAGE,
+            locked_vm_bytes_model: p.locked_model * PAGE,
+            uncharged_zero_page_bytes: p.zero_held * PAGE,
+            peak_if_charged_bytes: peak,
+            would_exceed_if_charged: would_exceed,
+            shortfall_bytes: shortfall,
+            ro_longterm_pinned_bytes: unshares.then_some(p.ro_longterm_pinned * PAGE),
+            refusals: p.refusals,
+            advice,
+        }
+    }
+
+    pub fn verdicts(&self) -> Verdicts {
+        let uncertain = self.uncertainty();
+        let containers: Vec<ContainerVerdict> = self
+            .containers
+            .values()
+            .map(|c| self.container_verdict(c, &uncertain))
+            .collect();
+        let per_pin = if self.behaviour.get(Trait::GupPinsZeroPage) {
+            PIN_BIAS
+        } else {
+            0
+        };
+        let live = if per_pin > 0 {
+            self.zero.outstanding
+        } else {
+            0
+        };
+        let explained = BASE_REFS + per_pin * live;
+        let refcount = self.zero.expected(per_pin);
+        let unexplained = refcount.map(|r| r - explained);
+        let unexplained_note = unexplained.filter(|u| *u != 0).map(|u| {
+            format!(
+                "{u} references (about {} pins) held by something vfio-zp did not see: pins taken before it started, or other kernel users",
+                u / PIN_BIAS
+            )
+        });
+        let leaked: i64 = containers.iter().map(|c| c.zero_page_pins_leaked).sum();
+        let rate: f64 = containers.iter().map(|c| c.leak_rate_pins_per_s).sum();
+        let headroom = refcount.map(|r| ((REFCOUNT_MAX - r) / PIN_BIAS).max(0));
+        let procs = self
+            .procs
+            .values()
+            .filter(|p| {
+                p.locked_kernel != 0
+                    || p.peak_if_charged != 0
+                    || p.refusals > 0
+                    || p.ro_longterm_pinned > 0
+            })
+            .map(|p| self.memlock_advice(p))
+            .collect();
+        Verdicts {
+            t_ns: self.now,
+            kernel_release: self.kernel_release.clone(),
+            kernel_version: self.behaviour.version.map(|v| v.to_string()),
+            behaviour: TRAITS.iter().map(|t| self.behaviour.report(*t)).collect(),
+            host: Host {
+                zero_page_refcount: refcount,
+                refcount_read_by: self.zero.last.map(|r| {
+                    match r.source {
+                        ReadingSource::Probe => "probe",
+                        ReadingSource::Kcore => "kcore",
+                    }
+                    .into()
+                }),
+                refcount_read_at_ns: self.zero.last.map(|r| r.t_ns),
+                explained_refs: explained,
+                unexplained_refs: unexplained,
+                unexplained_note,
+                zero_page_pins_live: live,
+                other_zero_page_pins_live: if per_pin > 0 { self.other_zero_pins } else { 0 },
+                zero_page_pins_leaked: leaked,
+                headroom_pins: headroom,
+                leak_rate_pins_per_s: rate,
+                overflow_eta_s: headroom.filter(|_| rate > 0.0).map(|h| h as f64 / rate),
+            },
+            containers,
+            processes: procs,
+            divergences: self
+                .divergences
+                .iter()
+                .map(|(k, v)| (k.label().to_string(), v.clone()))
+                .collect(),
+            coverage: Coverage {
+                events: self.events,
+                events_lost: self.events_lost,
+                probes_not_attached: self
+                    .probes
+                    .iter()
+                    .filter(|(_, s)| **s != ProbeState::Attached)
+                    .map(|(p, _)| p.clone())
+                    .collect(),
+                truncated_scans: self.truncated_scans,
+                uncertain,
+            },
+        }
+    }
+}
+
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+impl std::fmt::Display for Verdicts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "kernel {} ({})",
+            self.kernel_release,
+            self.kernel_version.as_deref().unwrap_or("version unknown")
+        );
+        for t in &self.behaviour {
+            let src = match t.source {
+                Source::Observed => "observed",
+                Source::Prior => "prior",
+                Source::Assumed => "assumed",
+            };
+            let _ = writeln!(
+                s,
+                "  {:<24} {:<3} {src}: {}",
+                t.name,
+                yes(t.value),
+                t.evidence
+            );
+            if let Some(c) = &t.contradiction {
+                let _ = writeln!(s, "  {:<24} ! {c}", "");
+            }
+        }
+        let h = &self.host;
+        match h.zero_page_refcount {
+            Some(r) => {
+                let _ = writeln!(
+                    s,
+                    "zero page: refcount {r} ({}), explained {} = 1 + 1024 x {} live pins, unexplained {}, headroom {} pins",
+                    h.refcount_read_by.as_deref().unwrap_or("?"),
+                    h.explained_refs,
+                    h.zero_page_pins_live,
+                    h.unexplained_refs.unwrap_or(0),
+                    h.headroom_pins.unwrap_or(0)
+                );
+            }
+            None => {
+                let _ = writeln!(s, "zero page: refcount not read yet");
+            }
+        }
+        if let Some(n) = &h.unexplained_note {
+            let _ = writeln!(s, "  ! {n}");
+        }
+        let _ = writeln!(
+            s,
+            "leaked pins: {} (rate {:.2}/s{})",
+            h.zero_page_pins_leaked,
+            h.leak_rate_pins_per_s,
+            h.overflow_eta_s
+                .map(|e| format!(
+                    ", refcount overflow in {}",
+                    humantime::format_duration(std::time::Duration::from_secs(e as u64))
+                ))
+                .unwrap_or_default()
+        );
+        let _ = writeln!(
+            s,
+            "{:>4} {:<28} {:<22} {:>4} {:>7} {:>6} {:>7} {:>8} {:>15}  VERDICT",
+            "ID",
+            "CONTAINER",
+            "PROCESS",
+            "OPEN",
+            "ZERO-PG",
+            "LIVE",
+            "LEAKED",
+            "RATE/s",
+            "LOCKED k/model"
+        );
+        for c in &self.containers {
+            let _ = writeln!(
+                s,
+                "{:>4} {:<28} {:<22} {:>4} {:>7} {:>6} {:>7} {:>8.2} {:>15}  {:?}",
+                c.id,
+                c.name,
+                format!("{}[{}]", c.comm, c.tgid),
+                yes(c.open),
+                c.pinned_pages.zero,
+                c.zero_page_pins_live,
+                c.zero_page_pins_leaked,
+                c.leak_rate_pins_per_s,
+                format!("{}/{}", c.locked_vm_pages_kernel, c.locked_vm_pages_model),
+                c.leak
+            );
+        }
+        if !self.processes.is_empty() {
+            let _ = writeln!(s, "memlock:");
+            for p in &self.processes {
+                let _ = writeln!(
+                    s,
+                    "  {}[{}] {}: locked {} KiB (model {} KiB), zero-page DMA uncharged {} KiB: {}",
+                    p.comm,
+                    p.tgid,
+                    p.name,
+                    p.locked_vm_bytes_kernel / 1024,
+                    p.locked_vm_bytes_model / 1024,
+                    p.uncharged_zero_page_bytes / 1024,
+                    p.advice
+                );
+            }
+        }
+        if self.divergences.is_empty() {
+            let _ = writeln!(s, "model divergences: none");
+        }
+        for (k, d) in &self.divergences {
+            let _ = writeln!(s, "model divergence {k}: {} (last: {})", d.count, d.last);
+        }
+        let c = &self.coverage;
+        let _ = write!(s, "coverage: {} events, {} lost", c.events, c.events_lost);
+        if !c.probes_not_attached.is_empty() {
+            let _ = write!(s, ", not attached: {}", c.probes_not_attached.join(", "));
+        }
+        if let Some(u) = &c.uncertain {
+            let _ = write!(s, "\n  ! verdicts uncertain: {u}");
+        }
+        writeln!(f, "{s}")
+    }
+}

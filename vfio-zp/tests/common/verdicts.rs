@@ -1,0 +1,297 @@
+//! Verdicts of a lab recording checked against the kernel's truth, shared
+//! by the VM matrix (tests/lab_matrix.rs) and the committed golden
+//! recordings (tests/golden.rs).
+use std::{collections::BTreeMap, path::Path};
+
+use serde::Deserialize;
+use vfio_zp::{
+    model::{
+        Config, Model,
+        verdict::{Leak, Verdicts},
+    },
+    record::{format::Memlock, read_path},
+};
+
+const PIN_BIAS: i64 = 1024;
+
+#[derive(Debug, Deserialize)]
+pub struct Truth {
+    pub scenario: String,
+    pub refcount_before: Option<i32>,
+    pub refcount_after: Option<i32>,
+    pub runs: Vec<Run>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Run {
+    pub pid: u32,
+    pub zero_backed_after_map: u64,
+    pub vmlck_kb_after_map: Option<u64>,
+    #[serde(default)]
+    pub memlock_limit: Option<u64>,
+    #[serde(default)]
+    pub map_error: Option<String>,
+}
+
+/// Every `truth-<scenario>.json` the workload wrote in `dir`.
+pub fn truth_files<T: serde::de::DeserializeOwned>(dir: &Path) -> Vec<T> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("truth-") && name.ends_with(".json") {
+            let text = std::fs::read_to_string(e.path()).unwrap();
+            out.push(
+                serde_json::from_str(&text)
+                    .unwrap_or_else(|err| panic!("{}: {err}", e.path().display())),
+            );
+        }
+    }
+    out
+}
+
+fn truths(dir: &Path) -> BTreeMap<String, Truth> {
+    truth_files::<Truth>(dir)
+        .into_iter()
+        .map(|t| (t.scenario.clone(), t))
+        .collect()
+}
+
+/// The recording replayed through the model.
+pub fn replay(dir: &Path) -> Verdicts {
+    let rec = read_path(&dir.join("recording.jsonl")).unwrap();
+    let mut m = Model::new(&rec.header, Config::default());
+    for l in &rec.lines {
+        m.apply(l);
+    }
+    m.verdicts()
+}
+
+/// Names the issue asks for, from the cgroups the lab puts workloads in
+/// (xtask/src/lab/matrix.rs).
+fn expected_names(scenario: &str) -> &'static [&'static str] {
+    match scenario {
+        "ro-read-touched" => &["vm1"],
+        "partial-unmap" => &["pod/0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0/4f6b7c8d9e0a"],
+        "multi-container" => &[
+            "vm-two",
+            "pod/11112222-3333-4444-5555-666677778888/0123456789ab",
+        ],
+        "memlock-tight" => &["tight"],
+        _ => &["/"],
+    }
+}
+
+fn trait_value(v: &Verdicts, name: &str) -> (bool, String) {
+    let t = v.behaviour.iter().find(|t| t.name == name).unwrap();
+    (t.value, format!("{:?}", t.source))
+}
+
+pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
+    let mut bad = Vec::new();
+    let v = replay(dir);
+    // Replay equals live: the agent in the guest wrote what it concluded.
+    match std::fs::read_to_string(dir.join("verdicts.json")) {
+        Ok(text) => {
+            let live: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let mut diffs = Vec::new();
+            diff("", &live, &serde_json::to_value(&v).unwrap(), &mut diffs);
+            if !diffs.is_empty() {
+                bad.push(format!(
+                    "{kernel}: replayed verdicts differ from the live agent's at {} places:\n  {}",
+                    diffs.len(),
+                    diffs
+                        .iter()
+                        .take(10)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("\n  ")
+                ));
+            }
+        }
+        Err(e) => bad.push(format!("{kernel}: no live verdicts.json: {e}")),
+    }
+    print!("{v}");
+    if !v.divergences.is_empty() {
+        bad.push(format!("{kernel}: model divergences {:?}", v.divergences));
+    }
+    let truths = truths(dir);
+    for (scenario, t) in &truths {
+        let ctx = format!("{kernel}/{scenario}");
+        let pids: Vec<u32> = t.runs.iter().map(|r| r.pid).collect();
+        let ours: Vec<_> = v
+            .containers
+            .iter()
+            .filter(|c| pids.contains(&c.tgid))
+            .collect();
+        if ours.len() != t.runs.len() {
+            bad.push(format!(
+                "{ctx}: {} containers for {} processes",
+                ours.len(),
+                t.runs.len()
+            ));
+        }
+        // Leaked pins are the refcount growth / 1024, exactly.
+        let leaked: i64 = ours.iter().map(|c| c.zero_page_pins_leaked).sum();
+        match (t.refcount_before, t.refcount_after) {
+            (Some(b), Some(a)) if (a as i64 - b as i64) != leaked * PIN_BIAS => bad.push(format!(
+                "{ctx}: refcount grew {}, verdicts say {leaked} leaked pins",
+                a as i64 - b as i64
+            )),
+            (Some(_), Some(_)) => {}
+            _ => bad.push(format!("{ctx}: no refcount truth")),
+        }
+        for c in &ours {
+            let counts = [
+                c.pinned_pages.zero,
+                c.pinned_pages.huge_zero,
+                c.pinned_pages.other,
+                c.zero_page_pins_live,
+                c.zero_page_pins_leaked,
+                c.huge_zero_page_pins_live,
+                c.locked_vm_pages_kernel,
+            ];
+            if counts.iter().any(|n| *n < 0) {
+                bad.push(format!(
+                    "{ctx}: container {} has a negative count: {counts:?}",
+                    c.id
+                ));
+            }
+            if (c.leak == Leak::Leaking) != (c.zero_page_pins_leaked > 0) {
+                bad.push(format!(
+                    "{ctx}: container {} verdict {:?} with {} leaked",
+                    c.id, c.leak, c.zero_page_pins_leaked
+                ));
+            }
+            if kernel != "5.10-leaky" && c.leak != Leak::None {
+                bad.push(format!(
+                    "{ctx}: false positive: {:?} {}",
+                    c.leak, c.leak_reason
+                ));
+            }
+        }
+        let mut names: Vec<&str> = ours.iter().map(|c| c.name.as_str()).collect();
+        names.sort();
+        let mut want = expected_names(scenario).to_vec();
+        want.sort();
+        if names != want && !(want == ["/"] && names.iter().all(|n| *n == "/")) {
+            bad.push(format!(
+                "{ctx}: containers named {names:?}, expected {want:?}"
+            ));
+        }
+        for run in &t.runs {
+            let Some(p) = v.processes.iter().find(|p| p.tgid == run.pid) else {
+                if run.zero_backed_after_map > 0 || run.vmlck_kb_after_map.unwrap_or(0) > 0 {
+                    bad.push(format!("{ctx}: no memlock advice for pid {}", run.pid));
+                }
+                continue;
+            };
+            if let Some(limit) = run.memlock_limit {
+                if p.memlock != Memlock::Bytes(limit) || p.cap_ipc_lock {
+                    bad.push(format!(
+                        "{ctx}: memlock {:?} ipc_lock {}, set {limit}",
+                        p.memlock, p.cap_ipc_lock
+                    ));
+                }
+                match &run.map_error {
+                    Some(_) if p.refusals == 0 => {
+                        bad.push(format!("{ctx}: MAP_DMA refused but no refusal reported"))
+                    }
+                    None if p.would_exceed_if_charged != Some(true)
+                        || p.shortfall_bytes != p.peak_if_charged_bytes - limit as i64 =>
+                    {
+                        bad.push(format!("{ctx}: fits only uncharged, advice: {p:?}"))
+                    }
+                    _ => {}
+                }
+            }
+            if run.map_error.is_none() {
+                let peak = run.vmlck_kb_after_map.unwrap_or(0) as i64 * 1024
+                    + run.zero_backed_after_map as i64 * 4096;
+                if p.peak_if_charged_bytes != peak {
+                    bad.push(format!(
+                        "{ctx}: pid {} peak if charged {} B, truth (VmLck + zero-backed) {peak} B",
+                        run.pid, p.peak_if_charged_bytes
+                    ));
+                }
+            }
+        }
+    }
+    // Host: the final refcount is the kernel's, and all of it explained.
+    let last = truths
+        .values()
+        .filter_map(|t| t.refcount_after)
+        .max()
+        .map(|r| r as i64);
+    if v.host.zero_page_refcount != last || v.host.unexplained_refs != Some(0) {
+        bad.push(format!(
+            "{kernel}: host refcount {:?} (unexplained {:?}), truth {last:?}",
+            v.host.zero_page_refcount, v.host.unexplained_refs
+        ));
+    }
+    let leaking = v
+        .containers
+        .iter()
+        .filter(|c| c.leak == Leak::Leaking)
+        .count();
+    if kernel == "5.10-leaky" && leaking == 0 {
+        bad.push(format!("{kernel}: the leak was not found"));
+    }
+    let expect: &[(&str, bool)] = match kernel {
+        "5.10" => &[
+            ("gup_pins_zero_page", true),
+            ("type1_unpins_zero_page", true),
+        ],
+        "5.10-leaky" => &[
+            ("gup_pins_zero_page", true),
+            ("type1_unpins_zero_page", false),
+        ],
+        "6.1" => &[
+            ("gup_pins_zero_page", false),
+            ("type1_unpins_zero_page", true),
+        ],
+        _ => &[("ro_longterm_unshares", true)],
+    };
+    for (name, want) in expect {
+        let (got, source) = trait_value(&v, name);
+        if got != *want {
+            bad.push(format!(
+                "{kernel}: inferred {name} = {got} ({source}), expected {want}"
+            ));
+        }
+    }
+    if kernel == "5.10-leaky"
+        && v.behaviour
+            .iter()
+            .all(|t| t.name != "type1_unpins_zero_page" || t.contradiction.is_none())
+    {
+        bad.push(format!(
+            "{kernel}: the rebuilt module's contradiction with 5.10.223 was not flagged"
+        ));
+    }
+    bad
+}
+
+/// Paths where two JSON values differ: `live` then `replay` value.
+fn diff(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value::{Array, Object};
+    match (a, b) {
+        (Object(x), Object(y)) => {
+            for k in x.keys().chain(y.keys().filter(|k| !x.contains_key(*k))) {
+                let null = serde_json::Value::Null;
+                diff(
+                    &format!("{path}.{k}"),
+                    x.get(k).unwrap_or(&null),
+                    y.get(k).unwrap_or(&null),
+                    out,
+                );
+            }
+        }
+        (Array(x), Array(y)) if x.len() == y.len() => {
+            for (i, (p, q)) in x.iter().zip(y).enumerate() {
+                diff(&format!("{path}[{i}]"), p, q, out);
+            }
+        }
+        _ if a != b => out.push(format!("{path}: live {a} / replay {b}")),
+        _ => {}
+    }
+}
