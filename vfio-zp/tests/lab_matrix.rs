@@ -329,6 +329,7 @@ fn check_kernel(kernel: &str, dir: &Path) -> Vec<String> {
             }
             // locked_vm: what vfio_lock_acct charged is what VmLck shows.
             if let Some(kb) = run.vmlck_kb_after_map
+                && run.map_error.is_none()
                 && s.charged * 4 != kb as i64
             {
                 bad.push(format!(

@@ -413,6 +413,13 @@ impl Model {
                 }
                 self.quiescent(e);
             }
+            What::MapDma { ret, size, .. } if *ret == -(libc::ENOMEM as i64) => {
+                // Refused and unwound: what the mapping would have locked.
+                let p = self.process(e);
+                p.peak_if_charged = p
+                    .peak_if_charged
+                    .max(p.locked_kernel + p.zero_held + (*size / 4096) as i64);
+            }
             What::UnmapDma { ret: 0, .. } => self.quiescent(e),
             What::MapDma { .. } | What::UnmapDma { .. } => {}
         }

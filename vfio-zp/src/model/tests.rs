@@ -288,14 +288,44 @@ fn memlock_advice_names_the_shortfall() {
 }
 
 #[test]
-fn refusals_are_reported() {
+fn refused_maps_report_what_they_needed() {
+    // 6.12: a read-only map of 8 pages with RLIMIT_MEMLOCK at 4 pages.
     let mut r = Run::new("6.12.117", None);
+    r.m.apply(&Line::Process(ProcessInfo {
+        tgid: PID,
+        comm: "qemu".into(),
+        memlock: Memlock::Bytes(4 * 4096),
+        cap_ipc_lock: false,
+    }));
+    for _ in 0..4 {
+        r.charge(4, 1);
+        r.pin(4, 1, PageClass::Other);
+    }
     r.pin(4, -12, PageClass::Other);
-    assert_eq!(r.m.verdicts().processes[0].refusals, 1);
+    r.unmap(4, 4, PageClass::Other);
+    r.ev(
+        What::MapDma {
+            flags: 1,
+            vaddr: 0,
+            iova: 0,
+            size: 8 * 4096,
+            ret: -12,
+        },
+        None,
+    );
+    let v = r.m.verdicts();
+    let p = &v.processes[0];
+    assert_eq!(p.refusals, 1);
+    assert_eq!(p.locked_vm_bytes_kernel, 0, "unwound");
+    assert_eq!(p.peak_if_charged_bytes, 8 * 4096);
+    assert_eq!(p.would_exceed_if_charged, Some(true));
+    assert_eq!(p.shortfall_bytes, 4 * 4096);
+    assert!(p.advice.contains("refused"), "{}", p.advice);
+    assert!(v.divergences.is_empty(), "{:?}", v.divergences);
+    let notes = r.m.take_notes();
     assert!(
-        r.m.take_notes()
-            .iter()
-            .any(|n| n.contains("RLIMIT_MEMLOCK"))
+        notes.iter().any(|n| n.contains("RLIMIT_MEMLOCK")),
+        "{notes:?}"
     );
 }
 

@@ -270,7 +270,7 @@ impl Model {
             Memlock::Bytes(b) if !p.cap_ipc_lock => Some(b as i64),
             _ => None,
         };
-        let would_exceed = limit.map(|l| peak > l);
+        let would_exceed = limit.map(|l| peak > l || p.refusals > 0);
         let shortfall = limit.map(|l| (peak - l).max(0)).unwrap_or(0);
         let size = |b: i64| match b.unsigned_abs() {
             n if n >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
@@ -283,6 +283,12 @@ impl Model {
             (Memlock::Unknown, ..) => {
                 "RLIMIT_MEMLOCK unknown (process gone before it was read)".into()
             }
+            _ if p.refusals > 0 => format!(
+                "type1 refused to pin {} time(s): RLIMIT_MEMLOCK is {} short of the {} the mappings needed",
+                p.refusals,
+                size(shortfall),
+                size(peak)
+            ),
             (_, _, Some(true)) => format!(
                 "would exceed RLIMIT_MEMLOCK by {} on a kernel that charges zero-page-backed DMA (read-only pins unshare and are charged from 6.2): raise it to at least {}",
                 size(shortfall),

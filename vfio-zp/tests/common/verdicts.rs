@@ -193,8 +193,12 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
                     ));
                 }
                 match &run.map_error {
-                    Some(_) if p.refusals == 0 => {
-                        bad.push(format!("{ctx}: MAP_DMA refused but no refusal reported"))
+                    Some(_)
+                        if p.refusals == 0
+                            || p.would_exceed_if_charged != Some(true)
+                            || p.shortfall_bytes != p.peak_if_charged_bytes - limit as i64 =>
+                    {
+                        bad.push(format!("{ctx}: MAP_DMA refused, advice: {p:?}"))
                     }
                     None if p.would_exceed_if_charged != Some(true)
                         || p.shortfall_bytes != p.peak_if_charged_bytes - limit as i64 =>
