@@ -28,6 +28,8 @@ pub enum Fatal {
     Load(String),
     #[error("{0}")]
     Input(String),
+    #[error("cannot listen on {addr}: {reason} (choose another with --listen ADDR:PORT)")]
+    Listen { addr: String, reason: String },
 }
 
 impl Fatal {
@@ -42,6 +44,7 @@ impl Fatal {
             Fatal::NoProbes => 15,
             Fatal::Strict(_) => 16,
             Fatal::Load(_) => 17,
+            Fatal::Listen { .. } => 18,
         }
     }
 }
@@ -59,7 +62,8 @@ Exit codes:
   14  output file not writable
   15  built without the eBPF object
   16  --strict and a probe point is missing or failed
-  17  the kernel refused to load the probes (verifier)";
+  17  the kernel refused to load the probes (verifier)
+  18  the metrics address cannot be listened on (--listen)";
 
 pub fn report(e: &anyhow::Error) -> ExitCode {
     match e.downcast_ref::<Fatal>() {

@@ -5,10 +5,15 @@
 //! [`model`] (type1's accounting, leak verdicts, memlock advice) -> outputs
 //! ([`record`] JSON lines, the agent's log, `replay`).
 pub mod attribution;
+pub mod check;
 pub mod error;
 pub mod event;
 pub mod ingest;
 pub mod kernel;
+pub mod metrics;
 pub mod model;
 pub mod record;
+pub mod serve;
 pub mod session;
+pub mod snapshot;
+pub mod top;

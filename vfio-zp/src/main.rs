@@ -5,7 +5,7 @@ use std::{
     time::Duration,
 };
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use tracing::info;
 use vfio_zp::{
     error::{EXIT_CODES, Fatal, report},
@@ -13,6 +13,7 @@ use vfio_zp::{
     model::{Config, Model, verdict::Leak},
     record::{Line, Writer, stream_path},
     session::{Options, Session},
+    snapshot::{Expiry, Snapshot},
 };
 
 /// Watch VFIO type1 pin the kernel's shared zero page.
@@ -40,11 +41,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the probes, log zero-page activity and leak verdicts as they
-    /// happen, and print the verdicts when stopped (SIGINT/SIGTERM).
+    /// Run the probes, serve the verdicts as Prometheus metrics, log
+    /// zero-page activity and leak verdicts as they happen, and print the
+    /// verdicts when stopped (SIGINT/SIGTERM).
+    ///
+    /// Endpoints: /metrics (Prometheus text format), /healthz, and
+    /// /api/v1/snapshot (the verdicts, probe coverage and counters as JSON,
+    /// what `vfio-zp top` reads).
     Agent {
         #[command(flatten)]
         probes: ProbeArgs,
+        /// Where to serve /metrics, /healthz and /api/v1/snapshot.
+        /// Loopback by default; anything else exposes them to the network.
+        #[arg(long, value_name = "ADDR:PORT", default_value = vfio_zp::serve::DEFAULT_LISTEN)]
+        listen: std::net::SocketAddr,
+        /// Forget closed containers' metric series after this long.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
+        expire_after: Duration,
         /// Print every event, not only the ones touching a zero page.
         #[arg(long)]
         all_events: bool,
@@ -68,9 +81,60 @@ enum Cmd {
         /// `replay --json` of the recording prints).
         #[arg(long, value_name = "FILE")]
         verdicts: Option<PathBuf>,
+        /// Also serve /metrics, /healthz and /api/v1/snapshot here while
+        /// recording (as `agent` does).
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: Option<std::net::SocketAddr>,
         #[command(flatten)]
         probes: ProbeArgs,
     },
+    /// A live view of the containers, their zero-page pins, leaks and
+    /// memlock headroom.
+    ///
+    /// Reads a running agent's /api/v1/snapshot; when none answers at the
+    /// default address, loads the probes itself (root needed). Keys: s
+    /// sort, / filter, ? help, q quit.
+    Top {
+        /// The agent to read (its --listen address). Default: the agent's
+        /// default address, falling back to loading the probes here.
+        #[arg(long, value_name = "ADDR:PORT")]
+        agent: Option<String>,
+        /// Load the probes here instead of reading an agent.
+        #[arg(long, conflicts_with = "agent")]
+        local: bool,
+        /// Print the table once (after two samples, for the rates) and exit.
+        #[arg(long)]
+        once: bool,
+        /// Print the snapshot once as JSON and exit.
+        #[arg(long, conflicts_with = "once")]
+        json: bool,
+        /// Refresh interval (and the sampling gap of --once).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+        interval: Duration,
+        #[command(flatten)]
+        probes: ProbeArgs,
+    },
+    /// Check whether this host can run the agent, and with what coverage.
+    ///
+    /// Privileges, BTF, kprobes, the zero page's identity, kallsyms and
+    /// tracefs, vfio_iommu_type1, every probe point (resolved, inlined or
+    /// missing, and what each loss costs), the verdicts that remain
+    /// certain, the kernel behaviour priors, and (unless --quick) whether
+    /// the verifier accepts the probes. Exit code 0 ok, 1 degraded, 2
+    /// unusable.
+    Check {
+        /// Skip loading the probes through the verifier.
+        #[arg(long)]
+        quick: bool,
+        /// Print the findings as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff) to standard output.
+    #[command(hide = true)]
+    Man,
     /// Run a recording through the model and print its verdicts.
     ///
     /// Deterministic: the verdicts are those the live agent reached at the
@@ -105,6 +169,33 @@ impl ProbeArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "vfio-zp", &mut out);
+            print_stdout(&String::from_utf8_lossy(&out));
+            return ExitCode::SUCCESS;
+        }
+        Cmd::Man => {
+            let mut out = Vec::new();
+            if let Err(e) = clap_mangen::Man::new(Cli::command()).render(&mut out) {
+                return report(&e.into());
+            }
+            print_stdout(&String::from_utf8_lossy(&out));
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
+    // `check` reports every finding itself; its exit code is its verdict.
+    if let Cmd::Check { quick, json } = cli.cmd {
+        let r = vfio_zp::check::run(!quick);
+        if json {
+            print_stdout(&(serde_json::to_string_pretty(&r).unwrap_or_default() + "\n"));
+        } else {
+            print_stdout(&r.to_string());
+        }
+        return ExitCode::from(r.level.exit_code());
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
@@ -169,7 +260,13 @@ fn touches_zero_page(what: &What) -> bool {
 
 async fn run(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
-        Cmd::Agent { probes, all_events } => {
+        Cmd::Agent {
+            probes,
+            all_events,
+            listen,
+            expire_after,
+        } => {
+            let publish = listen_on(listen, expire_after).await?;
             let Some(mut s) = start(&probes.options()).await? else {
                 return Ok(());
             };
@@ -178,6 +275,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 s.header.kernel_release
             );
             let mut live = Live::new(&s.header);
+            live.publish = Some(publish);
             s.run(
                 |line| {
                     match &line {
@@ -201,8 +299,13 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             duration,
             print,
             verdicts,
+            listen,
             probes,
         } => {
+            let publish = match listen {
+                Some(addr) => Some(listen_on(addr, Duration::from_secs(600)).await?),
+                None => None,
+            };
             let out: Box<dyn Write> = if output.as_os_str() == "-" {
                 Box::new(std::io::stdout())
             } else {
@@ -228,6 +331,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             w.write(&Line::Header(s.header.clone())).map_err(io)?;
             info!("recording to {}", output.display());
             let mut live = Live::new(&s.header);
+            live.publish = publish;
             let stop = async {
                 match duration {
                     Some(d) => {
@@ -261,6 +365,17 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Replay { file, json } => replay(&file, json),
+        Cmd::Check { .. } | Cmd::Completions { .. } | Cmd::Man => {
+            unreachable!("handled before the runtime starts")
+        }
+        Cmd::Top {
+            agent,
+            local,
+            once,
+            json,
+            interval,
+            probes,
+        } => top(agent, local, once, json, interval, probes).await,
     }
 }
 
@@ -270,6 +385,9 @@ struct Live {
     model: Model,
     leak: std::collections::BTreeMap<u32, Leak>,
     behaviour: Vec<(bool, vfio_zp::model::behaviour::Source)>,
+    probes: Vec<vfio_zp::record::ProbeStatus>,
+    /// Where the agent publishes snapshots for its HTTP endpoints.
+    publish: Option<(std::sync::Arc<vfio_zp::serve::Shared>, Expiry)>,
 }
 
 impl Live {
@@ -278,6 +396,8 @@ impl Live {
             model: Model::new(header, Config::default()),
             leak: Default::default(),
             behaviour: Vec::new(),
+            probes: header.probes.clone(),
+            publish: None,
         }
     }
 
@@ -286,9 +406,17 @@ impl Live {
         for n in self.model.take_notes() {
             tracing::warn!("{n}");
         }
+        if let Line::Probes(p) = line {
+            self.probes = p.probes.clone();
+        }
         // Verdicts are worth computing at the counters' pace, not per event.
-        if let Line::Counters(_) = line {
+        if let Line::Counters(counters) = line {
             let v = self.model.verdicts();
+            if let Some((shared, expiry)) = &mut self.publish {
+                let mut snap = Snapshot::new(v.clone(), &self.probes, Some(counters));
+                expiry.apply(&mut snap);
+                shared.publish(snap);
+            }
             let now: Vec<_> = v.behaviour.iter().map(|t| (t.value, t.source)).collect();
             if now != self.behaviour {
                 for (i, t) in v.behaviour.iter().enumerate() {
@@ -322,6 +450,24 @@ impl Live {
     }
 }
 
+/// Binds the HTTP endpoints before the probes load, so a taken port fails
+/// fast; the agent loop publishes into the returned state.
+async fn listen_on(
+    addr: std::net::SocketAddr,
+    expire_after: Duration,
+) -> anyhow::Result<(std::sync::Arc<vfio_zp::serve::Shared>, Expiry)> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Fatal::Listen {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        })?;
+    let shared = std::sync::Arc::new(vfio_zp::serve::Shared::default());
+    tokio::spawn(vfio_zp::serve::serve(listener, shared.clone()));
+    info!("serving /metrics, /healthz and /api/v1/snapshot on http://{addr}");
+    Ok((shared, Expiry::new(expire_after)))
+}
+
 /// Standard output may be a closed pipe (`| head`): that is not an error.
 fn print_stdout(text: &str) {
     let mut out = std::io::stdout().lock();
@@ -353,4 +499,84 @@ fn run_model<R: std::io::BufRead>(
         m.take_notes();
     }
     Ok(m.verdicts())
+}
+
+async fn top(
+    agent: Option<String>,
+    local: bool,
+    once: bool,
+    json: bool,
+    interval: Duration,
+    probes: ProbeArgs,
+) -> anyhow::Result<()> {
+    use vfio_zp::top::{Source, tui, view};
+    let explicit = agent.is_some();
+    let url = format!(
+        "http://{}/api/v1/snapshot",
+        agent.unwrap_or_else(|| vfio_zp::serve::DEFAULT_LISTEN.into())
+    );
+    let mut source = Source::Agent(url.clone());
+    let mut session = None;
+    // Nothing else runs yet: a blocking probe of the agent is fine here.
+    if local || source.fetch().is_err() {
+        if explicit {
+            // Said which agent to read: its failure is the answer.
+            source.fetch()?;
+        }
+        if !local {
+            info!("no agent answers at {url}; loading the probes here");
+        }
+        let Some(mut s) = start(&probes.options()).await? else {
+            return Ok(());
+        };
+        let shared = std::sync::Arc::new(vfio_zp::serve::Shared::default());
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let mut live = Live::new(&s.header);
+        live.publish = Some((shared.clone(), Expiry::new(Duration::from_secs(600))));
+        session = Some((
+            tokio::spawn(async move {
+                s.run(
+                    move |line| {
+                        live.apply(&line);
+                        Ok(())
+                    },
+                    async move {
+                        let _ = stop_rx.await;
+                    },
+                )
+                .await
+            }),
+            stop_tx,
+        ));
+        source = Source::Local(shared);
+    }
+    let result = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let first = || -> anyhow::Result<vfio_zp::snapshot::Snapshot> {
+            for _ in 0..600 {
+                if let Some(s) = source.fetch()? {
+                    return Ok(s);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            anyhow::bail!("no snapshot within a minute")
+        };
+        if json {
+            print_stdout(&(serde_json::to_string_pretty(&first()?)? + "\n"));
+        } else if once {
+            let mut v = view::View::default();
+            v.rows(&first()?);
+            std::thread::sleep(interval);
+            let s = first()?;
+            print_stdout(&view::text(&view::header(&s), &v.rows(&s)));
+        } else {
+            tui::run(&source, interval)?;
+        }
+        Ok(())
+    })
+    .await?;
+    if let Some((task, stop)) = session {
+        let _ = stop.send(());
+        task.await??;
+    }
+    result
 }

@@ -382,6 +382,7 @@ fn lab_recordings_match_kernel_truth() {
         let dir = Path::new(&out).join(k);
         bad.extend(check_kernel(k, &dir));
         bad.extend(common::verdicts::check(k, &dir));
+        bad.extend(common::surfaces::check(k, &dir));
     }
     assert!(
         bad.is_empty(),

@@ -57,6 +57,15 @@ pub enum Divergence {
     UnknownMapping,
 }
 
+/// Every kind, for exporting zeros before the first one happens.
+pub const DIVERGENCES: [Divergence; 5] = [
+    Divergence::ZeroRefcount,
+    Divergence::LockAcctCharge,
+    Divergence::UnpinUnlocked,
+    Divergence::LockedVm,
+    Divergence::UnknownMapping,
+];
+
 impl Divergence {
     pub fn label(self) -> &'static str {
         match self {

@@ -1,1 +1,4 @@
+// Each test binary uses its own part of these helpers.
+#![allow(dead_code)]
+pub mod surfaces;
 pub mod verdicts;

@@ -32,6 +32,7 @@ fn cgroups_for(scenario: &str) -> (Option<&'static str>, Option<&'static str>) {
 /// attached), runs `body`, then stops the recorder with SIGINT.
 pub fn with_recorder(recording: &str, print: bool, body: &str) -> anyhow::Result<String> {
     let bin = bin_dir()?;
+    let demo = print;
     // The demo shows events live on the console; the matrix keeps the log.
     let (print, log) = if print {
         (" --print", "")
@@ -43,7 +44,9 @@ pub fn with_recorder(recording: &str, print: bool, body: &str) -> anyhow::Result
 BIN={bin}
 REC={recording}
 rm -f "$REC"
-"$BIN/vfio-zp" record -o "$REC" --verdicts "$RESULTS/verdicts.json" --no-wait{print}{log} &
+busybox ip link set lo up 2>/dev/null || busybox ifconfig lo 127.0.0.1 up
+"$BIN/vfio-zp" check > "$RESULTS/check.txt" 2>&1; echo $? > "$RESULTS/check-exit"
+"$BIN/vfio-zp" record -o "$REC" --verdicts "$RESULTS/verdicts.json" --listen 127.0.0.1:10983 --no-wait{print}{log} &
 RP=$!
 i=0
 while [ ! -s "$REC" ]; do
@@ -53,12 +56,21 @@ done
 echo "lab: recorder attached after ${{i}}s"
 status=0
 {body}
-kill -INT $RP
+# The operator surfaces, read while the recorder still serves them.
+sleep 2
+busybox wget -q -O "$RESULTS/metrics.txt" http://127.0.0.1:10983/metrics || echo "lab: metrics scrape failed"
+"$BIN/vfio-zp" top --once --interval 1s --agent 127.0.0.1:10983 > "$RESULTS/top.txt" 2>&1 || echo "lab: top failed"
+{show}kill -INT $RP
 wait $RP || {{ echo "lab: recorder failed"; status=1; }}
 [ -f "$RESULTS/recorder.log" ] && tail -n 3 "$RESULTS/recorder.log"
 exit $status
 "#,
         bin = bin.display(),
+        show = if demo {
+            "cat \"$RESULTS/top.txt\"\ngrep -E '^vfio_zp_(zero_page_leaked_pins|leak_detected|zero_page_refcount)' \"$RESULTS/metrics.txt\"\n"
+        } else {
+            ""
+        },
     ))
 }
 
