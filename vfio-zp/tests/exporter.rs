@@ -36,30 +36,10 @@ fn parse(text: &str) -> BTreeMap<String, f64> {
     common::surfaces::parse_metrics(text)
 }
 
-const CONTRACT: [&str; 17] = [
-    "vfio_zp_zero_page_pins_total",
-    "vfio_zp_zero_page_pinned_pages",
-    "vfio_zp_zero_page_leaked_pins",
-    "vfio_zp_leak_detected",
-    "vfio_zp_pinned_pages",
-    "vfio_zp_locked_vm_bytes",
-    "vfio_zp_memlock_limit_bytes",
-    "vfio_zp_memlock_uncharged_zero_page_bytes",
-    "vfio_zp_memlock_shortfall_bytes",
-    "vfio_zp_zero_page_refcount",
-    "vfio_zp_zero_page_refcount_headroom_pins",
-    "vfio_zp_kernel_behaviour_info",
-    "vfio_zp_probe_attached",
-    "vfio_zp_events_total",
-    "vfio_zp_events_lost_total",
-    "vfio_zp_model_divergence_total",
-    "vfio_zp_build_info",
-];
-
 #[test]
 fn leaky_kernel_metrics_follow_the_contract_and_the_truth() {
     let text = render(&snapshot("5.10-leaky"));
-    for m in CONTRACT {
+    for m in common::surfaces::CONTRACT {
         assert!(
             text.contains(&format!("# TYPE {m} ")),
             "{m} missing:\n{text}"

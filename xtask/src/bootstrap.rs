@@ -8,8 +8,12 @@ use crate::cmd;
 
 /// Debian packages: QEMU for the lab, busybox for its initramfs, kmod for
 /// depmod/modprobe, cpio/xz for images, gcc/make for the leaky module.
-const APT_PACKAGES: [&str; 7] = [
+const APT_PACKAGES: [&str; 9] = [
     "qemu-system-x86",
+    // `vfio-zp top` is tested in a real terminal in the guests.
+    "tmux",
+    // promtool checks and unit-tests the alert rules.
+    "prometheus",
     "busybox-static",
     "kmod",
     "cpio",

@@ -199,6 +199,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cmd::run(cargo().args(["fmt", "--all", "--", "--check"]))?;
             cmd::run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
             cmd::run(cargo().args(["test", "--workspace"]))?;
+            alert_rules()?;
             if no_vm {
                 eprintln!(
                     "test: WARNING: --no-vm: the VM matrix was SKIPPED; attach and kernel-truth checks did not run"
@@ -224,6 +225,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             )
         }
     }
+}
+
+/// The Prometheus alert rules: valid, and their unit tests pass.
+fn alert_rules() -> anyhow::Result<()> {
+    if !cmd::succeeds(Command::new("promtool").arg("--version")) {
+        eprintln!("test: WARNING: promtool not installed: the alert rules were NOT checked");
+        return Ok(());
+    }
+    cmd::run(Command::new("promtool").args(["check", "rules", "deploy/prometheus/alerts.yml"]))?;
+    cmd::run(
+        Command::new("promtool")
+            .args(["test", "rules", "alerts_test.yml"])
+            .current_dir("deploy/prometheus"),
+    )
 }
 
 fn main() -> ExitCode {

@@ -348,7 +348,12 @@ impl Model {
             )
         });
         let leaked: i64 = containers.iter().map(|c| c.zero_page_pins_leaked).sum();
-        let rate: f64 = containers.iter().map(|c| c.leak_rate_pins_per_s).sum();
+        // An empty f64 sum is -0.0; adding 0.0 makes it 0.0.
+        let rate: f64 = containers
+            .iter()
+            .map(|c| c.leak_rate_pins_per_s)
+            .sum::<f64>()
+            + 0.0;
         let headroom = refcount.map(|r| ((REFCOUNT_MAX - r) / PIN_BIAS).max(0));
         let procs = self
             .procs
@@ -409,6 +414,11 @@ impl Model {
     }
 }
 
+/// Seconds for humans, to the second.
+pub fn eta(secs: f64) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(secs as u64)).to_string()
+}
+
 fn yes(b: bool) -> &'static str {
     if b { "yes" } else { "no" }
 }
@@ -465,10 +475,7 @@ impl std::fmt::Display for Verdicts {
             h.zero_page_pins_leaked,
             h.leak_rate_pins_per_s,
             h.overflow_eta_s
-                .map(|e| format!(
-                    ", refcount overflow in {}",
-                    humantime::format_duration(std::time::Duration::from_secs(e as u64))
-                ))
+                .map(|e| format!(", refcount overflow in {}", eta(e)))
                 .unwrap_or_default()
         );
         let _ = writeln!(

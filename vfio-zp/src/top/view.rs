@@ -237,10 +237,7 @@ pub fn text(h: &Header, rows: &[Row]) -> String {
         h.headroom_pins.map_or("?".into(), |r| r.to_string()),
         h.leak_rate,
         h.overflow_eta_s
-            .map(|e| format!(
-                "  overflow in {}",
-                humantime::format_duration(std::time::Duration::from_secs(e as u64))
-            ))
+            .map(|e| format!("  overflow in {}", crate::model::verdict::eta(e)))
             .unwrap_or_default()
     );
     let _ = writeln!(

@@ -72,6 +72,11 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
             m["vfio_zp_events_lost_total"]
         ));
     }
+    for name in CONTRACT {
+        if !read("metrics.txt").contains(&format!("# TYPE {name} ")) {
+            bad.push(format!("{kernel}: metric {name} missing from the scrape"));
+        }
+    }
     // top shows the same numbers.
     let top = read("top.txt");
     for (name, n) in &leaked {
@@ -85,5 +90,132 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
             )),
         }
     }
+    // What a real Prometheus server scraped: the same values.
+    if dir.join("prometheus-skipped").exists() {
+        println!(
+            "{kernel}: SKIPPED: no Prometheus server; only the scrape client's view was checked"
+        );
+    } else {
+        bad.extend(check_prometheus(kernel, &read("prometheus-query.json"), &m));
+    }
+    // The interactive view in tmux, and top loading the probes itself.
+    let screen = read("top-tmux.txt");
+    if dir.join("top-tmux-skipped").exists() {
+        println!("{kernel}: SKIPPED: no tmux in the guest; the interactive view was not tested");
+    } else if screen.trim().is_empty() {
+        bad.push(format!(
+            "{kernel}: top in tmux showed nothing (console.log says why)"
+        ));
+    } else {
+        for (name, n) in &leaked {
+            if !screen
+                .lines()
+                .any(|l| l.contains(name) && l.contains(&format!(" {n} ")))
+            {
+                bad.push(format!(
+                    "{kernel}: tmux screen lacks {name} with {n} leaked:\n{screen}"
+                ));
+            }
+        }
+        let leaks = leaking.values().any(|l| *l);
+        if leaks != screen.contains("Leaking") {
+            bad.push(format!(
+                "{kernel}: tmux screen shows Leaking = {}, verdicts {leaks}",
+                !leaks
+            ));
+        }
+        if !read("top-tmux-sorted.txt").contains("sort: pin rate") {
+            bad.push(format!("{kernel}: the s key did not change the sort"));
+        }
+    }
+    let local = read("top-local.txt");
+    let rc = v.host.zero_page_refcount.unwrap_or(-1);
+    if !local.contains("probes 13/13 attached")
+        || !local.contains(&format!("zero page refcount {rc} "))
+    {
+        bad.push(format!(
+            "{kernel}: top --local (refcount {rc} expected):\n{local}"
+        ));
+    }
+    bad
+}
+
+/// Every metric of the contract (README, docs/operations.md).
+pub const CONTRACT: [&str; 17] = [
+    "vfio_zp_zero_page_pins_total",
+    "vfio_zp_zero_page_pinned_pages",
+    "vfio_zp_zero_page_leaked_pins",
+    "vfio_zp_leak_detected",
+    "vfio_zp_pinned_pages",
+    "vfio_zp_locked_vm_bytes",
+    "vfio_zp_memlock_limit_bytes",
+    "vfio_zp_memlock_uncharged_zero_page_bytes",
+    "vfio_zp_memlock_shortfall_bytes",
+    "vfio_zp_zero_page_refcount",
+    "vfio_zp_zero_page_refcount_headroom_pins",
+    "vfio_zp_kernel_behaviour_info",
+    "vfio_zp_probe_attached",
+    "vfio_zp_events_total",
+    "vfio_zp_events_lost_total",
+    "vfio_zp_model_divergence_total",
+    "vfio_zp_build_info",
+];
+
+/// The instant query of every vfio_zp_* series must hold exactly the
+/// scraped samples (Prometheus adds only `instance` and `job`).
+fn check_prometheus(kernel: &str, text: &str, scraped: &BTreeMap<String, f64>) -> Vec<String> {
+    let v: serde_json::Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            return vec![format!(
+                "{kernel}: Prometheus query result unreadable ({e}): {text:.200}"
+            )];
+        }
+    };
+    let Some(results) = v["data"]["result"].as_array() else {
+        return vec![format!("{kernel}: Prometheus query failed: {text:.300}")];
+    };
+    let mut got = BTreeMap::new();
+    for r in results {
+        let mut labels: Vec<(String, String)> = r["metric"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| !matches!(k.as_str(), "__name__" | "instance" | "job"))
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+            .collect();
+        labels.sort();
+        let name = r["metric"]["__name__"].as_str().unwrap_or_default();
+        let key = if labels.is_empty() {
+            name.to_string()
+        } else {
+            let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+            format!("{name}{{{}}}", l.join(","))
+        };
+        let value: f64 = r["value"][1]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(f64::NAN);
+        got.insert(key, value);
+    }
+    let mut bad = Vec::new();
+    // Probe hit counts may move between the two reads (other GUP users).
+    let moving = |k: &str| k.starts_with("vfio_zp_events_total");
+    for (k, want) in scraped.iter().filter(|(k, _)| !moving(k)) {
+        match got.get(k) {
+            Some(v) if v == want => {}
+            other => bad.push(format!(
+                "{kernel}: Prometheus has {k} = {other:?}, the scrape {want}"
+            )),
+        }
+    }
+    if got.len() != scraped.len() {
+        bad.push(format!(
+            "{kernel}: Prometheus holds {} series, the scrape {}",
+            got.len(),
+            scraped.len()
+        ));
+    }
+    bad.truncate(10);
     bad
 }

@@ -55,13 +55,42 @@ while [ ! -s "$REC" ]; do
 done
 echo "lab: recorder attached after ${{i}}s"
 status=0
+# A real Prometheus server (Debian's, from the host root) scrapes the recorder.
+PP=
+if [ -x /usr/bin/prometheus ]; then
+  mkdir -p /run/prom
+  printf 'global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: vfio-zp\n    static_configs:\n      - targets: ["127.0.0.1:10983"]\n' > /run/prom/prometheus.yml
+  /usr/bin/prometheus --config.file=/run/prom/prometheus.yml --storage.tsdb.path=/run/prom/data --web.listen-address=127.0.0.1:9090 > "$RESULTS/prometheus.log" 2>&1 &
+  PP=$!
+else
+  echo "no prometheus on the host" > "$RESULTS/prometheus-skipped"
+fi
 {body}
 # The operator surfaces, read while the recorder still serves them.
 sleep 2
 busybox wget -q -O "$RESULTS/metrics.txt" http://127.0.0.1:10983/metrics || echo "lab: metrics scrape failed"
 "$BIN/vfio-zp" top --once --interval 1s --agent 127.0.0.1:10983 > "$RESULTS/top.txt" 2>&1 || echo "lab: top failed"
+if [ -n "$PP" ]; then
+  sleep 3
+  busybox wget -q -O "$RESULTS/prometheus-query.json" 'http://127.0.0.1:9090/api/v1/query?query=%7B__name__%3D~%22vfio_zp_.%2A%22%7D' || echo "lab: Prometheus query failed"
+  kill $PP
+fi
+# The interactive view in a real terminal.
+if command -v tmux >/dev/null; then
+  mkdir -p /dev/pts; mount -t devpts devpts /dev/pts 2>/dev/null
+  export TMUX_TMPDIR=/run TERM=xterm-256color
+  tmux new-session -d -s top -x 200 -y 50 "$BIN/vfio-zp top --agent 127.0.0.1:10983 --interval 500ms" || echo "lab: tmux failed"
+  sleep 3; tmux capture-pane -p -t top > "$RESULTS/top-tmux.txt"
+  tmux send-keys -t top s; sleep 2; tmux capture-pane -p -t top > "$RESULTS/top-tmux-sorted.txt"
+  tmux send-keys -t top q; sleep 1
+  tmux has-session -t top 2>/dev/null && {{ echo "lab: top did not quit"; tmux kill-server; }}
+else
+  echo "no tmux in the guest" > "$RESULTS/top-tmux-skipped"
+fi
 {show}kill -INT $RP
 wait $RP || {{ echo "lab: recorder failed"; status=1; }}
+# top with no agent running loads the probes itself.
+"$BIN/vfio-zp" top --once --local --no-wait --interval 1s > "$RESULTS/top-local.txt" 2>&1 || echo "lab: top --local failed"
 [ -f "$RESULTS/recorder.log" ] && tail -n 3 "$RESULTS/recorder.log"
 exit $status
 "#,
