@@ -124,6 +124,12 @@ pub mod flag {
     pub const IN_TYPE1: u16 = 1 << 5;
     /// The zero page identity was not available (config not set).
     pub const NO_ZERO_PAGE_ID: u16 = 1 << 6;
+    /// `limit` holds the caller's RLIMIT_MEMLOCK (MAP_DMA events), read in
+    /// the kernel at map time: short-lived processes are gone before the
+    /// agent could read /proc.
+    pub const LIMITS: u16 = 1 << 7;
+    /// With `LIMITS`: the caller had CAP_IPC_LOCK in its effective set.
+    pub const CAP_IPC_LOCK: u16 = 1 << 8;
 }
 
 /// One record in the ring buffer. The meaning of `args` depends on `probe`:
@@ -139,7 +145,7 @@ pub mod flag {
 /// | Type1Open | container (iommu_data; 0 when the open failed) |
 /// | Type1Release | container |
 /// | RemoveDma | container, dma |
-/// | Type1Ioctl | cmd, returned (i64), flags, vaddr, iova, size (as returned for UNMAP) |
+/// | Type1Ioctl | cmd, returned (i64), flags, vaddr, iova, size (as returned for UNMAP); MAP also sets `limit` (`flag::LIMITS`) |
 ///
 /// `container` is the container key of the enclosing type1 ioctl or release
 /// on this thread (0 when none); `dma` and `container` are opaque kernel keys.
@@ -157,6 +163,8 @@ pub struct Event {
     /// The zero page's `_refcount` when `flag::REFCOUNT` is set.
     pub zero_refcount: i32,
     pub args: [u64; 6],
+    /// With `flag::LIMITS`: soft RLIMIT_MEMLOCK in bytes (`u64::MAX`: unlimited).
+    pub limit: u64,
 }
 
 impl Event {
@@ -182,7 +190,19 @@ pub struct ZeroPageConfig {
     pub refcount_offset: u64,
     /// Kernel address of the `huge_zero_pfn` variable (0: unknown).
     pub huge_zero_pfn_addr: u64,
+    /// Byte offsets, from BTF, for reading the caller's memlock limit and
+    /// capabilities: `task_struct.signal`, `signal_struct.rlim`,
+    /// `task_struct.cred`, `cred.cap_effective`. 0 in `task_signal`: unknown.
+    pub task_signal: u64,
+    pub signal_rlim: u64,
+    pub task_cred: u64,
+    pub cred_cap_effective: u64,
 }
+
+/// `RLIMIT_MEMLOCK`'s index in `signal_struct.rlim` (asm-generic, x86-64).
+pub const RLIMIT_MEMLOCK: u64 = 8;
+/// `CAP_IPC_LOCK`'s bit in `kernel_cap_t`.
+pub const CAP_IPC_LOCK: u64 = 14;
 
 #[cfg(feature = "user")]
 mod user {

@@ -3,12 +3,14 @@ use aya_ebpf::{
     EbpfContext,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
-use vfio_zp_common::{Event, HUGE_ZERO_PAGES, ProbeId, ZeroPageConfig, counter, flag};
+use vfio_zp_common::{
+    CAP_IPC_LOCK, Event, HUGE_ZERO_PAGES, ProbeId, RLIMIT_MEMLOCK, ZeroPageConfig, counter, flag,
+};
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
@@ -163,12 +165,56 @@ impl ZeroIds {
 /// Writes one event; a full ring buffer is counted per probe, never silent.
 #[inline(always)]
 pub fn emit<C: EbpfContext>(
+    ctx: &C,
+    probe: ProbeId,
+    flags: u16,
+    refcount: Option<i32>,
+    container: u64,
+    args: [u64; 6],
+) {
+    emit_with_limit(ctx, probe, flags, refcount, container, args, 0)
+}
+
+/// The current task's soft RLIMIT_MEMLOCK (bytes) and `flag::LIMITS`, plus
+/// `flag::CAP_IPC_LOCK` when it holds that capability; (0, 0) when the
+/// layout is unknown or a read fails.
+#[inline(always)]
+pub fn current_limits() -> (u64, u16) {
+    let Some(cfg) = CONFIG.get(0) else {
+        return (0, 0);
+    };
+    if cfg.task_signal == 0 {
+        return (0, 0);
+    }
+    let task = unsafe { bpf_get_current_task() };
+    let read = |at: u64| unsafe { bpf_probe_read_kernel(at as *const u64) }.ok();
+    let Some(signal) = read(task + cfg.task_signal) else {
+        return (0, 0);
+    };
+    // struct rlimit { rlim_cur, rlim_max }: 16 bytes each.
+    let Some(limit) = read(signal + cfg.signal_rlim + RLIMIT_MEMLOCK * 16) else {
+        return (0, 0);
+    };
+    let mut flags = flag::LIMITS;
+    if cfg.task_cred != 0
+        && let Some(cred) = read(task + cfg.task_cred)
+        && let Some(caps) = read(cred + cfg.cred_cap_effective)
+        && caps & (1 << CAP_IPC_LOCK) != 0
+    {
+        flags |= flag::CAP_IPC_LOCK;
+    }
+    (limit, flags)
+}
+
+#[inline(always)]
+pub fn emit_with_limit<C: EbpfContext>(
     _ctx: &C,
     probe: ProbeId,
     mut flags: u16,
     refcount: Option<i32>,
     container: u64,
     args: [u64; 6],
+    limit: u64,
 ) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         add(counter::DROPS + probe as u32, 1);
@@ -193,6 +239,7 @@ pub fn emit<C: EbpfContext>(
         flags,
         zero_refcount,
         args,
+        limit,
     });
     entry.submit(0);
 }

@@ -231,6 +231,13 @@ pub fn type1_ioctl_ret(ctx: RetProbeContext) -> u32 {
         return 0;
     };
     crate::shared::forget(ProbeId::Type1Ioctl);
+    // MAP_DMA: the limit type1 checks the caller against, read while the
+    // caller certainly still exists.
+    let (limit, ev_flags) = if s[1] == VFIO_IOMMU_MAP_DMA {
+        crate::shared::current_limits()
+    } else {
+        (0, 0)
+    };
     let (flags, vaddr, iova, size) = if s[1] == VFIO_IOMMU_MAP_DMA {
         (s[3], s[4], s[5], s[2])
     } else {
@@ -240,13 +247,14 @@ pub fn type1_ioctl_ret(ctx: RetProbeContext) -> u32 {
             Err(_) => (0, 0, 0, 0),
         }
     };
-    emit(
+    crate::shared::emit_with_limit(
         &ctx,
         ProbeId::Type1Ioctl,
-        0,
+        ev_flags,
         None,
         s[0],
         [s[1], ret as u64, flags, vaddr, iova, size],
+        limit,
     );
     0
 }

@@ -133,6 +133,12 @@ pub enum What {
         iova: u64,
         size: u64,
         ret: i64,
+        /// The caller's soft RLIMIT_MEMLOCK, read by the probe at map time.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        memlock: Option<crate::record::format::Memlock>,
+        /// The caller had CAP_IPC_LOCK (known when `memlock` is).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cap_ipc_lock: Option<bool>,
     },
     /// VFIO_IOMMU_UNMAP_DMA returned `ret`; `size` is what the kernel unmapped.
     UnmapDma {

@@ -482,11 +482,18 @@ fn replay(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
     } else {
         run_model(stream_path(file).map_err(bad)?)?
     };
-    if json {
-        print_stdout(&(serde_json::to_string_pretty(&verdicts)? + "\n"));
+    // Written straight to stdout: with thousands of containers the text
+    // would double the peak memory.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let written = if json {
+        serde_json::to_writer_pretty(&mut out, &verdicts)
+            .map_err(std::io::Error::from)
+            .and_then(|_| out.write_all(b"\n"))
     } else {
-        print_stdout(&verdicts.to_string());
-    }
+        write!(out, "{verdicts}")
+    };
+    // A closed pipe (`| head`) is the reader's choice, not an error.
+    let _ = written.and_then(|_| out.flush());
     Ok(())
 }
 

@@ -203,11 +203,24 @@ pub fn render(s: &Snapshot) -> String {
     counter(
         &r,
         "vfio_zp_events_lost_total",
-        "Events lost to a full ring buffer (exact counters are not lost).",
+        "Events lost: ring buffer full, or a return probe missed because every \
+         kretprobe instance was busy (exact counters are not lost).",
         &[],
     )
     .with_label_values::<&str>(&[])
-    .inc_by(s.drops.values().sum());
+    .inc_by(s.drops.values().sum::<u64>() + s.misses.values().sum::<u64>());
+    let missed = counter(
+        &r,
+        "vfio_zp_probe_missed_total",
+        "Return-probe runs missed per probe (kretprobe maxactive exhausted); \
+         0 for entry-only probes and where the kernel does not report misses.",
+        &["probe"],
+    );
+    for p in s.hits.keys().chain(s.misses.keys()) {
+        missed
+            .with_label_values(&[p])
+            .inc_by(s.misses.get(p).copied().unwrap_or(0));
+    }
     let div = counter(
         &r,
         "vfio_zp_model_divergence_total",

@@ -16,6 +16,9 @@ pub struct Snapshot {
     /// Exact probe runs and ring-buffer drops per probe label.
     pub hits: BTreeMap<String, u64>,
     pub drops: BTreeMap<String, u64>,
+    /// Return-probe runs missed (every kretprobe instance busy), per probe label.
+    #[serde(default)]
+    pub misses: BTreeMap<String, u64>,
     /// Containers no longer shown: closed longer than the expiry.
     #[serde(default)]
     pub expired: Vec<u32>,
@@ -29,6 +32,7 @@ impl Snapshot {
             probes: probes.to_vec(),
             hits: counters.map(|c| c.hits.clone()).unwrap_or_default(),
             drops: counters.map(|c| c.drops.clone()).unwrap_or_default(),
+            misses: counters.map(|c| c.misses.clone()).unwrap_or_default(),
             expired: Vec::new(),
         }
     }

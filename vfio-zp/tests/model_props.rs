@@ -178,6 +178,8 @@ impl Sim {
                         iova: 0,
                         size: n as u64 * 4096,
                         ret: 0,
+                        memlock: None,
+                        cap_ipc_lock: None,
                     },
                     None,
                 );

@@ -4,7 +4,7 @@ use std::process::Command;
 
 use crate::cmd;
 
-pub const TARGETS: [&str; 2] = ["recording", "cgroup_name"];
+pub const TARGETS: [&str; 3] = ["recording", "cgroup_name", "kallsyms"];
 
 pub fn run(targets: &[String], seconds: u64) -> anyhow::Result<()> {
     if !cmd::succeeds(Command::new("cargo").args(["fuzz", "--version"])) {
@@ -71,6 +71,24 @@ fn seed(target: &str, corpus: &str) -> anyhow::Result<()> {
                     std::fs::write(format!("{corpus}/{k}"), head)?;
                 }
             }
+        }
+        "kallsyms" => {
+            // Shapes seen on the lab kernels: module tags, clone suffixes,
+            // hidden addresses, and our tracefs files.
+            std::fs::write(
+                format!("{corpus}/kallsyms"),
+                "ffffffffc0a01230 t vfio_pin_pages_remote\t[vfio_iommu_type1]\n\
+                 ffffffffc0a02000 t vaddr_get_pfns.constprop.0\t[vfio_iommu_type1]\n\
+                 ffffffff82a0c000 D zero_pfn\nffffffff8240e9b8 D vmemmap_base\n",
+            )?;
+            std::fs::write(
+                format!("{corpus}/hidden"),
+                "0000000000000000 T pin_user_pages_remote\n0000000000000000 t put_pfn\t[vfio_iommu_type1]\n",
+            )?;
+            std::fs::write(
+                format!("{corpus}/kprobe_events"),
+                "r512:vfio_zp/type1_pin_ret_4242 vfio_pin_pages_remote\n  type1_pin_ret_4242   1234   7\n",
+            )?;
         }
         _ => {
             for (i, p) in crate::lab::matrix::CGROUPS.iter().enumerate() {

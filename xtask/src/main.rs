@@ -81,6 +81,14 @@ enum Cmd {
         #[arg(default_values_t = fuzz::TARGETS.map(String::from))]
         targets: Vec<String>,
     },
+    /// Benchmarks, printed as figures next to a baseline taken in the same
+    /// run: model replay throughput (one core) and the replaying process's
+    /// peak RSS for 10 000 containers.
+    Bench {
+        /// Containers in the replayed stream.
+        #[arg(long, default_value_t = 10_000)]
+        containers: u32,
+    },
     /// Regenerate the golden recordings in vfio-zp/tests/fixtures (a
     /// small-page matrix run on every lab kernel).
     Fixtures {
@@ -108,6 +116,20 @@ fn host_can_probe() -> bool {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Bootstrap => bootstrap::run(),
+        Cmd::Bench { containers } => {
+            // Native figures only; the probes are not needed to replay.
+            cmd::run(
+                cargo()
+                    .args(["bench", "-p", "vfio-zp", "--bench", "replay"])
+                    .env("VFIO_ZP_BENCH_CONTAINERS", containers.to_string())
+                    .env("AYA_BUILD_SKIP", "1"),
+            )?;
+            eprintln!(
+                "bench: NOT MEASURED (not built yet): probe cost against bpftrace and \
+                 MAP_DMA overhead attached vs detached, which need the VM lab"
+            );
+            Ok(())
+        }
         Cmd::Kernels { kernels } => {
             for k in kernels {
                 lab::kernels::prepare(&k)?;

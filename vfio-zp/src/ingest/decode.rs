@@ -4,6 +4,7 @@ use vfio_zp_common::{Event as Raw, ProbeId, flag};
 
 use super::ids::KeyIds;
 use crate::event::{Event, PageClass, Refcount, UnpinFn, What, When};
+use crate::record::format::Memlock;
 
 const VFIO_IOMMU_MAP_DMA: u64 = 0x3b71;
 
@@ -107,13 +108,21 @@ impl Decoder {
                 self.dmas.retire(a[1]);
                 What::RemoveDma { dma }
             }
-            ProbeId::Type1Ioctl if a[0] == VFIO_IOMMU_MAP_DMA => What::MapDma {
-                ret: a[1] as i64,
-                flags: a[2] as u32,
-                vaddr: a[3],
-                iova: a[4],
-                size: a[5],
-            },
+            ProbeId::Type1Ioctl if a[0] == VFIO_IOMMU_MAP_DMA => {
+                let limits = f & flag::LIMITS != 0;
+                What::MapDma {
+                    ret: a[1] as i64,
+                    flags: a[2] as u32,
+                    vaddr: a[3],
+                    iova: a[4],
+                    size: a[5],
+                    memlock: limits.then_some(match raw.limit {
+                        u64::MAX => Memlock::Unlimited,
+                        b => Memlock::Bytes(b),
+                    }),
+                    cap_ipc_lock: limits.then_some(f & flag::CAP_IPC_LOCK != 0),
+                }
+            }
             ProbeId::Type1Ioctl => What::UnmapDma {
                 ret: a[1] as i64,
                 flags: a[2] as u32,
@@ -179,6 +188,7 @@ mod tests {
             flags,
             zero_refcount: 1025,
             args,
+            limit: 0,
         }
     }
 
@@ -296,9 +306,35 @@ mod tests {
                 vaddr: 0x7f00,
                 iova: 0x10_0000,
                 size: 4096,
-                ret: 0
+                ret: 0,
+                memlock: None,
+                cap_ipc_lock: None,
             }
         );
+        // With the limits the probe read: 64 KiB, no CAP_IPC_LOCK; unlimited with it.
+        let mut r = raw(ProbeId::Type1Ioctl, 0, [0x3b71, 0, 1, 0x7f00, 0, 4096]);
+        r.flags = flag::LIMITS;
+        r.limit = 65536;
+        let m = d.decode(&r).unwrap();
+        assert!(matches!(
+            m.what,
+            What::MapDma {
+                memlock: Some(Memlock::Bytes(65536)),
+                cap_ipc_lock: Some(false),
+                ..
+            }
+        ));
+        r.flags = flag::LIMITS | flag::CAP_IPC_LOCK;
+        r.limit = u64::MAX;
+        let m = d.decode(&r).unwrap();
+        assert!(matches!(
+            m.what,
+            What::MapDma {
+                memlock: Some(Memlock::Unlimited),
+                cap_ipc_lock: Some(true),
+                ..
+            }
+        ));
         let u = d
             .decode(&raw(
                 ProbeId::Type1Ioctl,

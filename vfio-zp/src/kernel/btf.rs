@@ -1,11 +1,42 @@
-//! `struct page` layout from the kernel's own BTF: its size and where
-//! `_refcount` sits. Never hard-coded: both move with config options.
+//! Struct layouts from the kernel's own BTF: `struct page`'s size and where
+//! `_refcount` sits, and the path from a task to its memlock limit and
+//! capabilities. Never hard-coded: all of them move with config options.
 use btf_rs::{Btf, Type};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PageLayout {
     pub size: u64,
     pub refcount_offset: u64,
+    /// `None` when BTF lacks one of the members: limits then come from /proc only.
+    pub task: Option<TaskLayout>,
+}
+
+/// Byte offsets of `task_struct.signal`, `signal_struct.rlim`,
+/// `task_struct.cred` and `cred.cap_effective`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskLayout {
+    pub task_signal: u64,
+    pub signal_rlim: u64,
+    pub task_cred: u64,
+    pub cred_cap_effective: u64,
+}
+
+pub fn task_layout(btf: &Btf) -> Option<TaskLayout> {
+    let off = |st: &str, member: &str| -> Option<u64> {
+        btf.resolve_types_by_name(st)
+            .ok()?
+            .into_iter()
+            .find_map(|t| match t {
+                Type::Struct(s) => member_offset_bits(btf, &s, member).map(|b| b / 8),
+                _ => None,
+            })
+    };
+    Some(TaskLayout {
+        task_signal: off("task_struct", "signal").filter(|o| *o != 0)?,
+        signal_rlim: off("signal_struct", "rlim")?,
+        task_cred: off("task_struct", "cred")?,
+        cred_cap_effective: off("cred", "cap_effective")?,
+    })
 }
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -27,6 +58,7 @@ pub fn page_layout(btf: &Btf) -> anyhow::Result<PageLayout> {
             return Ok(PageLayout {
                 size: s.size() as u64,
                 refcount_offset: bits / 8,
+                task: task_layout(btf),
             });
         }
     }
@@ -73,5 +105,16 @@ mod tests {
             l.refcount_offset.is_multiple_of(4) && l.refcount_offset + 4 <= l.size,
             "{l:?}"
         );
+        // Pointers are 8-aligned; rlim and cap_effective are u64 arrays/words.
+        let t = l.task.expect("task_struct/signal_struct/cred in BTF");
+        for o in [
+            t.task_signal,
+            t.signal_rlim,
+            t.task_cred,
+            t.cred_cap_effective,
+        ] {
+            assert!(o.is_multiple_of(8), "{t:?}");
+        }
+        assert_ne!(t.task_signal, t.task_cred, "{t:?}");
     }
 }

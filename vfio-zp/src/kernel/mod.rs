@@ -6,6 +6,7 @@ pub mod kcore;
 pub mod preflight;
 pub mod probe_points;
 pub mod programs;
+pub mod retprobe;
 pub mod tracefs;
 pub mod zero_page;
 

@@ -1,6 +1,10 @@
 //! The loaded probes: the eBPF object, its maps, and the links that tie
 //! programs to resolved symbols. Only this file talks BPF to the kernel.
-use std::collections::{BTreeMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashSet},
+    os::fd::AsFd,
+    path::PathBuf,
+};
 
 use aya::{
     Ebpf,
@@ -12,6 +16,7 @@ use vfio_zp_common::{PROBE_COUNT, ProbeId, ZeroPageConfig, counter};
 use super::{
     kallsyms::Kallsyms,
     probe_points::{POINTS, ProbePoint, Resolution, resolve},
+    retprobe::{self, TraceRetprobe},
 };
 use crate::error::Fatal;
 use crate::record::{Counters, ProbeState, ProbeStatus, Totals};
@@ -19,10 +24,20 @@ use crate::record::{Counters, ProbeState, ProbeStatus, Totals};
 /// The probes, built by build.rs and embedded at compile time.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vfio-zp"));
 
+/// How one program is tied to its symbol.
+enum Link {
+    /// Through the perf kprobe PMU (entry probes; return probes without tracefs).
+    Pmu(KProbeLinkId),
+    /// A tracefs return probe with an explicit maxactive.
+    Trace(TraceRetprobe),
+}
+
 pub struct Probes {
     ebpf: Ebpf,
     counters: PerCpuArray<MapData, u64>,
-    links: BTreeMap<(ProbeId, &'static str), KProbeLinkId>,
+    links: BTreeMap<(ProbeId, &'static str), Link>,
+    /// Where return probes are made; `None` without tracefs `kprobe_events`.
+    tracefs: Option<PathBuf>,
     status: Vec<ProbeStatus>,
     log: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
@@ -66,10 +81,20 @@ impl Probes {
         // Probe-side log lines go to the agent's log; a probe build without
         // aya-log statements has no AYA_LOGS map, which is fine.
         let log = aya_log::EbpfLogger::init(&mut ebpf).ok();
+        let tracefs = retprobe::tracefs();
+        if let Some(t) = &tracefs {
+            let n = retprobe::remove_stale(t);
+            if n > 0 {
+                tracing::info!(
+                    "removed {n} return probes left by an agent that did not stop cleanly"
+                );
+            }
+        }
         Ok(Probes {
             ebpf,
             counters,
             links: BTreeMap::new(),
+            tracefs,
             status: Vec::new(),
             log,
         })
@@ -144,23 +169,16 @@ impl Probes {
 
     fn attach_point(&mut self, p: &ProbePoint, symbol: &str) -> Result<(), String> {
         let mut done = Vec::new();
-        for name in [p.entry, p.ret].into_iter().flatten() {
-            let prog: &mut KProbe = match self.ebpf.program_mut(name).map(TryInto::try_into) {
-                Some(Ok(prog)) => prog,
-                _ => return Err(format!("program {name} missing")),
-            };
-            match prog.attach(symbol, 0) {
+        for (name, is_ret) in [(p.entry, false), (p.ret, true)]
+            .into_iter()
+            .filter_map(|(n, r)| n.map(|n| (n, r)))
+        {
+            match self.attach_program(name, symbol, is_ret) {
                 Ok(link) => done.push((name, link)),
                 Err(e) => {
                     // All or nothing per point: an entry without its return is noise.
                     for (n, l) in done {
-                        if let Some(Ok(pr)) = self
-                            .ebpf
-                            .program_mut(n)
-                            .map(TryInto::<&mut KProbe>::try_into)
-                        {
-                            let _ = pr.detach(l);
-                        }
+                        self.detach_link(n, l);
                     }
                     return Err(format!("{name}: {e}"));
                 }
@@ -170,6 +188,42 @@ impl Probes {
             self.links.insert((p.probe, name), link);
         }
         Ok(())
+    }
+
+    fn attach_program(&mut self, name: &str, symbol: &str, is_ret: bool) -> Result<Link, String> {
+        let prog: &mut KProbe = match self.ebpf.program_mut(name).map(TryInto::try_into) {
+            Some(Ok(prog)) => prog,
+            _ => return Err(format!("program {name} missing")),
+        };
+        if is_ret && let Some(t) = &self.tracefs {
+            let fd = prog.fd().map_err(|e| e.to_string())?;
+            match TraceRetprobe::attach(t, fd.as_fd(), name, symbol, retprobe::MAXACTIVE) {
+                Ok(link) => return Ok(Link::Trace(link)),
+                Err(e) => tracing::warn!(
+                    "return probe {name} on {symbol} through tracefs failed ({e}); \
+                     falling back to the perf PMU, whose default maxactive can miss \
+                     concurrent calls uncounted"
+                ),
+            }
+        }
+        prog.attach(symbol, 0)
+            .map(Link::Pmu)
+            .map_err(|e| format!("{e}"))
+    }
+
+    fn detach_link(&mut self, name: &str, link: Link) {
+        match link {
+            Link::Pmu(l) => {
+                if let Some(Ok(pr)) = self
+                    .ebpf
+                    .program_mut(name)
+                    .map(TryInto::<&mut KProbe>::try_into)
+                {
+                    let _ = pr.detach(l);
+                }
+            }
+            Link::Trace(t) => drop(t),
+        }
     }
 
     /// vfio_iommu_type1 went away: its kprobes are dead; drop them so a
@@ -182,13 +236,8 @@ impl Probes {
             .copied()
             .collect();
         for key in gone {
-            if let Some(link) = self.links.remove(&key)
-                && let Some(Ok(pr)) = self
-                    .ebpf
-                    .program_mut(key.1)
-                    .map(TryInto::<&mut KProbe>::try_into)
-            {
-                let _ = pr.detach(link);
+            if let Some(link) = self.links.remove(&key) {
+                self.detach_link(key.1, link);
             }
         }
         for s in &mut self.status {
@@ -219,10 +268,25 @@ impl Probes {
             drops.insert(p.label.to_string(), get(counter::DROPS + p.probe as u32));
         }
         debug_assert_eq!(hits.len(), PROBE_COUNT);
+        // Return probes that found no free instance (kprobe_profile "misses").
+        let mut misses = BTreeMap::new();
+        if let Some(t) = &self.tracefs {
+            let profile = retprobe::read_profile(t);
+            for ((probe, _), link) in &self.links {
+                if let Link::Trace(tr) = link
+                    && let Some((_, m)) = profile.get(tr.event())
+                {
+                    *misses
+                        .entry(super::probe_points::point(*probe).label.to_string())
+                        .or_insert(0) += m;
+                }
+            }
+        }
         Counters {
             t_ns,
             hits,
             drops,
+            misses,
             totals: Totals {
                 gup_zero_pinned: get(counter::GUP_ZERO_PINNED),
                 gup_zero_unpinned: get(counter::GUP_ZERO_UNPINNED),

@@ -67,6 +67,10 @@ pub fn config(syms: &Kallsyms, layout: PageLayout, zero_pfn: u64) -> ZeroPageCon
         page_size: layout.size,
         refcount_offset: layout.refcount_offset,
         huge_zero_pfn_addr: syms.addr("huge_zero_pfn").unwrap_or(0),
+        task_signal: layout.task.map_or(0, |t| t.task_signal),
+        signal_rlim: layout.task.map_or(0, |t| t.signal_rlim),
+        task_cred: layout.task.map_or(0, |t| t.task_cred),
+        cred_cap_effective: layout.task.map_or(0, |t| t.cred_cap_effective),
     }
 }
 

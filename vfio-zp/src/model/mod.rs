@@ -18,7 +18,10 @@ use refcount::{PIN_BIAS, ReadingSource, Vote, ZeroLedger};
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, Id, PageClass, UnpinFn, What};
-use crate::record::{Header, Line, ProbeState, format::ProbesChanged};
+use crate::record::{
+    Header, Line, ProbeState,
+    format::{Memlock, ProbesChanged},
+};
 
 /// FOLL_WRITE: the one GUP flag whose value never moved.
 const FOLL_WRITE: u32 = 0x01;
@@ -176,7 +179,7 @@ impl Model {
             Line::Event(e) => self.event(e),
             Line::Counters(c) => {
                 self.now = self.now.max(c.t_ns);
-                self.events_lost = c.drops.values().sum();
+                self.events_lost = c.drops.values().sum::<u64>() + c.misses.values().sum::<u64>();
                 if let Some(v) = c.zero_refcount {
                     self.kcore_reading(v as i64, c.t_ns);
                 }
@@ -194,8 +197,11 @@ impl Model {
                     .procs
                     .entry(p.tgid)
                     .or_insert_with(|| Process::new(p.tgid, &p.comm, 0));
-                proc.memlock = p.memlock;
-                proc.cap_ipc_lock = p.cap_ipc_lock;
+                // Never forget a limit already known (from a MAP_DMA probe).
+                if p.memlock != Memlock::Unknown || proc.memlock == Memlock::Unknown {
+                    proc.memlock = p.memlock;
+                    proc.cap_ipc_lock = p.cap_ipc_lock;
+                }
             }
         }
     }
@@ -273,6 +279,17 @@ impl Model {
         let proc = self.process(e);
         if proc.cgroup_id == 0 {
             proc.cgroup_id = e.cgroup_id;
+        }
+        // The probe's reading at map time is the limit type1 checks against;
+        // it beats /proc, which a short-lived process may leave unread.
+        if let What::MapDma {
+            memlock: Some(m),
+            cap_ipc_lock,
+            ..
+        } = &e.what
+        {
+            proc.memlock = *m;
+            proc.cap_ipc_lock = cap_ipc_lock.unwrap_or(proc.cap_ipc_lock);
         }
         if !matches!(e.what, What::GupUnpin { .. }) {
             self.last_unpin.remove(&e.pid);
@@ -405,6 +422,7 @@ impl Model {
                 iova,
                 size,
                 flags,
+                ..
             } => {
                 if let Some(c) = e.container.and_then(|id| self.containers.get(&id)) {
                     let range = *vaddr..vaddr.saturating_add(*size);

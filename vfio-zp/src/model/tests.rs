@@ -287,6 +287,19 @@ fn memlock_advice_names_the_shortfall() {
     assert!(p.advice.contains("would exceed"), "{}", p.advice);
 }
 
+/// A read-only MAP_DMA of `pages` returning `ret`, with the limits the probe read.
+fn read_only_map(pages: u64, ret: i64, limits: Option<(Memlock, bool)>) -> What {
+    What::MapDma {
+        flags: 1,
+        vaddr: 0,
+        iova: 0,
+        size: pages * 4096,
+        ret,
+        memlock: limits.map(|l| l.0),
+        cap_ipc_lock: limits.map(|l| l.1),
+    }
+}
+
 #[test]
 fn refused_maps_report_what_they_needed() {
     // 6.12: a read-only map of 8 pages with RLIMIT_MEMLOCK at 4 pages.
@@ -303,16 +316,7 @@ fn refused_maps_report_what_they_needed() {
     }
     r.pin(4, -12, PageClass::Other);
     r.unmap(4, 4, PageClass::Other);
-    r.ev(
-        What::MapDma {
-            flags: 1,
-            vaddr: 0,
-            iova: 0,
-            size: 8 * 4096,
-            ret: -12,
-        },
-        None,
-    );
+    r.ev(read_only_map(8, -12, None), None);
     let v = r.m.verdicts();
     let p = &v.processes[0];
     assert_eq!(p.refusals, 1);
@@ -327,6 +331,31 @@ fn refused_maps_report_what_they_needed() {
         notes.iter().any(|n| n.contains("RLIMIT_MEMLOCK")),
         "{notes:?}"
     );
+}
+
+#[test]
+fn the_probes_memlock_reading_beats_an_unread_proc() {
+    // A process gone before /proc was read: the MAP_DMA probe's reading
+    // decides, and a late "unknown" does not erase it.
+    let mut r = Run::new("5.10.0-32-amd64", Some("#1 SMP Debian 5.10.223-1"));
+    let unknown = Line::Process(ProcessInfo {
+        tgid: PID,
+        comm: "qemu".into(),
+        memlock: Memlock::Unknown,
+        cap_ipc_lock: false,
+    });
+    r.m.apply(&unknown);
+    r.charge(3, 2);
+    r.pin(3, 2, PageClass::Other);
+    r.ev(
+        read_only_map(8, 0, Some((Memlock::Bytes(4 * 4096), false))),
+        None,
+    );
+    r.m.apply(&unknown);
+    let p = &r.m.verdicts().processes[0];
+    assert_eq!(p.memlock, Memlock::Bytes(4 * 4096));
+    assert!(!p.cap_ipc_lock);
+    assert!(!p.advice.contains("unknown"), "{}", p.advice);
 }
 
 #[test]

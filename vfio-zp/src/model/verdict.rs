@@ -189,7 +189,7 @@ impl Model {
                 missing.join(", ")
             )),
             (n, _) => Some(format!(
-                "{n} events lost to a full ring buffer: counts may be short"
+                "{n} events lost (ring buffer full or return probes missed): counts may be short"
             )),
         }
     }

@@ -115,6 +115,10 @@ pub struct Counters {
     pub hits: BTreeMap<String, u64>,
     /// Events lost to a full ring buffer, per probe label.
     pub drops: BTreeMap<String, u64>,
+    /// Return-probe runs lost because every instance was busy (kretprobe
+    /// maxactive), per probe label: events that were never produced.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub misses: BTreeMap<String, u64>,
     pub totals: Totals,
     /// The zero page's `_refcount` read through /proc/kcore at this moment
     /// (absent when kcore is unavailable, e.g. under kernel lockdown).

@@ -141,7 +141,7 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
 }
 
 /// Every metric of the contract (README, docs/operations.md).
-pub const CONTRACT: [&str; 17] = [
+pub const CONTRACT: [&str; 18] = [
     "vfio_zp_zero_page_pins_total",
     "vfio_zp_zero_page_pinned_pages",
     "vfio_zp_zero_page_leaked_pins",
@@ -157,6 +157,7 @@ pub const CONTRACT: [&str; 17] = [
     "vfio_zp_probe_attached",
     "vfio_zp_events_total",
     "vfio_zp_events_lost_total",
+    "vfio_zp_probe_missed_total",
     "vfio_zp_model_divergence_total",
     "vfio_zp_build_info",
 ];

@@ -220,12 +220,69 @@ fn vmlck_kb() -> Option<u64> {
         .ok()
 }
 
+/// Holds processes that run at once until all are ready to map, so their
+/// MAP_DMA calls overlap inside the kernel: the case where a second thread
+/// enters vfio_pin_pages_remote while the first sleeps in it (and where a
+/// kretprobe with too few instances loses returns).
+pub struct StartGate {
+    ready: [libc::c_int; 2],
+    go: [libc::c_int; 2],
+}
+
+impl StartGate {
+    pub fn new() -> anyhow::Result<StartGate> {
+        let (mut ready, mut go) = ([0; 2], [0; 2]);
+        // SAFETY: pipe with valid 2-int arrays.
+        anyhow::ensure!(
+            unsafe { libc::pipe(ready.as_mut_ptr()) == 0 && libc::pipe(go.as_mut_ptr()) == 0 },
+            "pipe failed"
+        );
+        Ok(StartGate { ready, go })
+    }
+
+    /// In a child: says it is ready, then waits for the start.
+    fn wait(&self) {
+        let mut b = [0u8; 1];
+        // SAFETY: the gate's pipe fds, inherited over fork; one-byte buffers.
+        unsafe {
+            libc::write(self.ready[1], b.as_ptr().cast(), 1);
+            libc::read(self.go[0], b.as_mut_ptr().cast(), 1);
+        }
+    }
+
+    /// In the parent: waits for `n` ready children, then starts all. A child
+    /// that failed before the gate never says ready: after 60 s the rest go.
+    fn open(&self, n: usize) {
+        // SAFETY: the gate's pipe fds; one-byte buffers; one pollfd.
+        unsafe {
+            libc::close(self.ready[1]);
+            let mut b = [0u8; 1];
+            for _ in 0..n {
+                let mut p = libc::pollfd {
+                    fd: self.ready[0],
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                if libc::poll(&mut p, 1, 60_000) != 1
+                    || libc::read(self.ready[0], b.as_mut_ptr().cast(), 1) != 1
+                {
+                    break;
+                }
+            }
+            for _ in 0..n {
+                libc::write(self.go[1], b.as_ptr().cast(), 1);
+            }
+        }
+    }
+}
+
 /// One process's part: map, measure, unmap, measure.
 pub fn run_once(
     s: &Scenario,
     group: &str,
     pages: usize,
     hold: std::time::Duration,
+    gate: Option<&StartGate>,
 ) -> anyhow::Result<RunTruth> {
     let truth = ZeroPageTruth::open();
     let mut t = RunTruth {
@@ -277,6 +334,9 @@ pub fn run_once(
     t.zero_backed_before_map = count(&region, &mut t).0;
     let c = Container::open(group)?;
     t.refcount_before = refcount(&mut t);
+    if let Some(g) = gate {
+        g.wait();
+    }
     let size = region.len as u64;
     let half = (pages / 2 * PAGE) as u64;
     if s.tight_memlock {
@@ -387,13 +447,14 @@ pub fn run(
     };
     let n = s.processes as usize;
     if n == 1 {
-        truth.runs.push(run_once(s, &groups[0], pages, hold)?);
+        truth.runs.push(run_once(s, &groups[0], pages, hold, None)?);
     } else {
         anyhow::ensure!(
             groups.len() >= n,
             "{} needs {n} VFIO groups (--group and --group2)",
             s.name
         );
+        let gate = StartGate::new()?;
         let children = groups[..n]
             .iter()
             .enumerate()
@@ -402,10 +463,11 @@ pub fn run(
                     if let (1, Some(cg)) = (i, cgroup2) {
                         enter_cgroup(cg)?;
                     }
-                    run_once(s, g, pages, hold)
+                    run_once(s, g, pages, hold, Some(&gate))
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        gate.open(n);
         for c in children {
             truth.runs.push(c.collect()?);
         }
