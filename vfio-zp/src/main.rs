@@ -232,10 +232,14 @@ async fn shutdown() {
 }
 
 async fn start(opts: &Options) -> anyhow::Result<Option<Session>> {
-    tokio::select! {
-        s = Session::start(opts) => s.map(Some),
-        _ = shutdown() => Ok(None),
+    let s = tokio::select! {
+        s = Session::start(opts) => s.map(Some)?,
+        _ = shutdown() => None,
+    };
+    if s.is_some() {
+        vfio_zp::kernel::privileges::drop_after_attach();
     }
+    Ok(s)
 }
 
 fn touches_zero_page(what: &What) -> bool {
@@ -388,6 +392,8 @@ struct Live {
     probes: Vec<vfio_zp::record::ProbeStatus>,
     /// Where the agent publishes snapshots for its HTTP endpoints.
     publish: Option<(std::sync::Arc<vfio_zp::serve::Shared>, Expiry)>,
+    /// The latest counters, for snapshots published between counters lines.
+    counters: Option<vfio_zp::record::Counters>,
 }
 
 impl Live {
@@ -398,6 +404,7 @@ impl Live {
             behaviour: Vec::new(),
             probes: header.probes.clone(),
             publish: None,
+            counters: None,
         }
     }
 
@@ -408,9 +415,17 @@ impl Live {
         }
         if let Line::Probes(p) = line {
             self.probes = p.probes.clone();
+            // Coverage changed (type1 unloaded or back): publish now, not at
+            // the next counters line, so vfio_zp_probe_attached follows.
+            if let (Some((shared, expiry)), Some(c)) = (&mut self.publish, &self.counters) {
+                let mut snap = Snapshot::new(self.model.verdicts(), &self.probes, Some(c));
+                expiry.apply(&mut snap);
+                shared.publish(snap);
+            }
         }
         // Verdicts are worth computing at the counters' pace, not per event.
         if let Line::Counters(counters) = line {
+            self.counters = Some(counters.clone());
             let v = self.model.verdicts();
             if let Some((shared, expiry)) = &mut self.publish {
                 let mut snap = Snapshot::new(v.clone(), &self.probes, Some(counters));

@@ -2,11 +2,12 @@
 //! `/healthz` and `/api/v1/snapshot` (JSON). Read-only; every handler
 //! only reads the latest [`Snapshot`], so a slow or hostile client never
 //! holds up the event path.
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::{
     Router,
+    body::Bytes,
     extract::State,
     http::{StatusCode, header},
     response::{IntoResponse, Response},
@@ -21,24 +22,39 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:10983";
 /// `/healthz` fails when the event loop has not published for this long.
 const STALE: Duration = Duration::from_secs(10);
 
+/// One published snapshot and its renderings, each made at most once: the
+/// handlers run on the event loop's thread, so a scrape storm costs one
+/// render per publish, not one per request.
+struct Published {
+    at: Instant,
+    snapshot: Arc<Snapshot>,
+    metrics: OnceLock<Bytes>,
+    json: OnceLock<Bytes>,
+}
+
 #[derive(Default)]
 pub struct Shared {
-    latest: RwLock<Option<(Instant, Arc<Snapshot>)>>,
+    latest: RwLock<Option<Arc<Published>>>,
 }
 
 impl Shared {
     pub fn publish(&self, s: Snapshot) {
         if let Ok(mut l) = self.latest.write() {
-            *l = Some((Instant::now(), Arc::new(s)));
+            *l = Some(Arc::new(Published {
+                at: Instant::now(),
+                snapshot: Arc::new(s),
+                metrics: OnceLock::new(),
+                json: OnceLock::new(),
+            }));
         }
     }
 
-    fn get(&self) -> Option<(Instant, Arc<Snapshot>)> {
+    fn get(&self) -> Option<Arc<Published>> {
         self.latest.read().ok().and_then(|l| l.clone())
     }
 
     pub fn latest(&self) -> Option<Arc<Snapshot>> {
-        self.get().map(|(_, s)| s)
+        self.get().map(|p| p.snapshot.clone())
     }
 }
 
@@ -66,12 +82,14 @@ fn starting() -> Response {
 
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
     match s.get() {
-        Some((_, snap)) => (
+        Some(p) => (
             [(
                 header::CONTENT_TYPE,
                 "text/plain; version=0.0.4; charset=utf-8",
             )],
-            crate::metrics::render(&snap),
+            p.metrics
+                .get_or_init(|| crate::metrics::render(&p.snapshot).into())
+                .clone(),
         )
             .into_response(),
         None => starting(),
@@ -80,10 +98,10 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
 
 async fn healthz(State(s): State<Arc<Shared>>) -> Response {
     match s.get() {
-        Some((at, _)) if at.elapsed() < STALE => (StatusCode::OK, "ok\n").into_response(),
-        Some((at, _)) => (
+        Some(p) if p.at.elapsed() < STALE => (StatusCode::OK, "ok\n").into_response(),
+        Some(p) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("stale: no update for {:.0?}\n", at.elapsed()),
+            format!("stale: no update for {:.0?}\n", p.at.elapsed()),
         )
             .into_response(),
         None => starting(),
@@ -92,7 +110,17 @@ async fn healthz(State(s): State<Arc<Shared>>) -> Response {
 
 async fn snapshot(State(s): State<Arc<Shared>>) -> Response {
     match s.get() {
-        Some((_, snap)) => axum::Json(snap.as_ref().clone()).into_response(),
+        Some(p) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            p.json
+                .get_or_init(|| {
+                    serde_json::to_vec(p.snapshot.as_ref())
+                        .unwrap_or_default()
+                        .into()
+                })
+                .clone(),
+        )
+            .into_response(),
         None => starting(),
     }
 }

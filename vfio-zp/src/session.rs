@@ -30,10 +30,19 @@ pub struct Session {
     resolver: Resolver,
     refcount: Option<ZeroRefcount>,
     type1_loaded: bool,
+    /// Ticks left to retry type1 points that failed to attach right after
+    /// the module loaded (it may still be initialising).
+    type1_retries: u32,
     pub header: Header,
 }
 
 const POLL: Duration = Duration::from_millis(500);
+/// How often /sys/module is looked at for vfio_iommu_type1 (one stat): a
+/// reload is re-attached well inside 2 s of the load.
+const MODULE_POLL: Duration = Duration::from_millis(100);
+/// Unchanged counters are written again after this long: a heartbeat that
+/// keeps /healthz and the published snapshot fresh on an idle host.
+const HEARTBEAT: Duration = Duration::from_secs(5);
 
 impl Session {
     pub async fn start(opts: &Options) -> anyhow::Result<Session> {
@@ -110,7 +119,9 @@ impl Session {
             agent_version: env!("CARGO_PKG_VERSION").into(),
             kernel_release: kernel::release(),
             kernel_version: kernel::version(),
-            zero_pfn,
+            // Never the real pfn: it gives away where physical KASLR put the
+            // kernel. The probes classify pages; replay needs no pfn.
+            zero_pfn: 0,
             struct_page_size: layout.size,
             refcount_offset: layout.refcount_offset,
             started_unix_ms: std::time::SystemTime::now()
@@ -127,6 +138,7 @@ impl Session {
             resolver: Resolver::default(),
             refcount,
             type1_loaded,
+            type1_retries: 0,
             header,
         })
     }
@@ -141,7 +153,9 @@ impl Session {
     ) -> anyhow::Result<()> {
         tokio::pin!(stop);
         let mut tick = tokio::time::interval(POLL);
+        let mut module_tick = tokio::time::interval(MODULE_POLL);
         let mut last_counters = None;
+        let mut last_sent = std::time::Instant::now();
         loop {
             tokio::select! {
                 _ = &mut stop => break,
@@ -150,15 +164,16 @@ impl Session {
                     drain(guard.get_inner_mut(), &mut self.decoder, &mut self.resolver, &mut sink)?;
                     guard.clear_ready();
                 }
+                _ = module_tick.tick() => self.watch_module(&mut sink)?,
                 _ = tick.tick() => {
                     self.probes.flush_log();
-                    self.watch_module(&mut sink)?;
                     // Events first, so the counters and refcount read after them.
                     self.drain_ring(&mut sink)?;
                     let c = self.counters();
                     let key = (c.hits.clone(), c.drops.clone(), c.zero_refcount);
-                    if last_counters.as_ref() != Some(&key) {
+                    if last_counters.as_ref() != Some(&key) || last_sent.elapsed() >= HEARTBEAT {
                         last_counters = Some(key);
+                        last_sent = std::time::Instant::now();
                         sink(Line::Counters(c))?;
                     }
                 }
@@ -196,16 +211,47 @@ impl Session {
     ) -> anyhow::Result<()> {
         let loaded = preflight::type1_loaded();
         if loaded == self.type1_loaded {
-            return Ok(());
-        }
-        self.type1_loaded = loaded;
-        if loaded {
-            info!("vfio_iommu_type1 loaded: attaching its probes");
-            // The module's symbols appear a moment after /sys/module does.
-            std::thread::sleep(Duration::from_millis(100));
+            let failed = self.probes.status().iter().any(|s| {
+                s.state == ProbeState::Failed
+                    && probe_points::by_label(&s.probe).is_some_and(|p| p.in_type1)
+            });
+            if !(loaded && failed && self.type1_retries > 0) {
+                return Ok(());
+            }
+            self.type1_retries -= 1;
+            info!("retrying the type1 probes that failed to attach");
             let syms = Kallsyms::read(probe_points::wanted_symbol)?;
             self.probes
                 .attach(&syms, tracefs::read_filter_functions().as_ref(), true);
+            report_coverage(self.probes.status());
+            return sink(Line::Probes(ProbesChanged {
+                t_ns: kernel::monotonic_ns(),
+                probes: self.probes.status().to_vec(),
+            }));
+        }
+        self.type1_loaded = loaded;
+        self.type1_retries = 3;
+        if loaded {
+            info!("vfio_iommu_type1 loaded: attaching its probes");
+            let t = std::time::Instant::now();
+            // Its symbols are in kallsyms before /sys/module shows it; an
+            // attach that still fails is retried on the next ticks.
+            if self.probes.reattach_type1() {
+                info!(
+                    "vfio_iommu_type1 probes re-attached at their previous symbols {:.0?} after the load was seen",
+                    t.elapsed()
+                );
+            } else {
+                let syms = Kallsyms::read(probe_points::wanted_symbol)?;
+                let filter = tracefs::read_filter_functions();
+                let resolved = t.elapsed();
+                self.probes.attach(&syms, filter.as_ref(), true);
+                info!(
+                    "vfio_iommu_type1 probes attached {:.0?} after the load was seen ({:.0?} resolving symbols)",
+                    t.elapsed(),
+                    resolved
+                );
+            }
         } else {
             warn!("vfio_iommu_type1 unloaded: its probes are detached until it returns");
             self.probes.detach_type1();

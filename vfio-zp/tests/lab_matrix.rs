@@ -383,6 +383,7 @@ fn lab_recordings_match_kernel_truth() {
         bad.extend(check_kernel(k, &dir));
         bad.extend(common::verdicts::check(k, &dir));
         bad.extend(common::surfaces::check(k, &dir));
+        bad.extend(common::hardening::check(k, &dir));
     }
     assert!(
         bad.is_empty(),

@@ -8,8 +8,10 @@ use crate::cmd;
 
 /// Debian packages: QEMU for the lab, busybox for its initramfs, kmod for
 /// depmod/modprobe, cpio/xz for images, gcc/make for the leaky module.
-const APT_PACKAGES: [&str; 9] = [
+const APT_PACKAGES: [&str; 10] = [
     "qemu-system-x86",
+    // Loads the agent's /metrics endpoint in the guests while workloads run.
+    "wrk",
     // `vfio-zp top` is tested in a real terminal in the guests.
     "tmux",
     // promtool checks and unit-tests the alert rules.

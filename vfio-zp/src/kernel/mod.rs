@@ -4,6 +4,7 @@ pub mod btf;
 pub mod kallsyms;
 pub mod kcore;
 pub mod preflight;
+pub mod privileges;
 pub mod probe_points;
 pub mod programs;
 pub mod retprobe;

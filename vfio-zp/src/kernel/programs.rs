@@ -39,6 +39,10 @@ pub struct Probes {
     /// Where return probes are made; `None` without tracefs `kprobe_events`.
     tracefs: Option<PathBuf>,
     status: Vec<ProbeStatus>,
+    /// How the type1 points stood before the module went away: a reload of
+    /// the same module re-attaches at the same symbols without re-reading
+    /// kallsyms (seconds on a slow machine).
+    before_unload: Vec<ProbeStatus>,
     log: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
@@ -96,6 +100,7 @@ impl Probes {
             links: BTreeMap::new(),
             tracefs,
             status: Vec::new(),
+            before_unload: Vec::new(),
             log,
         })
     }
@@ -240,13 +245,45 @@ impl Probes {
                 self.detach_link(key.1, link);
             }
         }
+        self.before_unload.clear();
         for s in &mut self.status {
             if super::probe_points::by_label(&s.probe).is_some_and(|p| p.in_type1) {
+                self.before_unload.push(s.clone());
                 s.state = ProbeState::ModuleNotLoaded;
                 s.symbol = None;
                 s.detail = None;
             }
         }
+    }
+
+    /// After vfio_iommu_type1 loads again: puts every type1 point back as it
+    /// was before the unload, attaching at the same symbols. False when any
+    /// of them would not attach (another build of the module): resolve afresh.
+    pub fn reattach_type1(&mut self) -> bool {
+        let before = std::mem::take(&mut self.before_unload);
+        if before.is_empty() {
+            return false;
+        }
+        for b in &before {
+            let Some(p) = super::probe_points::by_label(&b.probe) else {
+                return false;
+            };
+            let restored = match (b.state, &b.symbol) {
+                (ProbeState::Attached, Some(sym)) => {
+                    if self.attach_point(p, sym).is_err() {
+                        return false;
+                    }
+                    b.clone()
+                }
+                // Missing or untraceable before: the same module, the same answer.
+                (ProbeState::Missing | ProbeState::NotTraceable, _) => b.clone(),
+                _ => return false,
+            };
+            if let Some(s) = self.status.iter_mut().find(|s| s.probe == b.probe) {
+                *s = restored;
+            }
+        }
+        true
     }
 
     pub fn status(&self) -> &[ProbeStatus] {

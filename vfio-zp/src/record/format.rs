@@ -66,7 +66,8 @@ pub struct Header {
     /// (Debian: "#1 SMP Debian 5.10.223-1 ...").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_version: Option<String>,
-    /// The 4 KiB zero page's pfn (identifies it across this recording).
+    /// Written as 0: the zero page's real pfn would reveal physical KASLR.
+    /// Kept so older readers accept the file.
     pub zero_pfn: u64,
     /// `sizeof(struct page)` and `offsetof(struct page, _refcount)` from BTF.
     pub struct_page_size: u64,

@@ -1,4 +1,5 @@
 // Each test binary uses its own part of these helpers.
 #![allow(dead_code)]
+pub mod hardening;
 pub mod surfaces;
 pub mod verdicts;

@@ -40,6 +40,11 @@ pub fn setup_script(k: &Kernel, results: &Path) -> String {
         ),
         None => String::new(),
     };
+    // How guest commands load type1 again after unloading it (fault tests).
+    let reload = match &k.leaky_module {
+        Some(ko) => format!("insmod {}", ko.display()),
+        None => format!("modprobe -d {tree} vfio_iommu_type1"),
+    };
     format!(
         r#"set -u
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
@@ -62,6 +67,7 @@ done
 set -- $GROUPS
 [ $# -ge 1 ] || fail 'no e1000e in the guest'
 export VFIO_GROUP=$1 VFIO_GROUP2=${{2:-}} VFIO_ZP_LAB_KERNEL={name} RESULTS
+export TYPE1_LOAD="{reload}"
 echo "lab: $(uname -r), VFIO groups$GROUPS, type1 taint '$(cat /sys/module/vfio_iommu_type1/taint)'"
 sh $RESULTS/guest-cmd.sh
 echo $? > $RESULTS/exit-code

@@ -29,7 +29,9 @@ fn cgroups_for(scenario: &str) -> (Option<&'static str>, Option<&'static str>) {
 }
 
 /// Starts the recorder, waits until its header is written (probes
-/// attached), runs `body`, then stops the recorder with SIGINT.
+/// attached), runs `body` under a /metrics load, probes the HTTP server with
+/// bad requests, stops the recorder with SIGTERM (timed), then kills a second
+/// recorder with SIGKILL to leave stale return probes for `top --local`.
 pub fn with_recorder(recording: &str, print: bool, body: &str) -> anyhow::Result<String> {
     let bin = bin_dir()?;
     let demo = print;
@@ -55,6 +57,9 @@ while [ ! -s "$REC" ]; do
 done
 echo "lab: recorder attached after ${{i}}s"
 status=0
+# What the running recorder kept after dropping capabilities (every thread).
+cat /proc/$RP/task/*/status 2>/dev/null | grep CapEff > "$RESULTS/recorder-capeff.txt"
+cat /proc/sys/kernel/perf_event_paranoid > "$RESULTS/perf-event-paranoid"
 # A real Prometheus server (Debian's, from the host root) scrapes the recorder.
 PP=
 if [ -x /usr/bin/prometheus ]; then
@@ -65,7 +70,23 @@ if [ -x /usr/bin/prometheus ]; then
 else
   echo "no prometheus on the host" > "$RESULTS/prometheus-skipped"
 fi
+# A second process loads /metrics while the first workloads run: the event
+# path must not stall (the matrix checks every count stays exact).
+WP=
+if command -v wrk >/dev/null; then
+  wrk -t1 -c4 -d20s http://127.0.0.1:10983/metrics > "$RESULTS/wrk.txt" 2>&1 &
+  WP=$!
+else
+  echo "no wrk on the host" > "$RESULTS/wrk-skipped"
+fi
 {body}
+[ -n "$WP" ] && wait $WP
+# Malformed and unsupported requests are answered, and the server lives on.
+printf 'NONSENSE\r\n\r\n' | busybox nc -w 5 127.0.0.1 10983 > "$RESULTS/http-garbage.txt" 2>&1
+printf 'POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n' | busybox nc -w 5 127.0.0.1 10983 > "$RESULTS/http-post.txt" 2>&1
+printf 'GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' | busybox nc -w 5 127.0.0.1 10983 > "$RESULTS/http-404.txt" 2>&1
+busybox wget -q -O "$RESULTS/healthz-after.txt" http://127.0.0.1:10983/healthz || echo "lab: healthz after bad requests failed"
+busybox wget -q -O "$RESULTS/snapshot.json" http://127.0.0.1:10983/api/v1/snapshot || echo "lab: snapshot failed"
 # The operator surfaces, read while the recorder still serves them.
 sleep 2
 busybox wget -q -O "$RESULTS/metrics.txt" http://127.0.0.1:10983/metrics || echo "lab: metrics scrape failed"
@@ -87,10 +108,22 @@ if command -v tmux >/dev/null; then
 else
   echo "no tmux in the guest" > "$RESULTS/top-tmux-skipped"
 fi
-{show}kill -INT $RP
+{show}T0=$(cut -d' ' -f1 /proc/uptime)
+kill -TERM $RP
 wait $RP || {{ echo "lab: recorder failed"; status=1; }}
+echo "$T0 $(cut -d' ' -f1 /proc/uptime)" > "$RESULTS/stop-uptime"
+KE=/sys/kernel/tracing/kprobe_events
+cat $KE > "$RESULTS/kprobe-events-after-stop.txt" 2>/dev/null
+# kill -9 leaves its return probes behind; the next start removes them.
+"$BIN/vfio-zp" record -o /run/killed.jsonl --no-wait 2> "$RESULTS/killed.log" &
+KP=$!
+i=0
+while [ ! -s /run/killed.jsonl ] && [ $i -lt 300 ] && kill -0 $KP 2>/dev/null; do sleep 1; i=$((i+1)); done
+kill -9 $KP; wait $KP 2>/dev/null
+cat $KE > "$RESULTS/kprobe-events-after-kill.txt" 2>/dev/null
 # top with no agent running loads the probes itself.
 "$BIN/vfio-zp" top --once --local --no-wait --interval 1s > "$RESULTS/top-local.txt" 2>&1 || echo "lab: top --local failed"
+cat $KE > "$RESULTS/kprobe-events-final.txt" 2>/dev/null
 [ -f "$RESULTS/recorder.log" ] && tail -n 3 "$RESULTS/recorder.log"
 exit $status
 "#,
@@ -103,10 +136,35 @@ exit $status
     ))
 }
 
+/// vfio_iommu_type1 unloaded and reloaded under the running recorder: the
+/// snapshot must show its probes detached, then attached again; the time
+/// from the end of the load to the snapshot showing them attached lands in
+/// `reattach-uptime`. The scenarios run
+/// after it check that counting went on exactly.
+const RELOAD_TYPE1: &str = r#"type1_pin_state() {
+  busybox wget -q -O - http://127.0.0.1:10983/api/v1/snapshot 2>/dev/null | grep -o '"probe":"type1_pin"[^}]*' | grep -o '"state":"[a-z_]*"'
+}
+if rmmod vfio_iommu_type1 2> "$RESULTS/rmmod.txt"; then
+  i=0
+  until type1_pin_state | grep -q module_not_loaded || [ $i -gt 100 ]; do sleep 0.1; i=$((i+1)); done
+  type1_pin_state > "$RESULTS/type1-state-unloaded.txt"
+  eval "$TYPE1_LOAD" || echo "lab: reloading type1 failed"
+  T0=$(cut -d' ' -f1 /proc/uptime)
+  i=0
+  until type1_pin_state | grep -q '"attached"' || [ $i -gt 300 ]; do sleep 0.05; i=$((i+1)); done
+  echo "$T0 $(cut -d' ' -f1 /proc/uptime)" > "$RESULTS/reattach-uptime"
+else
+  echo "lab: rmmod vfio_iommu_type1 failed"
+fi
+"#;
+
 pub fn guest_script(scenarios: &[String], pages: u64) -> anyhow::Result<String> {
     let bin = bin_dir()?;
     let mut body = String::new();
-    for s in scenarios {
+    for (i, s) in scenarios.iter().enumerate() {
+        if i == scenarios.len() / 2 {
+            body.push_str(RELOAD_TYPE1);
+        }
         let (cg, cg2) = cgroups_for(s);
         let cg = cg.map(|c| format!(" --cgroup '{c}'")).unwrap_or_default();
         let cg2 = cg2.map(|c| format!(" --cgroup2 '{c}'")).unwrap_or_default();
