@@ -83,8 +83,9 @@ fi
 [ -n "$WP" ] && wait $WP
 # Malformed and unsupported requests are answered, and the server lives on.
 printf 'NONSENSE\r\n\r\n' | busybox nc -w 5 127.0.0.1 10983 > "$RESULTS/http-garbage.txt" 2>&1
-printf 'POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n' | busybox nc -w 5 127.0.0.1 10983 > "$RESULTS/http-post.txt" 2>&1
-printf 'GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' | busybox nc -w 5 127.0.0.1 10983 > "$RESULTS/http-404.txt" 2>&1
+# wget reports the status line of an error ("server returned error: HTTP/1.1 405 ...").
+busybox wget -q --post-data '' -O /dev/null http://127.0.0.1:10983/metrics > "$RESULTS/http-post.txt" 2>&1
+busybox wget -q -O /dev/null http://127.0.0.1:10983/nope > "$RESULTS/http-404.txt" 2>&1
 busybox wget -q -O "$RESULTS/healthz-after.txt" http://127.0.0.1:10983/healthz || echo "lab: healthz after bad requests failed"
 busybox wget -q -O "$RESULTS/snapshot.json" http://127.0.0.1:10983/api/v1/snapshot || echo "lab: snapshot failed"
 # The operator surfaces, read while the recorder still serves them.
