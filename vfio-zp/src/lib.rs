@@ -16,4 +16,5 @@ pub mod record;
 pub mod serve;
 pub mod session;
 pub mod snapshot;
+pub mod state;
 pub mod top;

@@ -61,6 +61,8 @@ enum Cmd {
         /// Print every event, not only the ones touching a zero page.
         #[arg(long)]
         all_events: bool,
+        #[command(flatten)]
+        state: StateArgs,
     },
     /// Write the event stream to FILE as JSON lines (format: docs/recording.md).
     ///
@@ -148,14 +150,51 @@ enum Cmd {
     },
 }
 
+/// What lets a restarted agent go on where the last one stopped.
+#[derive(Args)]
+struct StateArgs {
+    /// Where the agent keeps its model across restarts (a checkpoint and a
+    /// journal; per boot, so /run suits it).
+    #[arg(long, value_name = "DIR", default_value = "/run/vfio-zp")]
+    state_dir: PathBuf,
+    /// The bpffs directory where the exact counters and the ring buffer
+    /// stay pinned between runs (one subdirectory per build; other builds'
+    /// pins are removed).
+    #[arg(long, value_name = "DIR", default_value = vfio_zp::kernel::pins::ROOT)]
+    pin_dir: PathBuf,
+    /// Keep nothing across restarts: no pinned maps, no state directory.
+    #[arg(long, conflicts_with = "fresh")]
+    no_state: bool,
+    /// Start afresh: discard the kept state and this build's pinned maps.
+    #[arg(long)]
+    fresh: bool,
+    /// Fold the journal into a new checkpoint once it reaches this size.
+    #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    journal_max_mib: u64,
+}
+
 #[derive(Args)]
 struct ProbeArgs {
     /// Fail if any probe point cannot be attached (default: report it and go on).
     #[arg(long)]
     strict: bool,
-    /// Fail at once if vfio_iommu_type1 is not loaded (default: wait for it).
+    /// Fail at once if vfio_iommu_type1 is not loaded (default: start, and
+    /// attach its probes as soon as it loads).
     #[arg(long)]
     no_wait: bool,
+    /// Size of the probes' ring buffer in KiB: a power of two from 4 (one
+    /// page) to 1048576. Events that find it full are dropped and counted
+    /// (vfio_zp_events_lost_total); the verdicts they touch say uncertain.
+    #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = ring_kib)]
+    ring_buffer_kib: u32,
+}
+
+fn ring_kib(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    if !(4..=1 << 20).contains(&n) || !n.is_power_of_two() {
+        return Err(format!("{n} is not a power of two from 4 to 1048576"));
+    }
+    Ok(n)
 }
 
 impl ProbeArgs {
@@ -163,6 +202,8 @@ impl ProbeArgs {
         Options {
             strict: self.strict,
             no_wait: self.no_wait,
+            ring_bytes: Some(self.ring_buffer_kib << 10),
+            ..Default::default()
         }
     }
 }
@@ -232,8 +273,15 @@ async fn shutdown() {
 }
 
 async fn start(opts: &Options) -> anyhow::Result<Option<Session>> {
+    start_with(opts, vfio_zp::ingest::Decoder::default()).await
+}
+
+async fn start_with(
+    opts: &Options,
+    decoder: vfio_zp::ingest::Decoder,
+) -> anyhow::Result<Option<Session>> {
     let s = tokio::select! {
-        s = Session::start(opts) => s.map(Some)?,
+        s = Session::start_with(opts, decoder) => s.map(Some)?,
         _ = shutdown() => None,
     };
     if s.is_some() {
@@ -269,9 +317,20 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             all_events,
             listen,
             expire_after,
+            state,
         } => {
             let publish = listen_on(listen, expire_after).await?;
-            let Some(mut s) = start(&probes.options()).await? else {
+            let (kept, restored) = open_state(&state);
+            let decoder = match &restored {
+                Some(r) => r.decoder.clone(),
+                None => vfio_zp::ingest::Decoder::journaled(vfio_zp::kernel::random_u128()),
+            };
+            let mut opts = probes.options();
+            if !state.no_state {
+                opts.pin_root = Some(state.pin_dir.clone());
+                opts.fresh = state.fresh;
+            }
+            let Some(mut s) = start_with(&opts, decoder.clone()).await? else {
                 return Ok(());
             };
             info!(
@@ -280,6 +339,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             );
             let mut live = Live::new(&s.header);
             live.publish = Some(publish);
+            live.keep(kept, restored, decoder, &s);
             s.run(
                 |line| {
                     match &line {
@@ -295,6 +355,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 shutdown(),
             )
             .await?;
+            live.checkpoint();
             print_stdout(&live.model.verdicts().to_string());
             Ok(())
         }
@@ -394,6 +455,35 @@ struct Live {
     publish: Option<(std::sync::Arc<vfio_zp::serve::Shared>, Expiry)>,
     /// The latest counters, for snapshots published between counters lines.
     counters: Option<vfio_zp::record::Counters>,
+    /// The agent's state directory and a mirror of the session's decoder
+    /// (fed the journaled id steps), checkpointed together with the model.
+    kept: Option<(vfio_zp::state::State, vfio_zp::ingest::Decoder)>,
+    continuity: Option<vfio_zp::snapshot::Continuity>,
+}
+
+/// Opens the state directory; trouble there costs continuity, never the agent.
+fn open_state(
+    a: &StateArgs,
+) -> (
+    Option<vfio_zp::state::State>,
+    Option<vfio_zp::state::Restored>,
+) {
+    if a.no_state {
+        return (None, None);
+    }
+    match vfio_zp::state::State::open(
+        &a.state_dir,
+        &vfio_zp::kernel::pins::build_id(),
+        &vfio_zp::kernel::boot_id(),
+        a.fresh,
+        a.journal_max_mib << 20,
+    ) {
+        Ok((s, r)) => (Some(s), r),
+        Err(e) => {
+            tracing::warn!("no state kept across restarts: {e}");
+            (None, None)
+        }
+    }
 }
 
 impl Live {
@@ -405,10 +495,74 @@ impl Live {
             probes: header.probes.clone(),
             publish: None,
             counters: None,
+            kept: None,
+            continuity: None,
+        }
+    }
+
+    /// Takes over what the last agent left (if anything) and checkpoints
+    /// at once, so the kept state always matches this session's decoder.
+    fn keep(
+        &mut self,
+        state: Option<vfio_zp::state::State>,
+        restored: Option<vfio_zp::state::Restored>,
+        decoder: vfio_zp::ingest::Decoder,
+        s: &Session,
+    ) {
+        let mut c = vfio_zp::snapshot::Continuity::default();
+        if let Some(p) = &s.pins {
+            c.pinned_maps_reused = p.reused.clone();
+            c.stale_builds_removed = p.stale_removed.clone();
+        }
+        if let Some(r) = restored {
+            let header = &s.header;
+            self.model = r.model;
+            let down = header.started_t_ns.saturating_sub(r.last_t_ns);
+            self.model.gap(r.last_t_ns, header.started_t_ns);
+            self.model
+                .apply(&Line::Probes(vfio_zp::record::format::ProbesChanged {
+                    t_ns: header.started_t_ns,
+                    probes: header.probes.clone(),
+                }));
+            for n in self.model.take_notes() {
+                tracing::warn!("{n}");
+            }
+            c.restored = true;
+            c.journal_lines_replayed = r.replayed;
+            c.unwatched_s = Some(down as f64 / 1e9);
+        }
+        self.continuity = Some(c);
+        self.kept = state.map(|st| (st, decoder));
+        self.checkpoint();
+    }
+
+    fn checkpoint(&mut self) {
+        if let Some((st, decoder)) = &mut self.kept
+            && let Err(e) = st.checkpoint(&self.model, decoder)
+        {
+            tracing::warn!("checkpoint failed, nothing kept across restarts from now: {e}");
+            self.kept = None;
+        }
+    }
+
+    fn publish(&mut self, v: vfio_zp::model::verdict::Verdicts, c: &vfio_zp::record::Counters) {
+        if let Some((shared, expiry)) = &mut self.publish {
+            let mut snap = Snapshot::new(v, &self.probes, Some(c));
+            snap.continuity = self.continuity.clone();
+            expiry.apply(&mut snap);
+            shared.publish(snap);
         }
     }
 
     fn apply(&mut self, line: &Line) {
+        if let Some((st, decoder)) = &mut self.kept {
+            if let Err(e) = st.append(line) {
+                tracing::warn!("journal write failed, nothing kept across restarts from now: {e}");
+                self.kept = None;
+            } else if let Line::Ids(steps) = line {
+                decoder.replay(&steps.ops);
+            }
+        }
         self.model.apply(line);
         for n in self.model.take_notes() {
             tracing::warn!("{n}");
@@ -417,21 +571,18 @@ impl Live {
             self.probes = p.probes.clone();
             // Coverage changed (type1 unloaded or back): publish now, not at
             // the next counters line, so vfio_zp_probe_attached follows.
-            if let (Some((shared, expiry)), Some(c)) = (&mut self.publish, &self.counters) {
-                let mut snap = Snapshot::new(self.model.verdicts(), &self.probes, Some(c));
-                expiry.apply(&mut snap);
-                shared.publish(snap);
+            if let Some(c) = self.counters.clone() {
+                self.publish(self.model.verdicts(), &c);
             }
         }
         // Verdicts are worth computing at the counters' pace, not per event.
         if let Line::Counters(counters) = line {
             self.counters = Some(counters.clone());
-            let v = self.model.verdicts();
-            if let Some((shared, expiry)) = &mut self.publish {
-                let mut snap = Snapshot::new(v.clone(), &self.probes, Some(counters));
-                expiry.apply(&mut snap);
-                shared.publish(snap);
+            if self.kept.as_ref().is_some_and(|(st, _)| st.due()) {
+                self.checkpoint();
             }
+            let v = self.model.verdicts();
+            self.publish(v.clone(), counters);
             let now: Vec<_> = v.behaviour.iter().map(|t| (t.value, t.source)).collect();
             if now != self.behaviour {
                 for (i, t) in v.behaviour.iter().enumerate() {

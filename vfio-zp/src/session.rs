@@ -10,17 +10,27 @@ use crate::attribution::resolve::Resolver;
 use crate::error::Fatal;
 use crate::ingest::{Decoder, parse};
 use crate::kernel::{
-    self, btf, kallsyms::Kallsyms, kcore::ZeroRefcount, preflight, probe_points, programs::Probes,
-    tracefs, zero_page,
+    self, btf, kallsyms::Kallsyms, kcore::ZeroRefcount, pins, preflight, probe_points,
+    programs::Probes, tracefs, zero_page,
 };
-use crate::record::{Header, Line, ProbeState, ProbeStatus, format::ProbesChanged};
+use crate::record::{
+    Header, Line, ProbeState, ProbeStatus,
+    format::{IdSteps, ProbesChanged},
+};
 
 #[derive(Clone, Debug, Default)]
 pub struct Options {
     /// Every probe point must attach, or fail.
     pub strict: bool,
-    /// Fail instead of waiting when vfio_iommu_type1 is not loaded.
+    /// Fail instead of starting without vfio_iommu_type1 loaded.
     pub no_wait: bool,
+    /// Keep the counters and ring buffer pinned under this bpffs directory
+    /// (see [`pins`]); `None` for maps that die with the process.
+    pub pin_root: Option<std::path::PathBuf>,
+    /// Drop this build's own pinned maps first.
+    pub fresh: bool,
+    /// Ring buffer size in bytes (None: the built-in 4 MiB).
+    pub ring_bytes: Option<u32>,
 }
 
 pub struct Session {
@@ -34,6 +44,8 @@ pub struct Session {
     /// the module loaded (it may still be initialising).
     type1_retries: u32,
     pub header: Header,
+    /// Where the maps are pinned, what was reused and what was stale.
+    pub pins: Option<pins::PinDir>,
 }
 
 const POLL: Duration = Duration::from_millis(500);
@@ -46,6 +58,12 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 
 impl Session {
     pub async fn start(opts: &Options) -> anyhow::Result<Session> {
+        Self::start_with(opts, Decoder::default()).await
+    }
+
+    /// Starts with `decoder` (one restored from the agent's state, or a
+    /// journaled one, whose id steps come out as [`Line::Ids`]).
+    pub async fn start_with(opts: &Options, decoder: Decoder) -> anyhow::Result<Session> {
         preflight::check_privileges()?;
         preflight::check_btf()?;
         preflight::check_kprobes()?;
@@ -53,10 +71,11 @@ impl Session {
             if opts.no_wait {
                 return Err(Fatal::Type1NotLoaded(" and --no-wait was given".into()).into());
             }
-            warn!("vfio_iommu_type1 is not loaded; waiting for it (--no-wait to fail instead)");
-            while !preflight::type1_loaded() {
-                tokio::time::sleep(POLL).await;
-            }
+            // Everything else loads and attaches now, so the type1 probes
+            // attach within a module poll of the load (watch_module).
+            warn!(
+                "vfio_iommu_type1 is not loaded: its probes attach when it loads (--no-wait to fail instead)"
+            );
         }
         debug!("reading struct page layout from BTF");
         let layout = btf::read_page_layout().map_err(|e| Fatal::NoBtf(format!("{e:#}")))?;
@@ -84,7 +103,27 @@ impl Session {
             )
         })
         .ok();
-        let mut probes = Probes::load(config)?;
+        let pins = opts.pin_root.as_deref().and_then(|root| {
+            let ring = opts.ring_bytes.unwrap_or(pins::DEFAULT_RING_BYTES);
+            pins::prepare(root, &pins::build_id(), opts.fresh, ring)
+                .inspect_err(|e| warn!("maps not pinned ({e}): counters restart with the agent"))
+                .ok()
+        });
+        if let Some(p) = &pins {
+            match p.reused.len() {
+                0 => info!("maps pinned under {}", p.dir.display()),
+                _ => info!(
+                    "reusing pinned maps {} under {}: counters and unread events carry over",
+                    p.reused.join(", "),
+                    p.dir.display()
+                ),
+            }
+        }
+        let mut probes = Probes::load(
+            config,
+            pins.as_ref().map(|p| p.dir.as_path()),
+            opts.ring_bytes,
+        )?;
         debug!("attaching");
         let type1_loaded = preflight::type1_loaded();
         let status = probes
@@ -98,7 +137,9 @@ impl Session {
         if opts.strict {
             let bad: Vec<_> = status
                 .iter()
-                .filter(|s| s.state != ProbeState::Attached)
+                // A module not loaded yet is no failure: its probes attach
+                // when it loads.
+                .filter(|s| !matches!(s.state, ProbeState::Attached | ProbeState::ModuleNotLoaded))
                 .map(|s| format!("{} ({:?})", s.function, s.state))
                 .collect();
             if !bad.is_empty() {
@@ -134,12 +175,13 @@ impl Session {
         Ok(Session {
             probes,
             ring,
-            decoder: Decoder::default(),
+            decoder,
             resolver: Resolver::default(),
             refcount,
             type1_loaded,
             type1_retries: 0,
             header,
+            pins,
         })
     }
 
@@ -275,6 +317,10 @@ fn drain(
     while let Some(item) = ring.next() {
         match parse(&item).and_then(|raw| decoder.decode(&raw)) {
             Ok(e) => {
+                let ops = decoder.take_ops();
+                if !ops.is_empty() {
+                    sink(Line::Ids(IdSteps { ops }))?;
+                }
                 if let Some(c) = resolver.cgroup(e.cgroup_id) {
                     sink(Line::Cgroup(c))?;
                 }

@@ -22,6 +22,22 @@ pub struct Snapshot {
     /// Containers no longer shown: closed longer than the expiry.
     #[serde(default)]
     pub expired: Vec<u32>,
+    /// What the agent carried over from the one before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continuity: Option<Continuity>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Continuity {
+    /// The model came back from the state directory.
+    pub restored: bool,
+    pub journal_lines_replayed: u64,
+    /// How long no agent watched before this one started, in seconds.
+    pub unwatched_s: Option<f64>,
+    /// Maps this agent found pinned by an earlier run of its build.
+    pub pinned_maps_reused: Vec<String>,
+    /// Other builds whose pinned maps it removed.
+    pub stale_builds_removed: Vec<String>,
 }
 
 impl Snapshot {
@@ -34,6 +50,7 @@ impl Snapshot {
             drops: counters.map(|c| c.drops.clone()).unwrap_or_default(),
             misses: counters.map(|c| c.misses.clone()).unwrap_or_default(),
             expired: Vec::new(),
+            continuity: None,
         }
     }
 }

@@ -384,6 +384,8 @@ fn lab_recordings_match_kernel_truth() {
         bad.extend(common::verdicts::check(k, &dir));
         bad.extend(common::surfaces::check(k, &dir));
         bad.extend(common::hardening::check(k, &dir));
+        bad.extend(common::restart::check(k, &dir));
+        bad.extend(common::flood::check(k, &dir));
     }
     assert!(
         bad.is_empty(),

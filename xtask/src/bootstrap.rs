@@ -64,28 +64,29 @@ pub fn run() -> anyhow::Result<()> {
         install_bpf_linker()?;
         did += 1;
     }
-    let missing: Vec<_> = APT_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !apt_installed(p))
-        .collect();
-    if missing.is_empty() {
-        eprintln!("bootstrap: ok: {}", APT_PACKAGES.join(" "));
-    } else {
-        eprintln!("bootstrap: installing {}", missing.join(" "));
-        cmd::run(Command::new("apt-get").arg("update").arg("-q"))?;
-        cmd::run(
-            Command::new("apt-get")
-                .args(["install", "-y", "-q", "--no-install-recommends"])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
-        did += 1;
-    }
+    did += apt(&APT_PACKAGES)? as u32;
     if did == 0 {
         eprintln!("bootstrap: everything is in place, nothing to do");
     }
     Ok(())
+}
+
+/// Installs the Debian packages of `pkgs` that are missing; true if it did.
+pub fn apt(pkgs: &[&str]) -> anyhow::Result<bool> {
+    let missing: Vec<_> = pkgs.iter().copied().filter(|p| !apt_installed(p)).collect();
+    if missing.is_empty() {
+        eprintln!("bootstrap: ok: {}", pkgs.join(" "));
+        return Ok(false);
+    }
+    eprintln!("bootstrap: installing {}", missing.join(" "));
+    cmd::run(Command::new("apt-get").arg("update").arg("-q"))?;
+    cmd::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    Ok(true)
 }
 
 /// bpf-linker must use rustc's LLVM major; linking it against the nightly

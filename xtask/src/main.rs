@@ -83,11 +83,26 @@ enum Cmd {
     },
     /// Benchmarks, printed as figures next to a baseline taken in the same
     /// run: model replay throughput (one core) and the replaying process's
-    /// peak RSS for 10 000 containers.
+    /// peak RSS for 10 000 containers natively; then, in a lab guest, the
+    /// probes' cost per run against bpftrace counting the same points,
+    /// MAP_DMA + UNMAP with the agent attached against detached, and the
+    /// idle agent's CPU (installs bpftrace and bpftool).
     Bench {
         /// Containers in the replayed stream.
         #[arg(long, default_value_t = 10_000)]
         containers: u32,
+        /// Lab kernel for the guest benchmarks.
+        #[arg(long, default_value = "6.1")]
+        kernel: String,
+        /// Pages per mapping in the guest (65536 = 256 MiB).
+        #[arg(long, default_value_t = 65536)]
+        pages: u64,
+        /// Runs per set (each set is run twice, detached and attached in turn).
+        #[arg(long, default_value_t = 3)]
+        reps: u32,
+        /// Native figures only.
+        #[arg(long)]
+        no_vm: bool,
     },
     /// Regenerate the golden recordings in vfio-zp/tests/fixtures (a
     /// small-page matrix run on every lab kernel).
@@ -116,19 +131,28 @@ fn host_can_probe() -> bool {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Bootstrap => bootstrap::run(),
-        Cmd::Bench { containers } => {
-            // Native figures only; the probes are not needed to replay.
+        Cmd::Bench {
+            containers,
+            kernel,
+            pages,
+            reps,
+            no_vm,
+        } => {
+            // The probes are not needed to replay.
             cmd::run(
                 cargo()
                     .args(["bench", "-p", "vfio-zp", "--bench", "replay"])
                     .env("VFIO_ZP_BENCH_CONTAINERS", containers.to_string())
                     .env("AYA_BUILD_SKIP", "1"),
             )?;
-            eprintln!(
-                "bench: NOT MEASURED (not built yet): probe cost against bpftrace and \
-                 MAP_DMA overhead attached vs detached, which need the VM lab"
-            );
-            Ok(())
+            if no_vm {
+                eprintln!("bench: --no-vm: probe cost, MAP_DMA overhead and idle CPU NOT MEASURED");
+                return Ok(());
+            }
+            bootstrap::run()?;
+            build_binaries()?;
+            let out = std::fs::canonicalize(".")?.join("lab-out").join("bench");
+            lab::bench::run(&kernel, &out, pages, reps)
         }
         Cmd::Kernels { kernels } => {
             for k in kernels {
@@ -198,7 +222,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "for s in ro-read-touched partial-unmap; do \"{}/vfio-zp-workload\" --scenario $s || status=1; done\n",
                 bin.display()
             );
-            let script = lab::matrix::with_recorder("$RESULTS/demo.jsonl", true, &body)?;
+            let script = lab::matrix::with_recorder("$RESULTS/demo.jsonl", true, &body, "")?;
             let out = PathBuf::from("lab-out/demo");
             let r = lab::qemu::run(&k, &out, &script, Duration::from_secs(900), true)?;
             eprintln!(

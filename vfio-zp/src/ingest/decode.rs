@@ -3,7 +3,7 @@
 use vfio_zp_common::{Event as Raw, ProbeId, flag};
 
 use super::ids::KeyIds;
-use crate::event::{Event, PageClass, Refcount, UnpinFn, What, When};
+use crate::event::{Event, Id, PageClass, Refcount, UnpinFn, What, When};
 use crate::record::format::Memlock;
 
 const VFIO_IOMMU_MAP_DMA: u64 = 0x3b71;
@@ -16,11 +16,28 @@ pub enum DecodeError {
     Probe(u16),
 }
 
-/// Keeps the id maps that make decoding stateful.
-#[derive(Debug, Default)]
+/// Keeps the id maps that make decoding stateful. Serializable, so the
+/// agent can keep it across restarts: its keys are kernel pointers hashed
+/// with a secret, so what is kept holds no kernel address either.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Decoder {
     containers: KeyIds,
     dmas: KeyIds,
+    secret: u128,
+    /// What each decode did to the id maps, when the caller journals it.
+    #[serde(skip)]
+    ops: Option<Vec<IdOp>>,
+}
+
+/// One step of the id maps; replaying the steps of a journal after a
+/// checkpoint rebuilds the maps exactly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdOp {
+    Container { key: u64, birth: bool },
+    RetireContainer { key: u64 },
+    Dma { key: u64, birth: bool },
+    RetireDma { key: u64 },
 }
 
 /// Reads a ring-buffer record; the buffer carries no alignment guarantee.
@@ -45,6 +62,71 @@ fn class(flags: u16) -> PageClass {
 }
 
 impl Decoder {
+    /// A decoder whose kept state hashes pointers with `secret` and which
+    /// logs its id steps for [`Decoder::take_ops`].
+    pub fn journaled(secret: u128) -> Decoder {
+        Decoder {
+            secret,
+            ops: Some(Vec::new()),
+            ..Default::default()
+        }
+    }
+
+    /// Turns journaling on for a decoder restored from a checkpoint.
+    pub fn resume(mut self) -> Decoder {
+        self.ops = Some(Vec::new());
+        self
+    }
+
+    /// The id steps since the last call.
+    pub fn take_ops(&mut self) -> Vec<IdOp> {
+        self.ops.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Replays journaled steps (after a checkpoint) without logging them.
+    pub fn replay(&mut self, ops: &[IdOp]) {
+        let log = self.ops.take();
+        for op in ops {
+            self.step(*op);
+        }
+        self.ops = log;
+    }
+
+    fn key(&self, ptr: u64) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (self.secret, ptr).hash(&mut h);
+        h.finish()
+    }
+
+    fn step(&mut self, op: IdOp) -> Id {
+        if let Some(log) = &mut self.ops {
+            log.push(op);
+        }
+        match op {
+            IdOp::Container { key, birth } => self.containers.id(key, birth),
+            IdOp::Dma { key, birth } => self.dmas.id(key, birth),
+            IdOp::RetireContainer { key } => {
+                self.containers.retire(key);
+                0
+            }
+            IdOp::RetireDma { key } => {
+                self.dmas.retire(key);
+                0
+            }
+        }
+    }
+
+    fn container(&mut self, ptr: u64, birth: bool) -> Id {
+        let key = self.key(ptr);
+        self.step(IdOp::Container { key, birth })
+    }
+
+    fn dma(&mut self, ptr: u64, birth: bool) -> Id {
+        let key = self.key(ptr);
+        self.step(IdOp::Dma { key, birth })
+    }
+
     pub fn decode(&mut self, raw: &Raw) -> Result<Event, DecodeError> {
         let probe = ProbeId::from_u16(raw.probe).ok_or(DecodeError::Probe(raw.probe))?;
         let a = raw.args;
@@ -52,14 +134,14 @@ impl Decoder {
         let truncated = f & flag::TRUNCATED != 0;
         let what = match probe {
             ProbeId::Type1Pin => What::Type1Pin {
-                dma: self.dmas.id(a[0], true),
+                dma: self.dma(a[0], true),
                 vaddr: a[1],
                 npage: a[2],
                 pinned: a[3] as i64,
                 base: class(f),
             },
             ProbeId::Type1Unpin => What::Type1Unpin {
-                dma: self.dmas.id(a[0], false),
+                dma: self.dma(a[0], false),
                 iova: a[1],
                 npage: a[3],
                 do_accounting: a[4] != 0,
@@ -72,7 +154,7 @@ impl Decoder {
                 released: a[2] as i64 != 0,
             },
             ProbeId::LockAcct => What::LockAcct {
-                dma: self.dmas.id(a[0], false),
+                dma: self.dma(a[0], false),
                 npage: a[1] as i64,
                 is_async: a[2] != 0,
                 ret: a[3] as i64 as i32,
@@ -104,8 +186,9 @@ impl Decoder {
             ProbeId::Type1Open => What::ContainerOpen { ok: a[0] != 0 },
             ProbeId::Type1Release => What::ContainerRelease,
             ProbeId::RemoveDma => {
-                let dma = self.dmas.id(a[1], false);
-                self.dmas.retire(a[1]);
+                let dma = self.dma(a[1], false);
+                let key = self.key(a[1]);
+                self.step(IdOp::RetireDma { key });
                 What::RemoveDma { dma }
             }
             ProbeId::Type1Ioctl if a[0] == VFIO_IOMMU_MAP_DMA => {
@@ -132,13 +215,14 @@ impl Decoder {
         };
         let container = match (probe, raw.container) {
             (_, 0) => None,
-            (ProbeId::Type1Open, k) => Some(self.containers.id(k, true)),
+            (ProbeId::Type1Open, k) => Some(self.container(k, true)),
             (ProbeId::Type1Release, k) => {
-                let id = self.containers.id(k, false);
-                self.containers.retire(k);
+                let id = self.container(k, false);
+                let key = self.key(k);
+                self.step(IdOp::RetireContainer { key });
                 Some(id)
             }
-            (_, k) => Some(self.containers.id(k, false)),
+            (_, k) => Some(self.container(k, false)),
         };
         let zero_refcount = (f & flag::REFCOUNT != 0).then_some(Refcount {
             value: raw.zero_refcount,
@@ -380,5 +464,65 @@ mod tests {
             Decoder::default().decode(&r).unwrap_err(),
             DecodeError::Probe(99)
         );
+    }
+
+    /// A decoder checkpointed mid-stream and replayed from its journaled
+    /// id steps names every later object as the uninterrupted one does,
+    /// and its kept state holds no pointer.
+    #[test]
+    fn checkpoint_plus_journal_replay_keeps_ids() {
+        let open = |c| {
+            let mut r = raw(ProbeId::Type1Open, 0, [1, 0, 0, 0, 0, 0]);
+            r.container = c;
+            r
+        };
+        let pin = |c, d| {
+            let mut r = raw(ProbeId::Type1Pin, 0, [d, 0x7f00, 1, 1, 0, 0]);
+            r.container = c;
+            r
+        };
+        let remove = |c, d| {
+            let mut r = raw(ProbeId::RemoveDma, 0, [0, d, 0, 0, 0, 0]);
+            r.container = c;
+            r
+        };
+        let c2 = CONTAINER + 0x1000;
+        let before = [open(CONTAINER), pin(CONTAINER, DMA), open(c2)];
+        let after = [
+            remove(CONTAINER, DMA),
+            pin(c2, DMA), // the address reused by a new mapping
+            pin(CONTAINER, DMA + 8),
+            raw(ProbeId::Type1Release, 0, [0; 6]),
+        ];
+        let mut live = Decoder::journaled(0x5eed);
+        let ids = |d: &mut Decoder, r: &Raw| {
+            let e = d.decode(r).unwrap();
+            (e.container, format!("{:?}", e.what))
+        };
+        for r in &before {
+            ids(&mut live, r);
+        }
+        live.take_ops();
+        let checkpoint = serde_json::to_string(&live).unwrap();
+        for p in [CONTAINER, DMA, c2] {
+            assert!(!checkpoint.contains(&p.to_string()), "{checkpoint}");
+        }
+        let expected: Vec<_> = after.iter().map(|r| ids(&mut live, r)).collect();
+        let journal = live.take_ops();
+        // The restarted agent: checkpoint, then the journal, then the same
+        // records (as if they had still been in the ring buffer).
+        let restored: Decoder = serde_json::from_str(&checkpoint).unwrap();
+        let mut restored = restored.resume();
+        let mut again = serde_json::from_str::<Decoder>(&checkpoint)
+            .unwrap()
+            .resume();
+        again.replay(&journal);
+        assert!(again.take_ops().is_empty(), "replay is not journaled again");
+        let got: Vec<_> = after.iter().map(|r| ids(&mut restored, r)).collect();
+        assert_eq!(got, expected);
+        assert_eq!(again.containers.len(), live.containers.len());
+        assert_eq!(again.dmas.len(), live.dmas.len());
+        // A new container after the replay gets the next id, not a reused one.
+        assert_eq!(ids(&mut again, &open(CONTAINER + 0x9000)).0, Some(3));
     }
 }

@@ -8,7 +8,7 @@ use crate::event::Id;
 /// once its object is freed, so a retired key gets a fresh id the next time
 /// it is *born* again (a pin or an open), while late references to the old
 /// object (the unpins that follow vfio_remove_dma) keep the old id.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct KeyIds {
     live: HashMap<u64, (Id, bool)>,
     next: Id,

@@ -2,4 +2,4 @@
 pub mod decode;
 pub mod ids;
 
-pub use decode::{DecodeError, Decoder, parse};
+pub use decode::{DecodeError, Decoder, IdOp, parse};

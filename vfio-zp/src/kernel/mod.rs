@@ -3,6 +3,7 @@
 pub mod btf;
 pub mod kallsyms;
 pub mod kcore;
+pub mod pins;
 pub mod preflight;
 pub mod privileges;
 pub mod probe_points;
@@ -34,4 +35,24 @@ pub fn monotonic_ns() -> u64 {
     // SAFETY: valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// This boot's id: state kept for one boot is worthless after the next.
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// 128 random bits from the kernel.
+pub fn random_u128() -> u128 {
+    let mut b = [0u8; 16];
+    // SAFETY: valid buffer of the given length.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        // Never reached on Linux >= 3.17 with a full buffer request; the
+        // clock is a weak but distinct fallback.
+        return u128::from(monotonic_ns()) << 64 | u128::from(std::process::id());
+    }
+    u128::from_ne_bytes(b)
 }

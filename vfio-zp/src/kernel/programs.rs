@@ -49,10 +49,31 @@ pub struct Probes {
 /// Loads every program (verifier only, no attach). Used by `Probes::load`
 /// and by the verifier test, which runs on kernels without kprobes.
 pub fn load_object() -> Result<Ebpf, Fatal> {
+    load_object_pinned(None, None)
+}
+
+/// As [`load_object`], with the maps of [`super::pins::PINNED_MAPS`]
+/// reused from (or pinned to) `pins` when given, and a ring buffer of
+/// `ring_bytes` (a power of two, at least a page) instead of the built-in 4 MiB.
+pub fn load_object_pinned(
+    pins: Option<&std::path::Path>,
+    ring_bytes: Option<u32>,
+) -> Result<Ebpf, Fatal> {
     if OBJECT.is_empty() {
         return Err(Fatal::NoProbes);
     }
-    let mut ebpf = Ebpf::load(OBJECT).map_err(|e| Fatal::Load(format!("{e:#}")))?;
+    let mut loader = aya::EbpfLoader::new();
+    if let Some(bytes) = ring_bytes {
+        loader.map_max_entries("EVENTS", bytes);
+    }
+    if let Some(dir) = pins {
+        for m in super::pins::PINNED_MAPS {
+            loader.map_pin_path(m, dir.join(m));
+        }
+    }
+    let mut ebpf = loader
+        .load(OBJECT)
+        .map_err(|e| Fatal::Load(format!("{e:#}")))?;
     for p in &POINTS {
         for name in [p.entry, p.ret].into_iter().flatten() {
             let prog: &mut KProbe = ebpf
@@ -68,8 +89,12 @@ pub fn load_object() -> Result<Ebpf, Fatal> {
 }
 
 impl Probes {
-    pub fn load(config: ZeroPageConfig) -> Result<Probes, Fatal> {
-        let mut ebpf = load_object()?;
+    pub fn load(
+        config: ZeroPageConfig,
+        pins: Option<&std::path::Path>,
+        ring_bytes: Option<u32>,
+    ) -> Result<Probes, Fatal> {
+        let mut ebpf = load_object_pinned(pins, ring_bytes)?;
         let load = |what: &str, e: &dyn std::fmt::Display| Fatal::Load(format!("{what}: {e}"));
         let mut cfg: Array<_, ZeroPageConfig> = Array::try_from(
             ebpf.map_mut("CONFIG")

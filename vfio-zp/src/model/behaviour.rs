@@ -140,7 +140,7 @@ pub struct Votes {
 }
 
 /// Priors and observations for every trait.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Behaviour {
     pub version: Option<KernelVersion>,
     votes: [Votes; 4],

@@ -52,7 +52,7 @@ impl Pages {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Dma {
     pub container: Id,
     pub tgid: u32,
@@ -69,7 +69,7 @@ pub struct Dma {
 }
 
 /// A pin call in progress (between its first GUP call and its return).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct PinCall {
     pub container: Option<Id>,
     pub zero_pinned: i64,
@@ -81,7 +81,7 @@ pub struct PinCall {
     pub read_only_gup: bool,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Container {
     pub id: Id,
     pub tgid: u32,
@@ -130,7 +130,7 @@ impl Container {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Process {
     pub tgid: u32,
     pub comm: String,

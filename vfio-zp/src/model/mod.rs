@@ -26,7 +26,7 @@ use crate::record::{
 /// FOLL_WRITE: the one GUP flag whose value never moved.
 const FOLL_WRITE: u32 = 0x01;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Config {
     /// Leak rates are averaged over this much event time.
     pub rate_window_ns: u64,
@@ -88,6 +88,9 @@ pub struct DivergenceCount {
     pub last: String,
 }
 
+/// Serializable so the agent can keep it across restarts (the state
+/// directory's checkpoint); notes not yet taken are not kept.
+#[derive(Serialize, Deserialize)]
 pub struct Model {
     cfg: Config,
     kernel_release: String,
@@ -105,12 +108,32 @@ pub struct Model {
     pub(crate) divergences: BTreeMap<Divergence, DivergenceCount>,
     pub(crate) probes: BTreeMap<String, ProbeState>,
     pub(crate) events_lost: u64,
+    /// When events may have gone unseen: between the counters lines that
+    /// showed new losses, and while the agent was not running. Only the
+    /// containers active in one of them get uncertain verdicts.
+    pub(crate) blind: Vec<Blind>,
+    /// The last counters line's time: losses it shows happened after it.
+    counters_ns: u64,
     pub(crate) truncated_scans: u64,
     pub(crate) events: u64,
     pub(crate) now: u64,
     /// Explanations not yet taken by [`Model::take_notes`].
+    #[serde(skip)]
     notes: Vec<String>,
 }
+
+/// A stretch of time in which events may have been lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blind {
+    pub from_ns: u64,
+    pub to_ns: u64,
+    /// How many were lost; `None` when the agent was not running and the
+    /// number is unknown.
+    pub events: Option<u64>,
+}
+
+/// Blind windows kept; older ones merge, so uncertainty is never lost.
+const MAX_BLIND: usize = 64;
 
 /// Unattributed type1 activity (no container id seen) is kept under id 0.
 pub const UNATTRIBUTED: Id = 0;
@@ -135,6 +158,8 @@ impl Model {
             divergences: BTreeMap::new(),
             probes: BTreeMap::new(),
             events_lost: 0,
+            blind: Vec::new(),
+            counters_ns: header.started_t_ns,
             truncated_scans: 0,
             events: 0,
             now: header.started_t_ns,
@@ -145,6 +170,44 @@ impl Model {
             probes: header.probes.clone(),
         });
         m
+    }
+
+    /// The agent was not running from `from_ns` to `to_ns` (kernel
+    /// monotonic time): whatever happened then went unseen.
+    pub fn gap(&mut self, from_ns: u64, to_ns: u64) {
+        self.blind_window(Blind {
+            from_ns,
+            to_ns,
+            events: None,
+        });
+        self.note(format!(
+            "the agent was not running for {:.1}s: containers open then may have pins or unpins it did not see",
+            to_ns.saturating_sub(from_ns) as f64 / 1e9
+        ));
+    }
+
+    fn blind_window(&mut self, w: Blind) {
+        if let Some(last) = self.blind.last_mut()
+            && last.to_ns >= w.from_ns
+            && last.events.is_some() == w.events.is_some()
+        {
+            last.to_ns = last.to_ns.max(w.to_ns);
+            last.events = last.events.zip(w.events).map(|(a, b)| a + b);
+            return;
+        }
+        self.blind.push(w);
+        if self.blind.len() > MAX_BLIND {
+            // Merge the two oldest: a wider window, never a lost one.
+            let b = self.blind.remove(1);
+            let a = &mut self.blind[0];
+            a.to_ns = a.to_ns.max(b.to_ns);
+            a.events = a.events.zip(b.events).map(|(x, y)| x + y);
+        }
+    }
+
+    /// The latest event or counters time seen (kernel monotonic ns).
+    pub fn now(&self) -> u64 {
+        self.now
     }
 
     pub fn kernel_release(&self) -> &str {
@@ -175,11 +238,20 @@ impl Model {
 
     pub fn apply(&mut self, line: &Line) {
         match line {
-            Line::Header(_) => {}
+            Line::Header(_) | Line::Ids(_) => {}
             Line::Event(e) => self.event(e),
             Line::Counters(c) => {
                 self.now = self.now.max(c.t_ns);
-                self.events_lost = c.drops.values().sum::<u64>() + c.misses.values().sum::<u64>();
+                let since = std::mem::replace(&mut self.counters_ns, c.t_ns);
+                let lost = c.drops.values().sum::<u64>() + c.misses.values().sum::<u64>();
+                if lost > self.events_lost {
+                    self.blind_window(Blind {
+                        from_ns: since,
+                        to_ns: c.t_ns,
+                        events: Some(lost - self.events_lost),
+                    });
+                }
+                self.events_lost = lost;
                 if let Some(v) = c.zero_refcount {
                     self.kcore_reading(v as i64, c.t_ns);
                 }

@@ -8,13 +8,13 @@ pub const REFCOUNT_MAX: i64 = i32::MAX as i64;
 /// The zero page's own reference (what it reads with nothing pinned).
 pub const BASE_REFS: i64 = 1;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ReadingSource {
     Probe,
     Kcore,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ZeroLedger {
     /// Raw GUP zero-page pins outstanding, all holders the probes saw.
     pub outstanding: i64,
@@ -24,7 +24,7 @@ pub struct ZeroLedger {
     pub moved_since_kcore: bool,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Reading {
     pub value: i64,
     pub outstanding: i64,

@@ -393,13 +393,109 @@ fn lost_events_make_zero_page_verdicts_uncertain() {
     let mut r = Run::new("6.1.0", None);
     r.gup(1, 1);
     r.m.apply(&Line::Counters(crate::record::Counters {
-        t_ns: 99,
+        t_ns: r.t + 99,
         drops: [("gup_unpin_page".to_string(), 3)].into(),
         ..Default::default()
     }));
     let c = r.container();
     assert_eq!(c.leak, Leak::Uncertain);
     assert!(c.leak_reason.contains("3 events lost"));
+}
+
+/// Drops only make the containers active at the time uncertain: one
+/// closed before them and one opened after them keep certain verdicts.
+#[test]
+fn lost_events_touch_only_the_containers_active_then() {
+    let mut r = Run::new("6.1.0", None);
+    r.gup(1, 1);
+    r.unpin(1, 1);
+    r.ev(What::ContainerRelease, None);
+    let counters = |t_ns, lost| {
+        Line::Counters(crate::record::Counters {
+            t_ns,
+            drops: [("gup_pin_remote".to_string(), lost)].into(),
+            ..Default::default()
+        })
+    };
+    r.m.apply(&counters(r.t + 1, 0));
+    // Container 2 is open through the window in which 5 events were lost.
+    let ev = |r: &mut Run, id, what| {
+        r.t += 1_000_000;
+        r.m.apply(&Line::Event(Event {
+            t_ns: r.t,
+            tgid: PID + id,
+            pid: PID + id,
+            comm: "qemu".into(),
+            cgroup_id: 7,
+            container: Some(id),
+            zero_refcount: None,
+            what,
+        }));
+    };
+    let gup = What::GupPin {
+        remote: true,
+        start: 0,
+        nr_pages: 1,
+        gup_flags: 0x10000,
+        pinned: 1,
+        zero_pages: 1,
+        huge_zero_pages: 0,
+        in_type1: true,
+        truncated: false,
+    };
+    ev(&mut r, 2, What::ContainerOpen { ok: true });
+    ev(&mut r, 2, gup.clone());
+    r.m.apply(&counters(r.t + 1, 5));
+    ev(&mut r, 2, What::ContainerRelease);
+    r.m.apply(&counters(r.t + 1, 5));
+    ev(&mut r, 3, What::ContainerOpen { ok: true });
+    ev(&mut r, 3, gup.clone());
+    // Container 4 lives and ends between two counters lines; the second
+    // shows more losses: they may have been its events.
+    r.m.apply(&counters(r.t + 1, 5));
+    ev(&mut r, 4, What::ContainerOpen { ok: true });
+    ev(&mut r, 4, gup);
+    ev(&mut r, 4, What::ContainerRelease);
+    r.m.apply(&counters(r.t + 1, 9));
+    let v = r.m.verdicts();
+    let leak = |id| v.containers.iter().find(|c| c.id == id).unwrap();
+    assert_eq!(leak(4).leak, Leak::Uncertain, "{}", leak(4).leak_reason);
+    assert_eq!(leak(C).leak, Leak::None, "{}", leak(C).leak_reason);
+    assert_eq!(leak(2).leak, Leak::Uncertain);
+    assert!(leak(2).leak_reason.contains("5 events lost"));
+    // Container 3 is still open when the later losses happen.
+    assert!(
+        leak(3).leak_reason.contains("4 events lost"),
+        "{}",
+        leak(3).leak_reason
+    );
+    assert!(v.coverage.uncertain.unwrap().contains("9 events lost"));
+}
+
+/// A restart gap is a blind window of unknown size; the model survives a
+/// serde round trip (the agent's checkpoint) with identical verdicts.
+#[test]
+fn restart_gap_and_checkpoint_round_trip() {
+    let mut r = Run::new("6.1.0", None);
+    r.gup(2, 1);
+    let before = r.m.verdicts();
+    let json = serde_json::to_string(&r.m).unwrap();
+    let mut m: Model = serde_json::from_str(&json).unwrap();
+    assert_eq!(m.verdicts(), before);
+    m.gap(r.t + 10, r.t + 2_000_000_000);
+    let c = m
+        .verdicts()
+        .containers
+        .into_iter()
+        .find(|c| c.id == C)
+        .unwrap();
+    assert_eq!(c.leak, Leak::Uncertain);
+    assert!(
+        c.leak_reason.contains("not running for 2.0s"),
+        "{}",
+        c.leak_reason
+    );
+    assert!(m.take_notes().iter().any(|n| n.contains("not running")));
 }
 
 #[test]

@@ -176,6 +176,21 @@ impl Model {
         (pins.max(0) as f64) / (self.cfg.rate_window_ns as f64 / 1e9)
     }
 
+    fn probes_missing(&self) -> Option<String> {
+        let missing: Vec<&str> = LEAK_PROBES
+            .iter()
+            .copied()
+            .filter(|p| self.probes.get(*p) != Some(&ProbeState::Attached))
+            .collect();
+        (!missing.is_empty()).then(|| {
+            format!(
+                "probes not attached: {} (pins or unpins may be unseen)",
+                missing.join(", ")
+            )
+        })
+    }
+
+    /// The host-wide summary: any missing probe or lost event.
     fn uncertainty(&self) -> Option<String> {
         let missing: Vec<&str> = LEAK_PROBES
             .iter()
@@ -194,7 +209,39 @@ impl Model {
         }
     }
 
-    fn container_verdict(&self, c: &Container, uncertain: &Option<String>) -> ContainerVerdict {
+    /// Why this container's counts may be short: blind windows that
+    /// overlap its life. Containers before or after them stay certain.
+    fn blind_for(&self, c: &Container) -> Option<String> {
+        let (from, to) = (c.opened_ns.unwrap_or(0), c.closed_ns.unwrap_or(u64::MAX));
+        let mut lost = 0;
+        let mut down_ns = 0;
+        for w in self
+            .blind
+            .iter()
+            .filter(|w| w.from_ns <= to && w.to_ns >= from)
+        {
+            match w.events {
+                Some(n) => lost += n,
+                None => down_ns += w.to_ns - w.from_ns,
+            }
+        }
+        let mut why = Vec::new();
+        if lost > 0 {
+            why.push(format!(
+                "{lost} events lost (ring buffer full or return probes missed) while it was active: counts may be short"
+            ));
+        }
+        if down_ns > 0 {
+            why.push(format!(
+                "the agent was not running for {:.1}s while it was open: pins or unpins then were not seen",
+                down_ns as f64 / 1e9
+            ));
+        }
+        (!why.is_empty()).then(|| why.join("; "))
+    }
+
+    fn container_verdict(&self, c: &Container, missing: &Option<String>) -> ContainerVerdict {
+        let blind = self.blind_for(c);
         let (name, workload, cgroup_path) = if c.id == UNATTRIBUTED {
             ("unattributed".into(), None, None)
         } else {
@@ -210,14 +257,18 @@ impl Model {
             } else {
                 "their mappings are gone"
             };
-            (
-                Leak::Leaking,
-                format!(
-                    "{leaked} zero-page pins outlived the type1 calls that took them and hold {} references for good: {why}",
-                    leaked * PIN_BIAS
-                ),
-            )
-        } else if let (Some(u), true) = (uncertain, saw_zero) {
+            let mut reason = format!(
+                "{leaked} zero-page pins outlived the type1 calls that took them and hold {} references for good: {why}",
+                leaked * PIN_BIAS
+            );
+            if let Some(b) = &blind {
+                reason.push_str(&format!(" (at least that many: {b})"));
+            }
+            (Leak::Leaking, reason)
+        } else if let Some(b) = &blind {
+            // Lost events may have been its zero-page pins: no guessing.
+            (Leak::Uncertain, b.clone())
+        } else if let (Some(u), true) = (missing, saw_zero) {
             (Leak::Uncertain, u.clone())
         } else {
             let why = match () {
@@ -323,10 +374,11 @@ impl Model {
 
     pub fn verdicts(&self) -> Verdicts {
         let uncertain = self.uncertainty();
+        let missing = self.probes_missing();
         let containers: Vec<ContainerVerdict> = self
             .containers
             .values()
-            .map(|c| self.container_verdict(c, &uncertain))
+            .map(|c| self.container_verdict(c, &missing))
             .collect();
         let per_pin = if self.behaviour.get(Trait::GupPinsZeroPage) {
             PIN_BIAS

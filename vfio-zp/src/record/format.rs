@@ -25,6 +25,14 @@ pub enum Line {
     Cgroup(CgroupInfo),
     /// A process's memlock facts, written before its first event.
     Process(ProcessInfo),
+    /// Only in the agent's journal, never in a recording: the id steps the
+    /// next event's decode took (see [`crate::ingest::IdOp`]).
+    Ids(IdSteps),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdSteps {
+    pub ops: Vec<crate::ingest::IdOp>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

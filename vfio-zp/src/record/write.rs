@@ -14,6 +14,9 @@ impl<W: Write> Writer<W> {
     }
 
     pub fn write(&mut self, line: &Line) -> std::io::Result<()> {
+        if let Line::Ids(_) = line {
+            return Ok(());
+        }
         serde_json::to_writer(&mut self.out, line)?;
         self.out.write_all(b"\n")?;
         self.out.flush()

@@ -17,7 +17,7 @@ const RETURN_PROBES: usize = 8;
 /// other core busy. The bounds catch what a regression looks like there
 /// (re-reading kallsyms on every reload took 9 s).
 const TCG_STOP: f64 = 3.0;
-const TCG_REATTACH: f64 = 4.0;
+pub const TCG_REATTACH: f64 = 4.0;
 
 pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
     let mut bad = Vec::new();
@@ -172,7 +172,7 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
 
 /// Checks a `T0 T1` pair of guest uptimes against the lab bound, printing
 /// the figure next to the real-host target either way.
-fn timed(kernel: &str, text: &str, what: &str, target: f64, bound: f64) -> Result<(), String> {
+pub fn timed(kernel: &str, text: &str, what: &str, target: f64, bound: f64) -> Result<(), String> {
     let t: Vec<f64> = text
         .split_whitespace()
         .filter_map(|v| v.parse().ok())

@@ -39,6 +39,10 @@ struct Cli {
     /// How long to keep the mapping before unmapping, in milliseconds.
     #[arg(long, default_value_t = 100)]
     hold_ms: u64,
+    /// Keep the mapping until this file exists (at most --hold-ms); writes
+    /// FILE.mapped once mapped.
+    #[arg(long, value_name = "FILE")]
+    hold_until: Option<PathBuf>,
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -65,7 +69,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         &groups,
         cli.cgroup2.as_deref(),
         pages,
-        Duration::from_millis(cli.hold_ms),
+        &scenarios::Hold {
+            at_most: Duration::from_millis(cli.hold_ms),
+            until: cli.hold_until,
+        },
     )?;
     truth.cgroup = cli.cgroup;
     truth.cgroup2 = cli.cgroup2;

@@ -66,7 +66,7 @@ for d in /sys/bus/pci/devices/*; do
 done
 set -- $GROUPS
 [ $# -ge 1 ] || fail 'no e1000e in the guest'
-export VFIO_GROUP=$1 VFIO_GROUP2=${{2:-}} VFIO_ZP_LAB_KERNEL={name} RESULTS
+export VFIO_GROUP=$1 VFIO_GROUP2=${{2:-}} VFIO_GROUPS="$GROUPS" VFIO_ZP_LAB_KERNEL={name} RESULTS
 export TYPE1_LOAD="{reload}"
 echo "lab: $(uname -r), VFIO groups$GROUPS, type1 taint '$(cat /sys/module/vfio_iommu_type1/taint)'"
 sh $RESULTS/guest-cmd.sh

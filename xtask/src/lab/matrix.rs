@@ -32,7 +32,12 @@ fn cgroups_for(scenario: &str) -> (Option<&'static str>, Option<&'static str>) {
 /// attached), runs `body` under a /metrics load, probes the HTTP server with
 /// bad requests, stops the recorder with SIGTERM (timed), then kills a second
 /// recorder with SIGKILL to leave stale return probes for `top --local`.
-pub fn with_recorder(recording: &str, print: bool, body: &str) -> anyhow::Result<String> {
+pub fn with_recorder(
+    recording: &str,
+    print: bool,
+    body: &str,
+    after: &str,
+) -> anyhow::Result<String> {
     let bin = bin_dir()?;
     let demo = print;
     // The demo shows events live on the console; the matrix keeps the log.
@@ -126,6 +131,7 @@ cat $KE > "$RESULTS/kprobe-events-after-kill.txt" 2>/dev/null
 "$BIN/vfio-zp" top --once --local --no-wait --interval 1s > "$RESULTS/top-local.txt" 2>&1 || echo "lab: top --local failed"
 cat $KE > "$RESULTS/kprobe-events-final.txt" 2>/dev/null
 [ -f "$RESULTS/recorder.log" ] && tail -n 3 "$RESULTS/recorder.log"
+{after}
 exit $status
 "#,
         bin = bin.display(),
@@ -159,6 +165,107 @@ else
 fi
 "#;
 
+/// Where the restart check's workload runs (a libvirt-shaped VM "restart").
+pub const LIBVIRT_RESTART: &str = r"machine.slice/machine-qemu\x2d4\x2drestart.scope";
+
+/// Agent restarts with a VM holding its mapping throughout: a build that
+/// plays an older one leaves pins behind, this build removes them and
+/// starts; then SIGTERM and restart, kill -9 and restart, and the VM
+/// unmaps under the third agent. Snapshots after each step land in
+/// `restart-*.json`, the agents' logs in `agent-*.log`.
+/// Every VFIO group maps at once into a one-page ring buffer under a
+/// recorder: the exact counters must still match the kernel, the drops be
+/// counted and exported, and the flooded containers' verdicts say uncertain.
+fn flood_script(pages: u64) -> anyhow::Result<String> {
+    let bin = bin_dir()?;
+    Ok(format!(
+        r#"# Ring buffer flood.
+FL=127.0.0.1:10985
+"{bin}/vfio-zp" record -o "$RESULTS/flood.jsonl" --verdicts "$RESULTS/flood-verdicts.json" --listen $FL --ring-buffer-kib 4 --no-wait 2> "$RESULTS/flood-recorder.log" &
+FP=$!
+i=0
+while [ ! -s "$RESULTS/flood.jsonl" ] && [ $i -lt 600 ] && kill -0 $FP 2>/dev/null; do sleep 1; i=$((i+1)); done
+sleep 1
+n=0
+FLP=
+for G in $VFIO_GROUPS; do
+  n=$((n+1))
+  VFIO_GROUP=$G "{bin}/vfio-zp-workload" --scenario ro-read-touched --pages {pages} --truth "$RESULTS/flood-truth-$n.json" --cgroup "machine.slice/machine-qemu\x2d1$n\x2dflood$n.scope" > "$RESULTS/flood-workload-$n.txt" 2>&1 &
+  FLP="$FLP $!"
+done
+for p in $FLP; do wait $p || {{ echo "lab: flood workload failed"; status=1; }}; done
+sleep 2
+busybox wget -q -O "$RESULTS/flood-metrics.txt" http://$FL/metrics || echo "lab: flood metrics scrape failed"
+kill -TERM $FP
+wait $FP || {{ echo "lab: flood recorder failed"; status=1; }}
+"#,
+        bin = bin.display(),
+    ))
+}
+
+fn restart_script(pages: u64) -> anyhow::Result<String> {
+    let bin = bin_dir()?;
+    Ok(format!(
+        r#"# Restart continuity: counters and ring buffer pinned under
+# /sys/fs/bpf/vfio-zp/<build>, the model kept in /run/vfio-zp.
+AGENT="$BIN/vfio-zp agent --listen 127.0.0.1:10984 --no-wait"
+SNAP=http://127.0.0.1:10984/api/v1/snapshot
+agent_up() {{
+  i=0
+  until busybox wget -q -O /dev/null $SNAP 2>/dev/null; do
+    sleep 0.5; i=$((i+1))
+    if ! kill -0 $AP 2>/dev/null || [ $i -gt 900 ]; then
+      echo "lab: agent $1 did not start"; tail -n 20 "$RESULTS/agent-$1.log"; status=1; return 1
+    fi
+  done
+  sleep 1
+}}
+VFIO_ZP_BUILD_ID=0ld-build $AGENT 2> "$RESULTS/agent-old.log" &
+AP=$!
+agent_up old && {{ kill -TERM $AP; wait $AP; }}
+ls /sys/fs/bpf/vfio-zp > "$RESULTS/pins-before.txt" 2>&1
+# This build starts before vfio_iommu_type1 is loaded (no --no-wait): its
+# type1 probes must attach within moments of the load.
+rmmod vfio_iommu_type1 2> "$RESULTS/late-rmmod.txt" || echo "lab: rmmod before the late load failed"
+"$BIN/vfio-zp" agent --listen 127.0.0.1:10984 2> "$RESULTS/agent-1.log" &
+AP=$!
+agent_up 1
+busybox wget -q -O - $SNAP | grep -o '"probe":"type1_pin"[^}}]*' > "$RESULTS/late-state-before.txt"
+eval "$TYPE1_LOAD" || echo "lab: loading type1 failed"
+T0=$(cut -d' ' -f1 /proc/uptime)
+i=0
+until busybox wget -q -O - $SNAP 2>/dev/null | grep -o '"probe":"type1_pin"[^}}]*' | grep -q '"state":"attached"' || [ $i -gt 300 ]; do sleep 0.05; i=$((i+1)); done
+echo "$T0 $(cut -d' ' -f1 /proc/uptime)" > "$RESULTS/late-load-uptime"
+ls /sys/fs/bpf/vfio-zp > "$RESULTS/pins-after.txt" 2>&1
+rm -f /run/release /run/release.mapped
+"{bin}/vfio-zp-workload" --scenario ro-read-touched --pages {pages} --hold-ms 900000 --hold-until /run/release --truth "$RESULTS/restart-truth.json" --cgroup '{cg}' > "$RESULTS/workload-restart.txt" 2>&1 &
+WLP=$!
+i=0
+while [ ! -e /run/release.mapped ] && [ $i -lt 600 ]; do sleep 0.5; i=$((i+1)); done
+sleep 2
+busybox wget -q -O "$RESULTS/restart-1.json" $SNAP
+kill -TERM $AP; wait $AP || {{ echo "lab: agent 1 failed"; status=1; }}
+$AGENT 2> "$RESULTS/agent-2.log" &
+AP=$!
+agent_up 2
+busybox wget -q -O "$RESULTS/restart-2.json" $SNAP
+kill -9 $AP; wait $AP 2>/dev/null
+$AGENT 2> "$RESULTS/agent-3.log" &
+AP=$!
+agent_up 3
+busybox wget -q -O "$RESULTS/restart-3.json" $SNAP
+touch /run/release
+wait $WLP || {{ echo "lab: restart workload failed"; status=1; }}
+sleep 2
+busybox wget -q -O "$RESULTS/restart-final.json" $SNAP
+kill -TERM $AP; wait $AP || {{ echo "lab: agent 3 failed"; status=1; }}
+ls /run/vfio-zp > "$RESULTS/state-dir.txt" 2>&1
+"#,
+        bin = bin.display(),
+        cg = LIBVIRT_RESTART,
+    ))
+}
+
 pub fn guest_script(scenarios: &[String], pages: u64) -> anyhow::Result<String> {
     let bin = bin_dir()?;
     let mut body = String::new();
@@ -174,7 +281,12 @@ pub fn guest_script(scenarios: &[String], pages: u64) -> anyhow::Result<String> 
             bin.display()
         ));
     }
-    with_recorder("$RESULTS/recording.jsonl", false, &body)
+    with_recorder(
+        "$RESULTS/recording.jsonl",
+        false,
+        &body,
+        &(flood_script(pages)? + &restart_script(pages)?),
+    )
 }
 
 pub fn scenarios() -> anyhow::Result<Vec<String>> {

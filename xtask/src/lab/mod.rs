@@ -1,5 +1,6 @@
 //! The VM lab: real Debian kernels with live VFIO type1, under QEMU.
 pub mod apt;
+pub mod bench;
 pub mod guest;
 pub mod initramfs;
 pub mod kernels;

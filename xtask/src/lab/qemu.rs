@@ -24,6 +24,9 @@ pub struct Run {
 
 /// Boots `k`, runs `command` (a shell script body) in the guest with
 /// `results` shared read-write, and returns when the guest powers off.
+/// VFIO devices (IOMMU groups) in each guest.
+pub const VFIO_DEVICES: usize = 6;
+
 pub fn run(
     k: &Kernel,
     results: &Path,
@@ -46,20 +49,17 @@ pub fn run(
         .args([
             "-accel", "tcg", "-M", "q35", "-cpu", "max", "-m", "2G", "-smp", "1",
         ])
-        // Two e1000e, each its own IOMMU group: two containers can run at once.
+        // e1000e NICs, each its own IOMMU group: as many containers can
+        // run at once (two for the scenarios, all for the ring flood).
         .args(["-device", "intel-iommu,intremap=on,caching-mode=on"])
-        .args([
-            "-device",
-            "e1000e,netdev=n0,romfile=",
-            "-netdev",
-            "user,id=n0,restrict=on",
-        ])
-        .args([
-            "-device",
-            "e1000e,netdev=n1,romfile=",
-            "-netdev",
-            "user,id=n1,restrict=on",
-        ])
+        .args((0..VFIO_DEVICES).flat_map(|i| {
+            [
+                "-device".to_string(),
+                format!("e1000e,netdev=n{i},romfile="),
+                "-netdev".to_string(),
+                format!("user,id=n{i},restrict=on"),
+            ]
+        }))
         .args([
             "-nographic",
             "-nodefaults",

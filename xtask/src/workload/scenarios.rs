@@ -166,6 +166,11 @@ pub struct RunTruth {
     pub memlock_limit: Option<u64>,
     /// MAP_DMA's error, for `memlock-tight` (where it may be refused).
     pub map_error: Option<String>,
+    /// Wall time of the MAP_DMA and UNMAP_DMA ioctls (the bench's figure).
+    #[serde(default)]
+    pub map_ns: u64,
+    #[serde(default)]
+    pub unmap_ns: u64,
     pub errors: Vec<String>,
 }
 
@@ -224,6 +229,32 @@ fn vmlck_kb() -> Option<u64> {
 /// MAP_DMA calls overlap inside the kernel: the case where a second thread
 /// enters vfio_pin_pages_remote while the first sleeps in it (and where a
 /// kretprobe with too few instances loses returns).
+/// How long the mapping is kept: a time, or until a file appears (the lab
+/// restarts the agent in between). With a file `F`, `F.mapped` is created
+/// once the mapping is made.
+#[derive(Clone, Debug)]
+pub struct Hold {
+    pub at_most: std::time::Duration,
+    pub until: Option<std::path::PathBuf>,
+}
+
+impl Hold {
+    fn wait(&self) {
+        let Some(f) = &self.until else {
+            return std::thread::sleep(self.at_most);
+        };
+        let mut mapped = f.clone().into_os_string();
+        mapped.push(".mapped");
+        if let Err(e) = std::fs::write(&mapped, b"") {
+            eprintln!("workload: cannot write {}: {e}", mapped.to_string_lossy());
+        }
+        let t0 = std::time::Instant::now();
+        while !f.exists() && t0.elapsed() < self.at_most {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
 pub struct StartGate {
     ready: [libc::c_int; 2],
     go: [libc::c_int; 2],
@@ -281,7 +312,7 @@ pub fn run_once(
     s: &Scenario,
     group: &str,
     pages: usize,
-    hold: std::time::Duration,
+    hold: &Hold,
     gate: Option<&StartGate>,
 ) -> anyhow::Result<RunTruth> {
     let truth = ZeroPageTruth::open();
@@ -355,14 +386,20 @@ pub fn run_once(
         c.map(region.addr as u64, IOVA, half, s.flags)?;
         c.map(region.addr as u64 + half, IOVA + half, size - half, s.flags)?;
     } else {
+        let t0 = std::time::Instant::now();
         c.map(region.addr as u64, IOVA, size, s.flags)?;
+        t.map_ns = t0.elapsed().as_nanos() as u64;
     }
     t.refcount_after_map = refcount(&mut t);
     t.vmlck_kb_after_map = vmlck_kb();
     (t.zero_backed_after_map, t.huge_zero_backed_after_map) = count(&region, &mut t);
-    std::thread::sleep(hold);
+    hold.wait();
     match s.unmap {
-        Unmap::Whole => t.unmapped_bytes = c.unmap(IOVA, size)?,
+        Unmap::Whole => {
+            let t0 = std::time::Instant::now();
+            t.unmapped_bytes = c.unmap(IOVA, size)?;
+            t.unmap_ns = t0.elapsed().as_nanos() as u64;
+        }
         Unmap::Halves => {
             t.unmapped_bytes = c.unmap(IOVA, half)?;
             t.refcount_after_first_unmap = refcount(&mut t);
@@ -431,7 +468,7 @@ pub fn run(
     groups: &[String],
     cgroup2: Option<&str>,
     pages: usize,
-    hold: std::time::Duration,
+    hold: &Hold,
 ) -> anyhow::Result<Truth> {
     let zero = ZeroPageTruth::open();
     let refcount = || zero.as_ref().ok().and_then(|z| z.refcount().ok());

@@ -1,0 +1,142 @@
+//! Maps pinned in bpffs so kernel-side counters and undelivered events
+//! outlive the agent: `/sys/fs/bpf/vfio-zp/<build>/{COUNTERS,EVENTS}`.
+//!
+//! A pin is only reused by the build that made it (the build id hashes the
+//! probe object and the agent version): another build's maps may have
+//! another layout, so they are removed, and the agent says so.
+use std::path::{Path, PathBuf};
+
+use tracing::{info, warn};
+
+pub const ROOT: &str = "/sys/fs/bpf/vfio-zp";
+/// The maps kept: exact counters and the ring buffer (records a killed
+/// agent never read are still there for the next one).
+pub const PINNED_MAPS: [&str; 2] = ["COUNTERS", "EVENTS"];
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// This build's id. `VFIO_ZP_BUILD_ID` overrides it (the VM lab uses that
+/// to play an older build).
+pub fn build_id() -> String {
+    if let Ok(id) = std::env::var("VFIO_ZP_BUILD_ID")
+        && !id.is_empty()
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return id;
+    }
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    super::programs::OBJECT.hash(&mut h);
+    env!("CARGO_PKG_VERSION").hash(&mut h);
+    // 48 bits: plenty to tell builds apart, and never mistaken for a
+    // kernel address by anyone scanning logs.
+    format!("{:012x}", h.finish() >> 16)
+}
+
+/// Where this build's maps are pinned, once stale builds' pins are gone.
+#[derive(Debug)]
+pub struct PinDir {
+    pub dir: PathBuf,
+    /// Maps found pinned by an earlier run of this build (reused).
+    pub reused: Vec<String>,
+    /// Other builds whose pins were removed.
+    pub stale_removed: Vec<String>,
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    let mut s: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and out-pointer.
+    unsafe { libc::statfs(c.as_ptr(), &mut s) == 0 && s.f_type as i64 == BPF_FS_MAGIC }
+}
+
+/// Removes a build's pin directory (pinned objects unlink like files).
+fn remove_dir(dir: &Path) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)?.flatten() {
+        std::fs::remove_file(e.path())?;
+    }
+    std::fs::remove_dir(dir)
+}
+
+/// The ring buffer's built-in size (vfio-zp-ebpf's EVENTS).
+pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
+
+/// Prepares `root/<build>`; `fresh` also drops this build's own pins. A
+/// kept ring buffer of another size than `ring_bytes` is replaced (the
+/// loader would otherwise reuse it whatever its size).
+/// Fails when `root`'s parent is not a bpffs mount (the caller goes on
+/// without pins).
+pub fn prepare(root: &Path, build: &str, fresh: bool, ring_bytes: u32) -> Result<PinDir, String> {
+    let parent = root.parent().unwrap_or(Path::new("/"));
+    if !is_bpffs(parent) {
+        return Err(format!(
+            "{} is not a bpffs mount (mount -t bpf bpf {})",
+            parent.display(),
+            parent.display()
+        ));
+    }
+    std::fs::create_dir_all(root).map_err(|e| format!("{}: {e}", root.display()))?;
+    let mut stale_removed = Vec::new();
+    for e in std::fs::read_dir(root)
+        .map_err(|e| format!("{}: {e}", root.display()))?
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == build && !fresh {
+            continue;
+        }
+        match remove_dir(&e.path()) {
+            Ok(()) if name == build => info!("--fresh: removed this build's pinned maps"),
+            Ok(()) => {
+                warn!(
+                    "removed maps pinned by another vfio-zp build ({name}): their counters cannot carry over to this build ({build})"
+                );
+                stale_removed.push(name);
+            }
+            Err(err) => warn!("cannot remove stale pins {}: {err}", e.path().display()),
+        }
+    }
+    let dir = root.join(build);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let ring = dir.join("EVENTS");
+    if let Ok(info) = aya::maps::MapInfo::from_pin(&ring)
+        && info.max_entries() != ring_bytes
+    {
+        warn!(
+            "the kept ring buffer holds {} KiB, {} KiB asked: replacing it (events it still held are lost)",
+            info.max_entries() >> 10,
+            ring_bytes >> 10
+        );
+        let _ = std::fs::remove_file(&ring);
+    }
+    let reused = PINNED_MAPS
+        .iter()
+        .filter(|m| dir.join(m).exists())
+        .map(|m| m.to_string())
+        .collect();
+    Ok(PinDir {
+        dir,
+        reused,
+        stale_removed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_id_is_stable_and_overridable() {
+        assert_eq!(build_id(), build_id());
+        assert_eq!(build_id().len(), 12);
+    }
+
+    #[test]
+    fn refuses_a_directory_that_is_not_bpffs() {
+        let tmp = std::env::temp_dir().join(format!("vfio-zp-pins-{}", std::process::id()));
+        let err = prepare(&tmp.join("vfio-zp"), "b", false, DEFAULT_RING_BYTES).unwrap_err();
+        assert!(err.contains("not a bpffs mount"), "{err}");
+        assert!(!tmp.exists());
+    }
+}

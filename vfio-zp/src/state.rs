@@ -1,0 +1,367 @@
+//! The agent's memory across restarts, in its state directory (by default
+//! /run/vfio-zp: per boot, like the pinned maps and the zero page's
+//! refcount it explains).
+//!
+//! `checkpoint.json` holds the model and the decoder's id maps as of a
+//! journal generation; `journal-<generation>.jsonl` every line the agent
+//! applied after it, written before the ring-buffer record behind it is
+//! released. A restart (SIGTERM or kill -9) loads the checkpoint and
+//! replays the journal, then goes on reading the pinned ring buffer, so
+//! nothing is counted twice and nothing already read is lost. The journal
+//! is folded into a new checkpoint once it grows past a bound.
+use std::{
+    fs::File,
+    io::{BufRead, Write},
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::ingest::Decoder;
+use crate::model::Model;
+use crate::record::Line;
+
+const CHECKPOINT: &str = "checkpoint.json";
+/// Bumped when the checkpoint's shape changes.
+const STATE_VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct Checkpoint {
+    version: u32,
+    build: String,
+    boot_id: String,
+    generation: u64,
+    model: Model,
+    decoder: Decoder,
+}
+
+/// What a restart found.
+pub struct Restored {
+    pub model: Model,
+    pub decoder: Decoder,
+    /// Journal lines replayed on top of the checkpoint.
+    pub replayed: u64,
+    /// The last event or counters time the previous agent saw.
+    pub last_t_ns: u64,
+}
+
+pub struct State {
+    dir: PathBuf,
+    build: String,
+    boot_id: String,
+    generation: u64,
+    journal: Option<File>,
+    journal_bytes: u64,
+    max_journal_bytes: u64,
+    buf: Vec<u8>,
+}
+
+fn io(path: &Path, e: impl std::fmt::Display) -> String {
+    format!("{}: {e}", path.display())
+}
+
+impl State {
+    /// Opens (creating) `dir` and restores what an earlier agent of this
+    /// build, in this boot, left there, unless `fresh`. State from another
+    /// build or boot is discarded with a warning.
+    pub fn open(
+        dir: &Path,
+        build: &str,
+        boot_id: &str,
+        fresh: bool,
+        max_journal_bytes: u64,
+    ) -> Result<(State, Option<Restored>), String> {
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        // Root only: it describes every VM on the host.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| io(dir, e))?;
+        let mut state = State {
+            dir: dir.to_path_buf(),
+            build: build.into(),
+            boot_id: boot_id.into(),
+            generation: 0,
+            journal: None,
+            journal_bytes: 0,
+            max_journal_bytes,
+            buf: Vec::new(),
+        };
+        let restored = if fresh {
+            info!("--fresh: starting without the kept state");
+            None
+        } else {
+            state.restore()
+        };
+        Ok((state, restored))
+    }
+
+    fn journal_path(&self, generation: u64) -> PathBuf {
+        self.dir.join(format!("journal-{generation}.jsonl"))
+    }
+
+    fn restore(&mut self) -> Option<Restored> {
+        let path = self.dir.join(CHECKPOINT);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                warn!("{}: {e}; starting afresh", path.display());
+                return None;
+            }
+        };
+        let cp: Checkpoint = match serde_json::from_str(&text) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!("{}: unreadable ({e}); starting afresh", path.display());
+                return None;
+            }
+        };
+        if cp.version != STATE_VERSION || cp.build != self.build {
+            warn!(
+                "kept state is from another vfio-zp build ({}, this is {}): starting afresh",
+                cp.build, self.build
+            );
+            return None;
+        }
+        if cp.boot_id != self.boot_id {
+            info!("kept state is from an earlier boot: starting afresh");
+            return None;
+        }
+        self.generation = cp.generation;
+        let (mut model, decoder) = (cp.model, cp.decoder);
+        let mut decoder = decoder.resume();
+        let journal = self.journal_path(cp.generation);
+        let mut replayed = 0;
+        if let Ok(f) = File::open(&journal) {
+            let mut lines = std::io::BufReader::new(f).lines();
+            while let Some(Ok(text)) = lines.next() {
+                match serde_json::from_str::<Line>(&text) {
+                    Ok(Line::Ids(steps)) => decoder.replay(&steps.ops),
+                    Ok(line) => model.apply(&line),
+                    // A line cut by a kill: its record is still in the ring.
+                    Err(e) => {
+                        warn!(
+                            "{} line {}: {e}; ignoring the rest",
+                            journal.display(),
+                            replayed + 1
+                        );
+                        break;
+                    }
+                }
+                replayed += 1;
+            }
+        }
+        model.take_notes();
+        let last_t_ns = model.now();
+        info!(
+            "restored the model of an earlier agent: checkpoint {} + {replayed} journal lines",
+            cp.generation
+        );
+        Some(Restored {
+            model,
+            decoder,
+            replayed,
+            last_t_ns,
+        })
+    }
+
+    /// Writes a checkpoint of `model` and `decoder` and starts a new
+    /// journal; the old journal goes only once the checkpoint is in place.
+    pub fn checkpoint(&mut self, model: &Model, decoder: &Decoder) -> Result<(), String> {
+        // The model and decoder are moved into a borrowed view for writing.
+        #[derive(Serialize)]
+        struct View<'a> {
+            version: u32,
+            build: &'a str,
+            boot_id: &'a str,
+            generation: u64,
+            model: &'a Model,
+            decoder: &'a Decoder,
+        }
+        let next = self.generation + 1;
+        let path = self.dir.join(CHECKPOINT);
+        let tmp = self.dir.join("checkpoint.json.tmp");
+        let write = || -> std::io::Result<()> {
+            let mut f = std::io::BufWriter::new(File::create(&tmp)?);
+            serde_json::to_writer(
+                &mut f,
+                &View {
+                    version: STATE_VERSION,
+                    build: &self.build,
+                    boot_id: &self.boot_id,
+                    generation: next,
+                    model,
+                    decoder,
+                },
+            )?;
+            f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| io(&path, e))?;
+        let old = self.journal_path(self.generation);
+        self.generation = next;
+        self.journal = None;
+        self.journal_bytes = 0;
+        let _ = std::fs::remove_file(old);
+        // Journals of older generations a crash may have left behind.
+        for e in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("journal-") && e.path() != self.journal_path(next) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends one line, unbuffered: it must be on file before the record
+    /// behind it leaves the ring buffer.
+    pub fn append(&mut self, line: &Line) -> Result<(), String> {
+        let path = self.journal_path(self.generation);
+        if self.journal.is_none() {
+            let f = File::options()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| io(&path, e))?;
+            self.journal = Some(f);
+        }
+        self.buf.clear();
+        serde_json::to_writer(&mut self.buf, line).map_err(|e| io(&path, e))?;
+        self.buf.push(b'\n');
+        if let Some(f) = &mut self.journal {
+            f.write_all(&self.buf).map_err(|e| io(&path, e))?;
+        }
+        self.journal_bytes += self.buf.len() as u64;
+        Ok(())
+    }
+
+    /// Whether the journal has grown enough to fold into a checkpoint.
+    pub fn due(&self) -> bool {
+        self.journal_bytes >= self.max_journal_bytes
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Config;
+    use crate::record::Header;
+
+    fn header() -> Header {
+        serde_json::from_str(
+            r#"{"format":"vfio-zp-recording","version":2,"agent_version":"t","kernel_release":"6.1.0","zero_pfn":0,"struct_page_size":64,"refcount_offset":52,"started_unix_ms":0,"started_t_ns":5,"probes":[]}"#,
+        )
+        .unwrap()
+    }
+
+    fn counters(t_ns: u64) -> Line {
+        Line::Counters(crate::record::Counters {
+            t_ns,
+            ..Default::default()
+        })
+    }
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("vfio-zp-state-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn checkpoint_and_journal_restore_the_model_and_a_cut_line_is_ignored() {
+        let dir = tmp("restore");
+        let (mut s, r) = State::open(&dir, "b1", "boot", false, 1 << 20).unwrap();
+        assert!(r.is_none());
+        let mut m = Model::new(&header(), Config::default());
+        s.checkpoint(&m, &Decoder::journaled(7)).unwrap();
+        for t in [10, 20] {
+            let l = counters(t);
+            s.append(&l).unwrap();
+            m.apply(&l);
+        }
+        // A kill in the middle of a write.
+        let mut f = File::options()
+            .append(true)
+            .open(dir.join("journal-1.jsonl"))
+            .unwrap();
+        f.write_all(br#"{"record":"counters","t_"#).unwrap();
+        let (_, r) = State::open(&dir, "b1", "boot", false, 1 << 20).unwrap();
+        let r = r.unwrap();
+        assert_eq!((r.replayed, r.last_t_ns), (2, 20));
+        assert_eq!(r.model.verdicts(), m.verdicts());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn another_build_or_boot_or_fresh_starts_afresh() {
+        let dir = tmp("stale");
+        let (mut s, _) = State::open(&dir, "b1", "boot", false, 1 << 20).unwrap();
+        s.checkpoint(
+            &Model::new(&header(), Config::default()),
+            &Decoder::default(),
+        )
+        .unwrap();
+        assert!(
+            State::open(&dir, "b2", "boot", false, 1)
+                .unwrap()
+                .1
+                .is_none()
+        );
+        assert!(
+            State::open(&dir, "b1", "boot2", false, 1)
+                .unwrap()
+                .1
+                .is_none()
+        );
+        assert!(
+            State::open(&dir, "b1", "boot", true, 1)
+                .unwrap()
+                .1
+                .is_none()
+        );
+        assert!(
+            State::open(&dir, "b1", "boot", false, 1)
+                .unwrap()
+                .1
+                .is_some()
+        );
+        std::fs::write(dir.join(CHECKPOINT), "{not json").unwrap();
+        assert!(
+            State::open(&dir, "b1", "boot", false, 1)
+                .unwrap()
+                .1
+                .is_none()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_new_checkpoint_folds_the_journal_away() {
+        let dir = tmp("fold");
+        let (mut s, _) = State::open(&dir, "b", "boot", false, 100).unwrap();
+        let mut m = Model::new(&header(), Config::default());
+        s.checkpoint(&m, &Decoder::default()).unwrap();
+        let mut t = 100;
+        while !s.due() {
+            t += 1;
+            s.append(&counters(t)).unwrap();
+            m.apply(&counters(t));
+        }
+        s.checkpoint(&m, &Decoder::default()).unwrap();
+        assert!(!dir.join("journal-1.jsonl").exists());
+        s.append(&counters(t + 1)).unwrap();
+        m.apply(&counters(t + 1));
+        let r = State::open(&dir, "b", "boot", false, 100)
+            .unwrap()
+            .1
+            .unwrap();
+        assert_eq!((r.replayed, r.last_t_ns), (1, t + 1));
+        assert_eq!(r.model.verdicts(), m.verdicts());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,228 @@
+//! Benchmarks that need a live kernel, in one lab guest: the probes' cost
+//! per run next to a bpftrace script counting the same points (bpf_stats),
+//! MAP_DMA + UNMAP of read-touched memory with the agent attached against
+//! detached, and the idle agent's CPU. Detached and attached sets alternate
+//! (ABAB) so drift in the emulated guest hits both.
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+use super::{bin_dir, kernels, qemu};
+
+/// Targets from the hardening issue.
+pub const PROBE_COST_MAX: f64 = 0.5;
+pub const RO_OVERHEAD_MAX: f64 = 1.10;
+pub const RW_OVERHEAD_MAX: f64 = 1.02;
+
+/// Points without a return program (kernel/probe_points.rs).
+const ENTRY_ONLY: &str =
+    "gup_unpin_page|gup_unpin_pages|gup_unpin_pages_dirty|type1_release|remove_dma";
+
+pub fn guest_script(pages: u64, reps: u32) -> anyhow::Result<String> {
+    let bin = bin_dir()?;
+    Ok(format!(
+        r#"set -u
+BIN={bin}
+busybox ip link set lo up 2>/dev/null || busybox ifconfig lo 127.0.0.1 up
+echo 1 > /proc/sys/kernel/bpf_stats_enabled || echo "bench: no bpf_stats"
+SNAP=http://127.0.0.1:10986/api/v1/snapshot
+status=0
+work() {{
+  "$BIN/vfio-zp-workload" --scenario $1 --pages {pages} --hold-ms 0 --truth "$RESULTS/$2.json" > /dev/null 2>&1 || {{ echo "bench: workload $1 failed"; status=1; }}
+}}
+set_of() {{
+  i=1
+  while [ $i -le {reps} ]; do work ro-read-touched "bench-$1-ro-$i"; work rw-read-touched "bench-$1-rw-$i"; i=$((i+1)); done
+}}
+progs() {{ bpftool prog show -j > "$RESULTS/bench-progs-$1.json" 2>/dev/null || echo "bench: bpftool failed"; }}
+agent() {{
+  "$BIN/vfio-zp" agent --listen 127.0.0.1:10986 --no-wait 2> "$RESULTS/bench-agent-$1.log" &
+  AP=$!
+  i=0
+  until busybox wget -q -O /dev/null $SNAP 2>/dev/null; do
+    sleep 0.5; i=$((i+1))
+    if ! kill -0 $AP 2>/dev/null || [ $i -gt 900 ]; then echo "bench: agent did not start"; status=1; return 1; fi
+  done
+  sleep 1
+}}
+progs before
+for round in 1 2; do
+  set_of detached-$round
+  agent $round
+  set_of attached-$round
+  progs vfio-zp-$round
+  if [ $round = 1 ]; then
+    # The idle agent's CPU: utime + stime (clock ticks) over 10 s.
+    a=$(cut -d' ' -f14,15 /proc/$AP/stat); sleep 10; b=$(cut -d' ' -f14,15 /proc/$AP/stat)
+    echo "$a $b $(getconf CLK_TCK 2>/dev/null || echo 100) 10" > "$RESULTS/bench-idle.txt"
+    busybox wget -q -O - $SNAP | grep -o '"probe":"[a-z_0-9]*","function":"[^"]*","symbol":"[^"]*","state":"attached"' \
+      | sed 's/"probe":"\([^"]*\)","function":"[^"]*","symbol":"\([^"]*\)".*/\1 \2/' > "$RESULTS/bench-points.txt"
+  fi
+  kill -TERM $AP; wait $AP
+done
+# The same points counted by bpftrace (clone suffixes become wildcards).
+while read label sym; do
+  s=$(echo "$sym" | sed 's/\./*/g')
+  echo "kprobe:$s {{ @[\"$label\"] = count(); }}"
+  case "$label" in {entry_only}) ;; *) echo "kretprobe:$s {{ @[\"${{label}}_ret\"] = count(); }}";; esac
+done < "$RESULTS/bench-points.txt" > "$RESULTS/bench.bt"
+progs before-bpftrace
+if command -v bpftrace >/dev/null; then
+  bpftrace "$RESULTS/bench.bt" > "$RESULTS/bench-bpftrace.log" 2>&1 &
+  BP=$!
+  i=0
+  until grep -q Attaching "$RESULTS/bench-bpftrace.log" 2>/dev/null || [ $i -gt 600 ]; do sleep 0.5; i=$((i+1)); done
+  sleep 3
+  set_of bpftrace
+  progs bpftrace
+  kill -INT $BP; wait $BP
+else
+  echo "no bpftrace on the host" > "$RESULTS/bench-bpftrace-skipped"
+fi
+exit $status
+"#,
+        bin = bin.display(),
+        entry_only = ENTRY_ONLY,
+    ))
+}
+
+#[derive(Deserialize)]
+struct Prog {
+    id: u64,
+    #[serde(default)]
+    run_time_ns: u64,
+    #[serde(default)]
+    run_cnt: u64,
+}
+
+fn progs(dir: &Path, name: &str) -> BTreeMap<u64, Prog> {
+    std::fs::read_to_string(dir.join(format!("bench-progs-{name}.json")))
+        .ok()
+        .and_then(|t| serde_json::from_str::<Vec<Prog>>(&t).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| (p.id, p))
+        .collect()
+}
+
+/// ns per run over the programs loaded between two listings.
+fn per_run(dir: &Path, before: &str, after: &str) -> Option<(f64, u64)> {
+    let old = progs(dir, before);
+    let (ns, runs) = progs(dir, after)
+        .into_values()
+        .filter(|p| !old.contains_key(&p.id))
+        .fold((0u64, 0u64), |(n, r), p| (n + p.run_time_ns, r + p.run_cnt));
+    (runs > 0).then(|| (ns as f64 / runs as f64, runs))
+}
+
+/// MAP_DMA + UNMAP wall time of each run of a set, in ms.
+fn times(dir: &Path, set: &str, kind: &str, reps: u32) -> Vec<f64> {
+    (1..=reps)
+        .filter_map(|i| {
+            let t =
+                std::fs::read_to_string(dir.join(format!("bench-{set}-{kind}-{i}.json"))).ok()?;
+            let v: serde_json::Value = serde_json::from_str(&t).ok()?;
+            let r = &v["runs"][0];
+            Some((r["map_ns"].as_u64()? + r["unmap_ns"].as_u64()?) as f64 / 1e6)
+        })
+        .collect()
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    (!v.is_empty()).then(|| v[v.len() / 2])
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "meets" } else { "MISSES" }
+}
+
+/// Boots `kernel`, runs the sets, prints every figure against its target.
+pub fn run(kernel: &str, out: &Path, pages: u64, reps: u32) -> anyhow::Result<()> {
+    crate::bootstrap::apt(&["bpftrace", "bpftool"])?;
+    let k = kernels::prepare(kernel)?;
+    let dir = out.join(kernel);
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!(
+        "bench: {kernel}: booting {} ({pages} pages per mapping, {reps} runs per set)",
+        k.release
+    );
+    let r = qemu::run(
+        &k,
+        &dir,
+        &guest_script(pages, reps)?,
+        Duration::from_secs(3600),
+        false,
+    )
+    .with_context(|| format!("bench kernel {kernel}"))?;
+    if r.exit_code != Some(0) {
+        super::matrix::tail(&dir.join("console.log"), 30);
+        anyhow::bail!("bench guest failed ({:?})", r.exit_code);
+    }
+    let mib = (pages * 4096) >> 20;
+    println!("bench (VM lab, {kernel} under TCG, one vCPU; ratios taken in this one run):");
+    for (kind, max, what) in [
+        (
+            "ro",
+            RO_OVERHEAD_MAX,
+            "read-only, read-touched (one pin call per zero page)",
+        ),
+        ("rw", RW_OVERHEAD_MAX, "read-write, read-touched"),
+    ] {
+        let detached: Vec<f64> = ["detached-1", "detached-2"]
+            .iter()
+            .flat_map(|s| times(&dir, s, kind, reps))
+            .collect();
+        let attached: Vec<f64> = ["attached-1", "attached-2"]
+            .iter()
+            .flat_map(|s| times(&dir, s, kind, reps))
+            .collect();
+        match (median(detached), median(attached)) {
+            (Some(d), Some(a)) => println!(
+                "  MAP_DMA+UNMAP {mib} MiB {what}: detached {d:.0} ms, attached {a:.0} ms: {:.3}x ({} target <= {max}x)",
+                a / d,
+                verdict(a / d <= max)
+            ),
+            _ => println!("  MAP_DMA+UNMAP {mib} MiB {what}: NOT MEASURED (no timings)"),
+        }
+    }
+    let ours = median(
+        ["1", "2"]
+            .iter()
+            .filter_map(|r| {
+                let prev = if *r == "1" {
+                    "before".to_string()
+                } else {
+                    "vfio-zp-1".into()
+                };
+                per_run(&dir, &prev, &format!("vfio-zp-{r}")).map(|x| x.0)
+            })
+            .collect(),
+    );
+    let theirs = per_run(&dir, "before-bpftrace", "bpftrace");
+    match (ours, theirs) {
+        (Some(o), Some((b, runs))) => println!(
+            "  probe cost per run (bpf_stats): vfio-zp {o:.0} ns, bpftrace counting the same points {b:.0} ns ({runs} runs): {:.2}x ({} target <= {PROBE_COST_MAX}x)",
+            o / b,
+            verdict(o / b <= PROBE_COST_MAX)
+        ),
+        (Some(o), None) => println!(
+            "  probe cost per run (bpf_stats): vfio-zp {o:.0} ns; bpftrace NOT MEASURED (see bench-bpftrace.log)"
+        ),
+        _ => println!("  probe cost: NOT MEASURED (no bpf_stats)"),
+    }
+    let idle = std::fs::read_to_string(dir.join("bench-idle.txt")).unwrap_or_default();
+    let v: Vec<f64> = idle
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if let [u0, s0, u1, s1, hz, secs] = v[..] {
+        let pct = ((u1 + s1) - (u0 + s0)) / hz / secs * 100.0;
+        println!("  idle agent CPU: {pct:.2}% of one vCPU over {secs:.0} s (target: near zero)");
+    } else {
+        println!("  idle agent CPU: NOT MEASURED");
+    }
+    println!("  raw results: {}", dir.display());
+    Ok(())
+}
