@@ -41,9 +41,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the probes, serve the verdicts as Prometheus metrics, log
-    /// zero-page activity and leak verdicts as they happen, and print the
-    /// verdicts when stopped (SIGINT/SIGTERM).
+    /// Run the probes, serve the verdicts as Prometheus metrics, log leak
+    /// verdicts and kernel behaviour as they change (each zero-page event
+    /// too at debug level), and print the verdicts when stopped
+    /// (SIGINT/SIGTERM).
     ///
     /// Endpoints: /metrics (Prometheus text format), /healthz, and
     /// /api/v1/snapshot (the verdicts, probe coverage and counters as JSON,
@@ -58,7 +59,8 @@ enum Cmd {
         /// Forget closed containers' metric series after this long.
         #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
         expire_after: Duration,
-        /// Print every event, not only the ones touching a zero page.
+        /// Log every event at info level (default: zero-page events at
+        /// debug level only).
         #[arg(long)]
         all_events: bool,
         #[command(flatten)]
@@ -343,7 +345,12 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             s.run(
                 |line| {
                     match &line {
-                        Line::Event(e) if all_events || touches_zero_page(&e.what) => info!("{e}"),
+                        Line::Event(e) if all_events => info!("{e}"),
+                        // A VM start pins thousands of zero pages: one log
+                        // line each only when asked (VFIO_ZP_LOG=debug).
+                        Line::Event(e) if touches_zero_page(&e.what) => {
+                            tracing::debug!("{e}")
+                        }
                         Line::Counters(c) if c.drops.values().any(|d| *d > 0) => {
                             tracing::warn!("ring buffer full: events lost so far {:?}", c.drops)
                         }

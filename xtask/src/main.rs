@@ -103,6 +103,9 @@ enum Cmd {
         /// Native figures only.
         #[arg(long)]
         no_vm: bool,
+        /// Print the guest figures of the last run again without booting.
+        #[arg(long)]
+        report_only: bool,
     },
     /// Regenerate the golden recordings in vfio-zp/tests/fixtures (a
     /// small-page matrix run on every lab kernel).
@@ -137,7 +140,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             pages,
             reps,
             no_vm,
+            report_only,
         } => {
+            let out = std::fs::canonicalize(".")?.join("lab-out").join("bench");
+            if report_only {
+                return lab::bench::run(&kernel, &out, pages, reps, true);
+            }
             // The probes are not needed to replay.
             cmd::run(
                 cargo()
@@ -151,8 +159,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             bootstrap::run()?;
             build_binaries()?;
-            let out = std::fs::canonicalize(".")?.join("lab-out").join("bench");
-            lab::bench::run(&kernel, &out, pages, reps)
+            lab::bench::run(&kernel, &out, pages, reps, false)
         }
         Cmd::Kernels { kernels } => {
             for k in kernels {
@@ -212,7 +219,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 eprintln!(
                     "run: this host has kprobes and vfio_iommu_type1: running the agent here (Ctrl-C to stop)"
                 );
-                return cmd::run(Command::new(bin.join("vfio-zp")).arg("agent"));
+                // Zero-page events are logged at debug level.
+                return cmd::run(
+                    Command::new(bin.join("vfio-zp"))
+                        .arg("agent")
+                        .env("VFIO_ZP_LOG", "info,vfio_zp=debug"),
+                );
             }
             eprintln!(
                 "run: this host cannot probe VFIO here; booting the VM lab ({kernel}) to show live events"
