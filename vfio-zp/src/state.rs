@@ -306,37 +306,18 @@ mod tests {
             &Decoder::default(),
         )
         .unwrap();
-        assert!(
-            State::open(&dir, "b2", "boot", false, 1)
-                .unwrap()
-                .1
-                .is_none()
-        );
-        assert!(
-            State::open(&dir, "b1", "boot2", false, 1)
-                .unwrap()
-                .1
-                .is_none()
-        );
-        assert!(
-            State::open(&dir, "b1", "boot", true, 1)
-                .unwrap()
-                .1
-                .is_none()
-        );
-        assert!(
-            State::open(&dir, "b1", "boot", false, 1)
+        let restores = |build, boot, fresh| {
+            State::open(&dir, build, boot, fresh, 1)
                 .unwrap()
                 .1
                 .is_some()
-        );
+        };
+        assert!(!restores("b2", "boot", false));
+        assert!(!restores("b1", "boot2", false));
+        assert!(!restores("b1", "boot", true));
+        assert!(restores("b1", "boot", false));
         std::fs::write(dir.join(CHECKPOINT), "{not json").unwrap();
-        assert!(
-            State::open(&dir, "b1", "boot", false, 1)
-                .unwrap()
-                .1
-                .is_none()
-        );
+        assert!(!restores("b1", "boot", false));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -190,20 +190,11 @@ impl Model {
         })
     }
 
-    /// The host-wide summary: any missing probe or lost event.
+    /// The host-wide summary: any lost event, else any missing probe.
     fn uncertainty(&self) -> Option<String> {
-        let missing: Vec<&str> = LEAK_PROBES
-            .iter()
-            .copied()
-            .filter(|p| self.probes.get(*p) != Some(&ProbeState::Attached))
-            .collect();
-        match (self.events_lost, missing.is_empty()) {
-            (0, true) => None,
-            (0, false) => Some(format!(
-                "probes not attached: {} (pins or unpins may be unseen)",
-                missing.join(", ")
-            )),
-            (n, _) => Some(format!(
+        match self.events_lost {
+            0 => self.probes_missing(),
+            n => Some(format!(
                 "{n} events lost (ring buffer full or return probes missed): counts may be short"
             )),
         }
