@@ -130,6 +130,18 @@ pub fn run(load: bool) -> Report {
         Ok(_) => c.add("kallsyms", Level::Ok, "/proc/kallsyms readable"),
         Err(e) => c.add("kallsyms", Level::Unusable, format!("/proc/kallsyms: {e}")),
     }
+    let bpffs = std::path::Path::new(kernel::pins::ROOT)
+        .parent()
+        .is_some_and(kernel::pins::is_bpffs);
+    if bpffs {
+        c.add(
+            "bpffs",
+            Level::Ok,
+            "mounted at /sys/fs/bpf: counters and unread events survive agent restarts",
+        );
+    } else {
+        c.add("bpffs", Level::Degraded, "not mounted at /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf): the exact counters restart with the agent");
+    }
     let filter = tracefs::read_filter_functions();
     if filter.is_some() {
         c.add("tracefs", Level::Ok, "available_filter_functions readable");
@@ -140,7 +152,7 @@ pub fn run(load: bool) -> Report {
     if type1 {
         c.add("vfio_iommu_type1", Level::Ok, "loaded");
     } else {
-        c.add("vfio_iommu_type1", Level::Degraded, "not loaded: the agent waits for it; VMs whose VMM uses iommufd never load it and are invisible to vfio-zp");
+        c.add("vfio_iommu_type1", Level::Degraded, "not loaded: the agent attaches its probes when it loads; VMs whose VMM uses iommufd never load it and are invisible to vfio-zp");
     }
     if let (Ok(s), Ok(l), Ok(pfn)) = (&syms, &layout, &zero_pfn) {
         let cfg = zero_page::config(s, *l, *pfn);

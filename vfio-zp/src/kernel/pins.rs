@@ -42,7 +42,7 @@ pub struct PinDir {
     pub stale_removed: Vec<String>,
 }
 
-fn is_bpffs(path: &Path) -> bool {
+pub fn is_bpffs(path: &Path) -> bool {
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
         return false;
     };
