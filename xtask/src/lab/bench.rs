@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, path::Path, time::Duration};
 use anyhow::Context;
 use serde::Deserialize;
 
-use super::{bin_dir, kernels, qemu};
+use super::{kernels, qemu};
 
 /// Targets from the hardening issue.
 pub const PROBE_COST_MAX: f64 = 0.5;
@@ -19,8 +19,15 @@ pub const RW_OVERHEAD_MAX: f64 = 1.02;
 const ENTRY_ONLY: &str =
     "gup_unpin_page|gup_unpin_pages|gup_unpin_pages_dirty|type1_release|remove_dma";
 
+/// Release binaries, as hosts run them: `cargo build --release` puts them
+/// beside the debug ones the lab uses.
+fn release_dir() -> anyhow::Result<std::path::PathBuf> {
+    let debug = super::bin_dir()?;
+    Ok(debug.with_file_name("release"))
+}
+
 pub fn guest_script(pages: u64, reps: u32) -> anyhow::Result<String> {
-    let bin = bin_dir()?;
+    let bin = release_dir()?;
     Ok(format!(
         r#"set -u
 BIN={bin}
@@ -50,12 +57,15 @@ progs before
 for round in 1 2; do
   set_of detached-$round
   agent $round
+  if [ $round = 1 ]; then
+    # The idle agent's CPU (attached, nothing mapping): utime + stime in
+    # clock ticks over 30 s.
+    a=$(cut -d' ' -f14,15 /proc/$AP/stat); sleep 30; b=$(cut -d' ' -f14,15 /proc/$AP/stat)
+    echo "$a $b $(getconf CLK_TCK 2>/dev/null || echo 100) 30" > "$RESULTS/bench-idle.txt"
+  fi
   set_of attached-$round
   progs vfio-zp-$round
   if [ $round = 1 ]; then
-    # The idle agent's CPU: utime + stime (clock ticks) over 10 s.
-    a=$(cut -d' ' -f14,15 /proc/$AP/stat); sleep 10; b=$(cut -d' ' -f14,15 /proc/$AP/stat)
-    echo "$a $b $(getconf CLK_TCK 2>/dev/null || echo 100) 10" > "$RESULTS/bench-idle.txt"
     busybox wget -q -O - $SNAP | grep -o '"probe":"[a-z_0-9]*","function":"[^"]*","symbol":"[^"]*","state":"attached"' \
       | sed 's/"probe":"\([^"]*\)","function":"[^"]*","symbol":"\([^"]*\)".*/\1 \2/' > "$RESULTS/bench-points.txt"
   fi
@@ -156,6 +166,10 @@ pub fn run(
 
 fn boot(kernel: &str, dir: &Path, pages: u64, reps: u32) -> anyhow::Result<()> {
     crate::bootstrap::apt(&["bpftrace", "bpftool"])?;
+    crate::cmd::run(
+        std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args(["build", "--release", "-p", "vfio-zp", "-p", "xtask", "--bins"]),
+    )?;
     let k = kernels::prepare(kernel)?;
     let _ = std::fs::remove_dir_all(dir);
     eprintln!(
@@ -180,7 +194,9 @@ fn boot(kernel: &str, dir: &Path, pages: u64, reps: u32) -> anyhow::Result<()> {
 fn report(kernel: &str, dir: &Path, pages: u64, reps: u32) {
     let dir = dir.to_path_buf();
     let mib = (pages * 4096) >> 20;
-    println!("bench (VM lab, {kernel} under TCG, one vCPU; ratios taken in this one run):");
+    println!(
+        "bench (VM lab, {kernel} under TCG, one vCPU shared by the workload and the agent, release build; ratios taken in this one run):"
+    );
     for (kind, max, what) in [
         (
             "ro",
