@@ -43,6 +43,9 @@ pub struct Session {
     /// Ticks left to retry type1 points that failed to attach right after
     /// the module loaded (it may still be initialising).
     type1_retries: u32,
+    /// Type1 points attached by name that found no symbol: checked against
+    /// /proc/kallsyms on the next module tick.
+    type1_verify: bool,
     pub header: Header,
     /// Where the maps are pinned, what was reused and what was stale.
     pub pins: Option<pins::PinDir>,
@@ -180,6 +183,7 @@ impl Session {
             refcount,
             type1_loaded,
             type1_retries: 0,
+            type1_verify: false,
             header,
             pins,
         })
@@ -252,6 +256,16 @@ impl Session {
         sink: &mut impl FnMut(Line) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
         let loaded = preflight::type1_loaded();
+        if loaded && loaded == self.type1_loaded && std::mem::take(&mut self.type1_verify) {
+            let syms = Kallsyms::read(probe_points::wanted_symbol)?;
+            self.probes
+                .attach(&syms, tracefs::read_filter_functions().as_ref(), true);
+            report_coverage(self.probes.status());
+            return sink(Line::Probes(ProbesChanged {
+                t_ns: kernel::monotonic_ns(),
+                probes: self.probes.status().to_vec(),
+            }));
+        }
         if loaded == self.type1_loaded {
             let failed = self.probes.status().iter().any(|s| {
                 s.state == ProbeState::Failed
@@ -284,14 +298,15 @@ impl Session {
                     t.elapsed()
                 );
             } else {
-                let syms = Kallsyms::read(probe_points::wanted_symbol)?;
-                let filter = tracefs::read_filter_functions();
-                let resolved = t.elapsed();
-                self.probes.attach(&syms, filter.as_ref(), true);
+                self.type1_verify = self.probes.attach_type1_by_name();
                 info!(
-                    "vfio_iommu_type1 probes attached {:.0?} after the load was seen ({:.0?} resolving symbols)",
+                    "vfio_iommu_type1 probes attached by name {:.0?} after the load was seen{}",
                     t.elapsed(),
-                    resolved
+                    if self.type1_verify {
+                        "; the ones not found are checked against /proc/kallsyms next"
+                    } else {
+                        ""
+                    }
                 );
             }
         } else {

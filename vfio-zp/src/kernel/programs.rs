@@ -281,6 +281,36 @@ impl Probes {
         }
     }
 
+    /// After vfio_iommu_type1 loads for the first time: attaches each type1
+    /// point at its function's name or a usual clone suffix, letting the
+    /// kernel resolve the name, instead of reading all of /proc/kallsyms
+    /// (seconds on a slow machine) before the first pin is missed. Points
+    /// found under none of them are marked missing; true when there are
+    /// such, which the caller then checks against /proc/kallsyms.
+    pub fn attach_type1_by_name(&mut self) -> bool {
+        const SUFFIXES: [&str; 4] = ["", ".part.0", ".isra.0", ".constprop.0"];
+        let mut unsure = false;
+        for p in POINTS.iter().filter(|p| p.in_type1) {
+            let found = SUFFIXES
+                .iter()
+                .map(|s| format!("{}{s}", p.function))
+                .find(|sym| self.attach_point(p, sym).is_ok());
+            unsure |= found.is_none();
+            if let Some(s) = self.status.iter_mut().find(|s| s.probe == p.label) {
+                s.state = if found.is_some() {
+                    ProbeState::Attached
+                } else {
+                    ProbeState::Missing
+                };
+                s.detail = found.is_none().then(|| {
+                    "no function by this name or a usual clone of it: inlined into its callers or absent".into()
+                });
+                s.symbol = found;
+            }
+        }
+        unsure
+    }
+
     /// After vfio_iommu_type1 loads again: puts every type1 point back as it
     /// was before the unload, attaching at the same symbols. False when any
     /// of them would not attach (another build of the module): resolve afresh.

@@ -8,6 +8,12 @@ use std::path::Path;
 
 use vfio_zp::{model::verdict::Leak, snapshot::Snapshot};
 
+/// A first load attaches by name, trying clone suffixes (a reload reuses
+/// known symbols): in the emulated guest a little slower than the reload's
+/// bound. Resolving through all of /proc/kallsyms instead took 11.5 s on
+/// 5.10 under TCG, which is why it is not done first any more.
+const TCG_FIRST_LOAD: f64 = 6.0;
+
 fn snapshot(dir: &Path, f: &str) -> Result<Snapshot, String> {
     let text = std::fs::read_to_string(dir.join(f)).map_err(|e| format!("{f}: {e}"))?;
     serde_json::from_str(&text).map_err(|e| format!("{f}: {e}"))
@@ -48,7 +54,7 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
         &read("late-load-uptime"),
         "type1 loaded after the agent started, to attached",
         2.0,
-        super::hardening::TCG_REATTACH,
+        TCG_FIRST_LOAD,
     ) {
         fail(e);
     }

@@ -168,7 +168,15 @@ fn boot(kernel: &str, dir: &Path, pages: u64, reps: u32) -> anyhow::Result<()> {
     crate::bootstrap::apt(&["bpftrace", "bpftool"])?;
     crate::cmd::run(
         std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-            .args(["build", "--release", "-p", "vfio-zp", "-p", "xtask", "--bins"]),
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "vfio-zp",
+                "-p",
+                "xtask",
+                "--bins",
+            ]),
     )?;
     let k = kernels::prepare(kernel)?;
     let _ = std::fs::remove_dir_all(dir);
