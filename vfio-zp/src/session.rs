@@ -257,14 +257,7 @@ impl Session {
     ) -> anyhow::Result<()> {
         let loaded = preflight::type1_loaded();
         if loaded && loaded == self.type1_loaded && std::mem::take(&mut self.type1_verify) {
-            let syms = Kallsyms::read(probe_points::wanted_symbol)?;
-            self.probes
-                .attach(&syms, tracefs::read_filter_functions().as_ref(), true);
-            report_coverage(self.probes.status());
-            return sink(Line::Probes(ProbesChanged {
-                t_ns: kernel::monotonic_ns(),
-                probes: self.probes.status().to_vec(),
-            }));
+            return self.resolve_type1(sink);
         }
         if loaded == self.type1_loaded {
             let failed = self.probes.status().iter().any(|s| {
@@ -276,14 +269,7 @@ impl Session {
             }
             self.type1_retries -= 1;
             info!("retrying the type1 probes that failed to attach");
-            let syms = Kallsyms::read(probe_points::wanted_symbol)?;
-            self.probes
-                .attach(&syms, tracefs::read_filter_functions().as_ref(), true);
-            report_coverage(self.probes.status());
-            return sink(Line::Probes(ProbesChanged {
-                t_ns: kernel::monotonic_ns(),
-                probes: self.probes.status().to_vec(),
-            }));
+            return self.resolve_type1(sink);
         }
         self.type1_loaded = loaded;
         self.type1_retries = 3;
@@ -313,6 +299,22 @@ impl Session {
             warn!("vfio_iommu_type1 unloaded: its probes are detached until it returns");
             self.probes.detach_type1();
         }
+        self.announce(sink)
+    }
+
+    /// Attaches the points not attached yet at symbols read from kallsyms.
+    fn resolve_type1(
+        &mut self,
+        sink: &mut impl FnMut(Line) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let syms = Kallsyms::read(probe_points::wanted_symbol)?;
+        self.probes
+            .attach(&syms, tracefs::read_filter_functions().as_ref(), true);
+        self.announce(sink)
+    }
+
+    /// Logs the coverage and hands it on as a `probes` line.
+    fn announce(&self, sink: &mut impl FnMut(Line) -> anyhow::Result<()>) -> anyhow::Result<()> {
         report_coverage(self.probes.status());
         sink(Line::Probes(ProbesChanged {
             t_ns: kernel::monotonic_ns(),
