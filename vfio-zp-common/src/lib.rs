@@ -108,6 +108,10 @@ pub mod counter {
     pub const COUNT: u32 = BASE + 10;
 }
 
+/// All counters of one CPU: the `COUNTERS` map has this one per-CPU entry,
+/// so a probe pays one map lookup however many counters it moves.
+pub type CounterBlock = [u64; counter::COUNT as usize];
+
 /// Event flags.
 pub mod flag {
     /// `zero_refcount` holds the zero page's `_refcount` read by the probe.

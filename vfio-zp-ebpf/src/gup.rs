@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use vfio_zp_common::{MAX_PAGES_SCANNED, ProbeId, counter, flag};
 
-use crate::shared::{ZeroIds, add, current_container, emit, hit, peek, stash, unstash};
+use crate::shared::{Tally, ZeroIds, current_container, emit, hit, peek, stash, unstash};
 
 /// Running tallies for `scan`, kept in map memory: the verifier does not
 /// track map contents, so the loop's states prune instead of multiplying
@@ -30,6 +30,8 @@ fn scan(z: &ZeroIds, pages: u64, n: u64) -> (u64, u64, u16) {
     };
     // SAFETY: per-CPU slot; BPF programs do not nest on one CPU.
     let tally = unsafe { &mut *tally };
+    // Plain bounds, read once: nothing in the loop branches on the config.
+    let (zero, huge) = (z.zero_page(), z.huge_pages());
     *tally = [0, 0];
     for i in 0..MAX_PAGES_SCANNED as u64 {
         if i >= n {
@@ -38,10 +40,10 @@ fn scan(z: &ZeroIds, pages: u64, n: u64) -> (u64, u64, u16) {
         let Ok(page) = (unsafe { bpf_probe_read_kernel((pages + i * 8) as *const u64) }) else {
             break;
         };
-        match z.class_of_page(page) {
-            flag::PFN_ZERO => tally[0] += 1,
-            flag::PFN_HUGE_ZERO => tally[1] += 1,
-            _ => {}
+        if page == zero {
+            tally[0] += 1;
+        } else if page >= huge.0 && page < huge.1 {
+            tally[1] += 1;
         }
     }
     (tally[0], tally[1], flags)
@@ -73,8 +75,9 @@ fn pin_return(ctx: &RetProbeContext, probe: ProbeId) {
             let (zz, hh, f) = scan(&z, a[3], ret as u64);
             (zero, huge) = (zz, hh);
             flags |= f;
-            add(counter::GUP_ZERO_PINNED, zero);
-            add(counter::GUP_HUGE_ZERO_PINNED, huge);
+            let t = Tally::get();
+            t.add(counter::GUP_ZERO_PINNED, zero);
+            t.add(counter::GUP_HUGE_ZERO_PINNED, huge);
             if zero > 0 {
                 refcount = z.refcount();
             }
@@ -123,14 +126,14 @@ pub fn gup_pin_ret(ctx: RetProbeContext) -> u32 {
 /// Unpins are seen at entry, so the refcount is the one before the unpin.
 #[inline(always)]
 fn unpin(ctx: &ProbeContext, probe: ProbeId, pages: u64, n: u64, make_dirty: u64) {
-    hit(probe);
+    let t = hit(probe);
     let Some(z) = ZeroIds::load() else { return };
     let (zero, huge, flags) = scan(&z, pages, n);
     if zero == 0 && huge == 0 {
         return;
     }
-    add(counter::GUP_ZERO_UNPINNED, zero);
-    add(counter::GUP_HUGE_ZERO_UNPINNED, huge);
+    t.add(counter::GUP_ZERO_UNPINNED, zero);
+    t.add(counter::GUP_HUGE_ZERO_UNPINNED, huge);
     let rc = if zero > 0 { z.refcount() } else { None };
     emit(
         ctx,
@@ -145,7 +148,7 @@ fn unpin(ctx: &ProbeContext, probe: ProbeId, pages: u64, n: u64, make_dirty: u64
 /// unpin_user_page(page): classified by the page pointer itself.
 #[kprobe]
 pub fn gup_unpin_page(ctx: ProbeContext) -> u32 {
-    hit(ProbeId::GupUnpinPage);
+    let t = hit(ProbeId::GupUnpinPage);
     let page = ctx.arg::<u64>(0).unwrap_or(0);
     let Some(z) = ZeroIds::load() else { return 0 };
     let class = z.class_of_page(page);
@@ -153,10 +156,10 @@ pub fn gup_unpin_page(ctx: ProbeContext) -> u32 {
         return 0;
     }
     let rc = if class == flag::PFN_ZERO {
-        add(counter::GUP_ZERO_UNPINNED, 1);
+        t.add(counter::GUP_ZERO_UNPINNED, 1);
         z.refcount()
     } else {
-        add(counter::GUP_HUGE_ZERO_UNPINNED, 1);
+        t.add(counter::GUP_HUGE_ZERO_UNPINNED, 1);
         None
     };
     let zero = (class == flag::PFN_ZERO) as u64;

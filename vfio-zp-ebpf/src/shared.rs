@@ -9,14 +9,15 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use vfio_zp_common::{
-    CAP_IPC_LOCK, Event, HUGE_ZERO_PAGES, ProbeId, RLIMIT_MEMLOCK, ZeroPageConfig, counter, flag,
+    CAP_IPC_LOCK, CounterBlock, Event, HUGE_ZERO_PAGES, ProbeId, RLIMIT_MEMLOCK, ZeroPageConfig,
+    counter, flag,
 };
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
 #[map]
-pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+pub static COUNTERS: PerCpuArray<CounterBlock> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static CONFIG: Array<ZeroPageConfig> = Array::with_max_entries(1, 0);
@@ -29,20 +30,56 @@ pub struct StashKey {
     pub probe: u64,
 }
 
-#[map]
-pub static STASH: LruHashMap<StashKey, [u64; 6]> = LruHashMap::with_max_entries(16384, 0);
+/// A thread's parked arguments; `live` is cleared when the return takes them.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Parked {
+    pub args: [u64; 6],
+    pub live: u64,
+}
 
-#[inline(always)]
-pub fn add(idx: u32, n: u64) {
-    if let Some(p) = COUNTERS.get_ptr_mut(idx) {
-        // Per-CPU slot and BPF programs do not nest on one CPU: no atomics needed.
-        unsafe { *p += n };
+/// One slot per (thread, probe), reused call after call: a slot is written
+/// and cleared in place, so the hot path costs two lookups, not an LRU
+/// update (allocation and locks) and a delete. LRU only evicts the slots of
+/// threads long gone.
+#[map]
+pub static STASH: LruHashMap<StashKey, Parked> = LruHashMap::with_max_entries(16384, 0);
+
+/// This CPU's counters, looked up once per program run.
+#[derive(Clone, Copy)]
+pub struct Tally(*mut CounterBlock);
+
+impl Tally {
+    #[inline(always)]
+    pub fn get() -> Tally {
+        Tally(COUNTERS.get_ptr_mut(0).unwrap_or(core::ptr::null_mut()))
+    }
+
+    #[inline(always)]
+    pub fn add(self, idx: u32, n: u64) {
+        if self.0.is_null() {
+            return;
+        }
+        // SAFETY: this CPU's block; BPF programs do not nest on one CPU, so
+        // no atomics are needed.
+        if let Some(slot) = unsafe { (*self.0).get_mut(idx as usize) } {
+            *slot += n;
+        }
     }
 }
 
+/// One counter, for paths that move only one (rare ones: drops, misses).
 #[inline(always)]
-pub fn hit(probe: ProbeId) {
-    add(counter::HITS + probe as u32, 1);
+pub fn add(idx: u32, n: u64) {
+    Tally::get().add(idx, n);
+}
+
+/// Counts a run of `probe`; the tally serves the program's other counters.
+#[inline(always)]
+pub fn hit(probe: ProbeId) -> Tally {
+    let t = Tally::get();
+    t.add(counter::HITS + probe as u32, 1);
+    t
 }
 
 #[inline(always)]
@@ -55,30 +92,54 @@ fn key(probe: ProbeId) -> StashKey {
 
 #[inline(always)]
 pub fn stash(probe: ProbeId, args: &[u64; 6]) {
-    let _ = STASH.insert(&key(probe), args, 0);
+    let k = key(probe);
+    if let Some(p) = STASH.get_ptr_mut(&k) {
+        // SAFETY: only this thread uses this key.
+        unsafe {
+            (*p).args = *args;
+            (*p).live = 1;
+        }
+    } else {
+        let _ = STASH.insert(
+            &k,
+            &Parked {
+                args: *args,
+                live: 1,
+            },
+            0,
+        );
+    }
 }
 
 /// Takes the parked entry arguments; counts a return with none.
 #[inline(always)]
 pub fn unstash(probe: ProbeId) -> Option<[u64; 6]> {
-    let k = key(probe);
-    let v = unsafe { STASH.get(&k) }.copied();
-    if v.is_some() {
-        let _ = STASH.remove(&k);
-    } else {
-        add(counter::UNMATCHED_RETURNS, 1);
+    if let Some(p) = STASH.get_ptr_mut(&key(probe)) {
+        // SAFETY: only this thread uses this key.
+        unsafe {
+            if (*p).live != 0 {
+                (*p).live = 0;
+                return Some((*p).args);
+            }
+        }
     }
-    v
+    add(counter::UNMATCHED_RETURNS, 1);
+    None
 }
 
 #[inline(always)]
 pub fn forget(probe: ProbeId) {
-    let _ = STASH.remove(&key(probe));
+    if let Some(p) = STASH.get_ptr_mut(&key(probe)) {
+        // SAFETY: only this thread uses this key.
+        unsafe { (*p).live = 0 };
+    }
 }
 
 #[inline(always)]
 pub fn peek(probe: ProbeId) -> Option<[u64; 6]> {
-    unsafe { STASH.get(&key(probe)) }.copied()
+    let p = STASH.get_ptr(&key(probe))?;
+    // SAFETY: only this thread writes this key.
+    unsafe { ((*p).live != 0).then_some((*p).args) }
 }
 
 /// The container key of the type1 ioctl this thread is inside, or 0.
@@ -87,52 +148,80 @@ pub fn current_container() -> u64 {
     peek(ProbeId::Type1Ioctl).map(|a| a[0]).unwrap_or(0)
 }
 
-/// Where the zero pages live in this kernel's memory map, read per event
-/// because the huge zero page comes and goes.
+/// Where the zero pages live in this kernel's memory map.
 #[derive(Clone, Copy)]
 pub struct ZeroIds {
     vmemmap: u64,
     page_size: u64,
     refcount_offset: u64,
     pub zero_pfn: u64,
-    huge_zero_pfn: u64,
+    /// Where `huge_zero_pfn` lives (0: unknown), read when needed.
+    huge_addr: u64,
 }
 
 /// Page class bits (`flag::PFN_ZERO` / `flag::PFN_HUGE_ZERO`), 0 for any other page.
 impl ZeroIds {
     #[inline(always)]
     pub fn load() -> Option<ZeroIds> {
-        let cfg = CONFIG.get(0)?;
+        let cfg = CONFIG.get_ptr_mut(0)?;
+        // SAFETY: the one config entry; see below for the one write.
+        let cfg = unsafe { &mut *cfg };
         if cfg.valid != 1 {
             return None;
         }
         let vmemmap = if cfg.vmemmap_base_addr != 0 {
-            unsafe { bpf_probe_read_kernel(cfg.vmemmap_base_addr as *const u64) }.ok()?
+            let v = unsafe { bpf_probe_read_kernel(cfg.vmemmap_base_addr as *const u64) }.ok()?;
+            // vmemmap_base is fixed at boot: the first run caches it for all
+            // (value before address, and every CPU stores the same value).
+            cfg.vmemmap_const = v;
+            cfg.vmemmap_base_addr = 0;
+            v
         } else {
             cfg.vmemmap_const
-        };
-        let huge_zero_pfn = if cfg.huge_zero_pfn_addr != 0 {
-            unsafe { bpf_probe_read_kernel(cfg.huge_zero_pfn_addr as *const u64) }.unwrap_or(!0)
-        } else {
-            !0
         };
         Some(ZeroIds {
             vmemmap,
             page_size: cfg.page_size,
             refcount_offset: cfg.refcount_offset,
             zero_pfn: cfg.zero_pfn,
-            huge_zero_pfn,
+            huge_addr: cfg.huge_zero_pfn_addr,
         })
     }
 
+    /// The huge zero page's pfn (`!0`: none), read now: it comes and goes.
+    #[inline(always)]
+    fn huge_pfn(&self) -> u64 {
+        if self.huge_addr == 0 {
+            return !0;
+        }
+        unsafe { bpf_probe_read_kernel(self.huge_addr as *const u64) }.unwrap_or(!0)
+    }
+
+    /// The zero page's `struct page` address.
+    #[inline(always)]
+    pub fn zero_page(&self) -> u64 {
+        self.vmemmap + self.zero_pfn * self.page_size
+    }
+
+    /// The huge zero page's `struct page` range (empty when there is none).
+    #[inline(always)]
+    pub fn huge_pages(&self) -> (u64, u64) {
+        let pfn = self.huge_pfn();
+        if pfn == !0 {
+            return (0, 0);
+        }
+        let start = self.vmemmap + pfn * self.page_size;
+        (start, start + HUGE_ZERO_PAGES * self.page_size)
+    }
+
+    /// Only a page that is not the 4 KiB zero page costs the huge read.
     #[inline(always)]
     pub fn class_of_pfn(&self, pfn: u64) -> u16 {
         if pfn == self.zero_pfn {
-            flag::PFN_ZERO
-        } else if self.huge_zero_pfn != !0
-            && pfn >= self.huge_zero_pfn
-            && pfn < self.huge_zero_pfn + HUGE_ZERO_PAGES
-        {
+            return flag::PFN_ZERO;
+        }
+        let huge = self.huge_pfn();
+        if huge != !0 && pfn >= huge && pfn < huge + HUGE_ZERO_PAGES {
             flag::PFN_HUGE_ZERO
         } else {
             0
@@ -141,17 +230,15 @@ impl ZeroIds {
 
     #[inline(always)]
     pub fn class_of_page(&self, page: u64) -> u16 {
-        let zero = self.vmemmap + self.zero_pfn * self.page_size;
-        if page == zero {
+        if page == self.zero_page() {
             return flag::PFN_ZERO;
         }
-        if self.huge_zero_pfn != !0 {
-            let huge = self.vmemmap + self.huge_zero_pfn * self.page_size;
-            if page >= huge && page < huge + HUGE_ZERO_PAGES * self.page_size {
-                return flag::PFN_HUGE_ZERO;
-            }
+        let (start, end) = self.huge_pages();
+        if page >= start && page < end {
+            flag::PFN_HUGE_ZERO
+        } else {
+            0
         }
-        0
     }
 
     /// The zero page's `_refcount`, read now.

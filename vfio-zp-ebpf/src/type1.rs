@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use vfio_zp_common::{ProbeId, counter, flag};
 
-use crate::shared::{ZeroIds, add, current_container, emit, hit, peek, stash, unstash};
+use crate::shared::{Tally, ZeroIds, add, current_container, emit, hit, peek, stash, unstash};
 
 #[inline(always)]
 fn args<const N: usize>(ctx: &ProbeContext) -> [u64; 6] {
@@ -40,12 +40,13 @@ pub fn type1_pin_ret(ctx: RetProbeContext) -> u32 {
     };
     let mut flags = 0;
     let mut refcount = None;
+    let t = Tally::get();
     match ZeroIds::load() {
         Some(z) if ret > 0 => {
             flags = z.class_of_pfn(pfn_base);
-            add(counter::TYPE1_PINNED, ret as u64);
+            t.add(counter::TYPE1_PINNED, ret as u64);
             if flags & flag::PFN_ZERO != 0 {
-                add(counter::TYPE1_ZERO_PINNED, ret as u64);
+                t.add(counter::TYPE1_ZERO_PINNED, ret as u64);
                 refcount = z.refcount();
             }
         }
@@ -53,7 +54,7 @@ pub fn type1_pin_ret(ctx: RetProbeContext) -> u32 {
         None => flags |= flag::NO_ZERO_PAGE_ID,
     }
     if ret > 0 && flags & flag::NO_ZERO_PAGE_ID != 0 {
-        add(counter::TYPE1_PINNED, ret as u64);
+        t.add(counter::TYPE1_PINNED, ret as u64);
     }
     emit(
         &ctx,

@@ -4,6 +4,7 @@
 //! The restart of a whole agent is proven in the VM lab.
 use aya::maps::{MapInfo, PerCpuArray, PerCpuValues};
 use vfio_zp::kernel::{pins, preflight, programs};
+use vfio_zp_common::{CounterBlock, counter};
 
 const RING: u32 = pins::DEFAULT_RING_BYTES;
 
@@ -67,9 +68,11 @@ fn pinned_counters_survive_a_reload_and_stale_builds_go() {
     let id = |m: &str| MapInfo::from_pin(p.dir.join(m)).unwrap().id();
     let (counters_id, events_id) = {
         let mut ebpf = programs::load_object_pinned(Some(&p.dir), None).unwrap();
-        let mut c: PerCpuArray<_, u64> =
+        let mut c: PerCpuArray<_, CounterBlock> =
             PerCpuArray::try_from(ebpf.take_map("COUNTERS").unwrap()).unwrap();
-        c.set(3, PerCpuValues::try_from(vec![7u64; cpus]).unwrap(), 0)
+        let mut block = [0u64; counter::COUNT as usize];
+        block[3] = 7;
+        c.set(0, PerCpuValues::try_from(vec![block; cpus]).unwrap(), 0)
             .unwrap();
         (id("COUNTERS"), id("EVENTS"))
     };
@@ -78,8 +81,12 @@ fn pinned_counters_survive_a_reload_and_stale_builds_go() {
     assert_eq!(again.reused, vec!["COUNTERS", "EVENTS"]);
     let mut ebpf = programs::load_object_pinned(Some(&again.dir), None).unwrap();
     assert_eq!((id("COUNTERS"), id("EVENTS")), (counters_id, events_id));
-    let c: PerCpuArray<_, u64> = PerCpuArray::try_from(ebpf.take_map("COUNTERS").unwrap()).unwrap();
-    assert_eq!(c.get(&3, 0).unwrap().iter().sum::<u64>(), 7 * cpus as u64);
+    let c: PerCpuArray<_, CounterBlock> =
+        PerCpuArray::try_from(ebpf.take_map("COUNTERS").unwrap()).unwrap();
+    assert_eq!(
+        c.get(&0, 0).unwrap().iter().map(|b| b[3]).sum::<u64>(),
+        7 * cpus as u64
+    );
     drop(ebpf);
 
     // Another ring size replaces the kept ring buffer, not the counters.

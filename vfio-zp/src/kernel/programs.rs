@@ -11,7 +11,7 @@ use aya::{
     maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{KProbe, kprobe::KProbeLinkId},
 };
-use vfio_zp_common::{PROBE_COUNT, ProbeId, ZeroPageConfig, counter};
+use vfio_zp_common::{CounterBlock, PROBE_COUNT, ProbeId, ZeroPageConfig, counter};
 
 use super::{
     kallsyms::Kallsyms,
@@ -34,7 +34,7 @@ enum Link {
 
 pub struct Probes {
     ebpf: Ebpf,
-    counters: PerCpuArray<MapData, u64>,
+    counters: PerCpuArray<MapData, CounterBlock>,
     links: BTreeMap<(ProbeId, &'static str), Link>,
     /// Where return probes are made; `None` without tracefs `kprobe_events`.
     tracefs: Option<PathBuf>,
@@ -347,11 +347,12 @@ impl Probes {
 
     /// Sums the per-CPU counters.
     pub fn counters(&self, t_ns: u64) -> Counters {
+        // One block per CPU; a failed read leaves every counter at 0.
+        let blocks = self.counters.get(&0, 0).ok();
         let get = |i: u32| -> u64 {
-            self.counters
-                .get(&i, 0)
-                .map(|v| v.iter().copied().sum())
-                .unwrap_or(0)
+            blocks
+                .as_ref()
+                .map_or(0, |b| b.iter().map(|c| c[i as usize]).sum())
         };
         let mut hits = BTreeMap::new();
         let mut drops = BTreeMap::new();

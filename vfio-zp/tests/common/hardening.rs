@@ -16,7 +16,7 @@ const RETURN_PROBES: usize = 8;
 /// measured 0.5-1.2 s to stop and 1.2 s to re-attach on 5.10, with the host's
 /// other core busy. The bounds catch what a regression looks like there
 /// (re-reading kallsyms on every reload took 9 s).
-const TCG_STOP: f64 = 3.0;
+pub const TCG_STOP: f64 = 3.0;
 pub const TCG_REATTACH: f64 = 4.0;
 
 pub fn check(kernel: &str, dir: &Path) -> Vec<String> {

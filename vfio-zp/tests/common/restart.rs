@@ -58,6 +58,26 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
     ) {
         fail(e);
     }
+    // SIGTERM to the agent holding a VM's model: out (probes detached,
+    // checkpoint written; the restore below proves the latter) in time.
+    if let Err(e) = super::hardening::timed(
+        kernel,
+        &read("agent-stop-uptime"),
+        "agent SIGTERM to exit (detach + checkpoint)",
+        1.0,
+        super::hardening::TCG_STOP,
+    ) {
+        fail(e);
+    }
+    let left = read("kprobe-events-after-agent-stop.txt")
+        .lines()
+        .filter(|l| l.contains(":vfio_zp/"))
+        .count();
+    if left != 0 {
+        fail(format!(
+            "{left} return probes left in kprobe_events after the agent's SIGTERM"
+        ));
+    }
     let log1 = read("agent-1.log");
     for said in [
         "removed maps pinned by another vfio-zp build (0ld-build)",

@@ -244,7 +244,11 @@ i=0
 while [ ! -e /run/release.mapped ] && [ $i -lt 600 ]; do sleep 0.5; i=$((i+1)); done
 sleep 2
 busybox wget -q -O "$RESULTS/restart-1.json" $SNAP
+# The agent's own stop, timed: detach, checkpoint of a model holding a VM.
+T0=$(cut -d' ' -f1 /proc/uptime)
 kill -TERM $AP; wait $AP || {{ echo "lab: agent 1 failed"; status=1; }}
+echo "$T0 $(cut -d' ' -f1 /proc/uptime)" > "$RESULTS/agent-stop-uptime"
+cat $KE > "$RESULTS/kprobe-events-after-agent-stop.txt" 2>/dev/null
 $AGENT 2> "$RESULTS/agent-2.log" &
 AP=$!
 agent_up 2

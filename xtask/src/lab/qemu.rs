@@ -34,6 +34,18 @@ pub fn run(
     timeout: Duration,
     echo: bool,
 ) -> anyhow::Result<Run> {
+    run_smp(k, results, command, timeout, echo, 1)
+}
+
+/// As [`run`], with `cpus` vCPUs (each a host thread under multi-threaded TCG).
+pub fn run_smp(
+    k: &Kernel,
+    results: &Path,
+    command: &str,
+    timeout: Duration,
+    echo: bool,
+    cpus: u32,
+) -> anyhow::Result<Run> {
     fs::create_dir_all(results)?;
     let results = fs::canonicalize(results)?;
     for f in ["exit-code", "console.log"] {
@@ -46,9 +58,8 @@ pub fn run(
     fs::write(results.join("guest-cmd.sh"), command)?;
     let initrd = initramfs::build(k, guest::INIT)?;
     let mut child = Command::new("qemu-system-x86_64")
-        .args([
-            "-accel", "tcg", "-M", "q35", "-cpu", "max", "-m", "2G", "-smp", "1",
-        ])
+        .args(["-accel", "tcg", "-M", "q35", "-cpu", "max", "-m", "2G"])
+        .args(["-smp", &cpus.to_string()])
         // e1000e NICs, each its own IOMMU group: as many containers can
         // run at once (two for the scenarios, all for the ring flood).
         .args(["-device", "intel-iommu,intremap=on,caching-mode=on"])
