@@ -5,16 +5,17 @@
 //! `checkpoint.json` holds the model and the decoder's id maps as of a
 //! journal generation; `journal-<generation>.jsonl` every line the agent
 //! applied after it, written before the ring-buffer record behind it is
-//! released. A restart (SIGTERM or kill -9) loads the checkpoint and
+//! released. The journal is a shared file mapping: a line is in the page
+//! cache (safe from kill -9) once copied in, without a write per event. A restart (SIGTERM or kill -9) loads the checkpoint and
 //! replays the journal, then goes on reading the pinned ring buffer, so
 //! nothing is counted twice and nothing already read is lost. The journal
 //! is folded into a new checkpoint once it grows past a bound.
 use std::{
     fs::File,
-    io::{BufRead, Write},
     path::{Path, PathBuf},
 };
 
+use memmap2::MmapMut;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -36,6 +37,48 @@ struct Checkpoint {
     decoder: Decoder,
 }
 
+/// A journal file mapped shared: appending is a copy, and a copied line is
+/// in the page cache, so it outlives the process however it ends.
+struct Journal {
+    file: File,
+    map: MmapMut,
+    len: usize,
+}
+
+impl Journal {
+    const FIRST: u64 = 1 << 20;
+
+    fn create(path: &Path) -> std::io::Result<Journal> {
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        file.set_len(Self::FIRST)?;
+        let map = Self::map(&file)?;
+        Ok(Journal { file, map, len: 0 })
+    }
+
+    fn map(file: &File) -> std::io::Result<MmapMut> {
+        // SAFETY: the file is ours, in a root-only directory, and only this
+        // process writes it while mapped; nothing truncates it under us.
+        unsafe { MmapMut::map_mut(file) }
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let end = self.len + bytes.len();
+        if end > self.map.len() {
+            let size = (self.map.len() * 2).max(end);
+            self.file.set_len(size as u64)?;
+            self.map = Self::map(&self.file)?;
+        }
+        self.map[self.len..end].copy_from_slice(bytes);
+        self.len = end;
+        Ok(())
+    }
+}
+
 /// What a restart found.
 pub struct Restored {
     pub model: Model,
@@ -51,7 +94,7 @@ pub struct State {
     build: String,
     boot_id: String,
     generation: u64,
-    journal: Option<File>,
+    journal: Option<Journal>,
     journal_bytes: u64,
     max_journal_bytes: u64,
     buf: Vec<u8>,
@@ -133,10 +176,14 @@ impl State {
         let mut decoder = decoder.resume();
         let journal = self.journal_path(cp.generation);
         let mut replayed = 0;
-        if let Ok(f) = File::open(&journal) {
-            let mut lines = std::io::BufReader::new(f).lines();
-            while let Some(Ok(text)) = lines.next() {
-                match serde_json::from_str::<Line>(&text) {
+        if let Ok(bytes) = std::fs::read(&journal) {
+            // The mapped file is zero-filled past the last line written.
+            let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+            for text in bytes[..end]
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+            {
+                match serde_json::from_slice::<Line>(text) {
                     Ok(Line::Ids(steps)) => decoder.replay(&steps.ops),
                     Ok(line) => model.apply(&line),
                     // A line cut by a kill: its record is still in the ring.
@@ -214,23 +261,18 @@ impl State {
         Ok(())
     }
 
-    /// Appends one line, unbuffered: it must be on file before the record
-    /// behind it leaves the ring buffer.
+    /// Appends one line: it must be in the file before the record behind
+    /// it leaves the ring buffer.
     pub fn append(&mut self, line: &Line) -> Result<(), String> {
         let path = self.journal_path(self.generation);
-        if self.journal.is_none() {
-            let f = File::options()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(|e| io(&path, e))?;
-            self.journal = Some(f);
-        }
         self.buf.clear();
         serde_json::to_writer(&mut self.buf, line).map_err(|e| io(&path, e))?;
         self.buf.push(b'\n');
-        if let Some(f) = &mut self.journal {
-            f.write_all(&self.buf).map_err(|e| io(&path, e))?;
+        if self.journal.is_none() {
+            self.journal = Some(Journal::create(&path).map_err(|e| io(&path, e))?);
+        }
+        if let Some(j) = &mut self.journal {
+            j.append(&self.buf).map_err(|e| io(&path, e))?;
         }
         self.journal_bytes += self.buf.len() as u64;
         Ok(())
@@ -284,15 +326,44 @@ mod tests {
             s.append(&l).unwrap();
             m.apply(&l);
         }
-        // A kill in the middle of a write.
-        let mut f = File::options()
-            .append(true)
-            .open(dir.join("journal-1.jsonl"))
+        // A kill in the middle of a copy: part of a line after the last one.
+        let path = dir.join("journal-1.jsonl");
+        let bytes = std::fs::read(&path).unwrap();
+        let end = bytes.iter().position(|b| *b == 0).unwrap();
+        use std::os::unix::fs::FileExt;
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .write_all_at(br#"{"record":"counters","t_"#, end as u64)
             .unwrap();
-        f.write_all(br#"{"record":"counters","t_"#).unwrap();
         let (_, r) = State::open(&dir, "b1", "boot", false, 1 << 20).unwrap();
         let r = r.unwrap();
         assert_eq!((r.replayed, r.last_t_ns), (2, 20));
+        assert_eq!(r.model.verdicts(), m.verdicts());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_mapped_journal_grows_and_a_killed_agent_leaves_every_line() {
+        let dir = tmp("grow");
+        let (mut s, _) = State::open(&dir, "b", "boot", false, u64::MAX).unwrap();
+        let mut m = Model::new(&header(), Config::default());
+        s.checkpoint(&m, &Decoder::default()).unwrap();
+        // Past the first mapping (1 MiB) twice over.
+        let mut t = 0;
+        while s.journal_bytes < 3 * Journal::FIRST {
+            t += 1;
+            s.append(&counters(t)).unwrap();
+            m.apply(&counters(t));
+        }
+        // No drop, no flush: as after kill -9.
+        std::mem::forget(s);
+        let r = State::open(&dir, "b", "boot", false, u64::MAX)
+            .unwrap()
+            .1
+            .unwrap();
+        assert_eq!((r.replayed, r.last_t_ns), (t, t));
         assert_eq!(r.model.verdicts(), m.verdicts());
         std::fs::remove_dir_all(&dir).unwrap();
     }
