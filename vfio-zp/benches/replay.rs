@@ -260,8 +260,9 @@ fn main() {
         rate(parse) / 1e6,
         rate(apply) / rate(parse)
     );
-    // The agent's other per-line cost: the journal line written before a
-    // ring record is released (JSON + one write), to a fresh state dir.
+    // The agent's other per-line cost: the journal line kept before a ring
+    // record is released (JSON, copied into the mapped file), to a fresh
+    // state dir.
     let state_dir =
         std::env::temp_dir().join(format!("vfio-zp-bench-state-{}", std::process::id()));
     let journal = best(rounds, || {
@@ -274,7 +275,7 @@ fn main() {
     });
     let _ = std::fs::remove_dir_all(&state_dir);
     println!(
-        "  journal:  {:>8.2} M lines/s written one by one (the agent's restart journal); model / journal = {:.2}x",
+        "  journal:  {:>8.2} M lines/s appended one by one (the agent's restart journal); model / journal = {:.2}x",
         rate(journal) / 1e6,
         rate(apply) / rate(journal)
     );

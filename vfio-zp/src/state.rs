@@ -6,10 +6,11 @@
 //! journal generation; `journal-<generation>.jsonl` every line the agent
 //! applied after it, written before the ring-buffer record behind it is
 //! released. The journal is a shared file mapping: a line is in the page
-//! cache (safe from kill -9) once copied in, without a write per event. A restart (SIGTERM or kill -9) loads the checkpoint and
-//! replays the journal, then goes on reading the pinned ring buffer, so
-//! nothing is counted twice and nothing already read is lost. The journal
-//! is folded into a new checkpoint once it grows past a bound.
+//! cache (safe from kill -9) once copied in, without a write per event.
+//! A restart (SIGTERM or kill -9) loads the checkpoint and replays the
+//! journal, then goes on reading the pinned ring buffer, so nothing is
+//! counted twice and nothing already read is lost. The journal is folded
+//! into a new checkpoint once it grows past a bound.
 use std::{
     fs::File,
     path::{Path, PathBuf},

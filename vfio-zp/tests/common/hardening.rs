@@ -137,7 +137,7 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
 
     // Return probes: gone after a clean stop; left by SIGKILL; removed by
     // the next start.
-    let ours = |f: &str| read(f).lines().filter(|l| l.contains(":vfio_zp/")).count();
+    let ours = |f: &str| our_return_probes(&read(f));
     if ours("kprobe-events-after-stop.txt") != 0 {
         fail("return probes left in kprobe_events after SIGTERM".into());
     }
@@ -172,6 +172,14 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
 
 /// Checks a `T0 T1` pair of guest uptimes against the lab bound, printing
 /// the figure next to the real-host target either way.
+/// The agent's return probes in a copy of tracefs `kprobe_events`.
+pub fn our_return_probes(kprobe_events: &str) -> usize {
+    kprobe_events
+        .lines()
+        .filter(|l| l.contains(":vfio_zp/"))
+        .count()
+}
+
 pub fn timed(kernel: &str, text: &str, what: &str, target: f64, bound: f64) -> Result<(), String> {
     let t: Vec<f64> = text
         .split_whitespace()

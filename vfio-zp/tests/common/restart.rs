@@ -69,10 +69,7 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
     ) {
         fail(e);
     }
-    let left = read("kprobe-events-after-agent-stop.txt")
-        .lines()
-        .filter(|l| l.contains(":vfio_zp/"))
-        .count();
+    let left = super::hardening::our_return_probes(&read("kprobe-events-after-agent-stop.txt"));
     if left != 0 {
         fail(format!(
             "{left} return probes left in kprobe_events after the agent's SIGTERM"
