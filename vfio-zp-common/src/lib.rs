@@ -201,6 +201,12 @@ pub struct ZeroPageConfig {
     pub signal_rlim: u64,
     pub task_cred: u64,
     pub cred_cap_effective: u64,
+    /// Unread bytes in the ring buffer at which a record wakes the agent
+    /// (0: every record may wake it, the kernel's default). Below it records
+    /// are written without a wake-up and the agent's timer collects them:
+    /// a wake-up (irq_work, then the agent's epoll) costs more than the
+    /// record itself.
+    pub wake_bytes: u64,
 }
 
 /// `RLIMIT_MEMLOCK`'s index in `signal_struct.rlim` (asm-generic, x86-64).

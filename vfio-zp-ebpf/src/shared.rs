@@ -1,6 +1,7 @@
 //! Maps and helpers every probe family uses.
 use aya_ebpf::{
     EbpfContext,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
@@ -328,5 +329,24 @@ pub fn emit_with_limit<C: EbpfContext>(
         args,
         limit,
     });
-    entry.submit(0);
+    entry.submit(wake_flags());
+}
+
+/// Wakes the agent only for the record that brings the unread bytes up to
+/// the configured mark (records are all one size, so exactly one lands in
+/// the window while the agent sleeps); any other record is written without
+/// a wake-up and waits for the agent's tick or that record.
+#[inline(always)]
+fn wake_flags() -> u64 {
+    const RECORD: u64 = (core::mem::size_of::<Event>() as u64 + 8 + 7) & !7;
+    let wake = match CONFIG.get(0) {
+        Some(c) if c.wake_bytes != 0 => c.wake_bytes,
+        _ => return 0,
+    };
+    let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    if avail >= wake && avail < wake + RECORD {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
 }

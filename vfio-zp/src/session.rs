@@ -53,7 +53,9 @@ pub struct Session {
 
 const POLL: Duration = Duration::from_millis(500);
 /// How often /sys/module is looked at for vfio_iommu_type1 (one stat): a
-/// reload is re-attached well inside 2 s of the load.
+/// reload is re-attached well inside 2 s of the load. The ring buffer is
+/// drained on the same tick: the probes wake the agent only when an eighth
+/// of the ring is unread, so a trickle of events waits at most this long.
 const MODULE_POLL: Duration = Duration::from_millis(100);
 /// Unchanged counters are written again after this long: a heartbeat that
 /// keeps /healthz and the published snapshot fresh on an idle host.
@@ -210,12 +212,15 @@ impl Session {
                     drain(guard.get_inner_mut(), &mut self.decoder, &mut self.resolver, &mut sink)?;
                     guard.clear_ready();
                 }
-                _ = module_tick.tick() => self.watch_module(&mut sink)?,
+                _ = module_tick.tick() => {
+                    self.drain_ring(&mut sink)?;
+                    self.watch_module(&mut sink)?;
+                }
                 _ = tick.tick() => {
                     self.probes.flush_log();
                     // Events first, so the counters and refcount read after them.
                     self.drain_ring(&mut sink)?;
-                    let c = self.counters();
+                    let c = self.counters(false);
                     let key = (c.hits.clone(), c.drops.clone(), c.zero_refcount);
                     if last_counters.as_ref() != Some(&key) || last_sent.elapsed() >= HEARTBEAT {
                         last_counters = Some(key);
@@ -227,13 +232,13 @@ impl Session {
         }
         self.drain_ring(&mut sink)?;
         self.probes.flush_log();
-        let mut c = self.counters();
+        let mut c = self.counters(true);
         c.last = true;
         sink(Line::Counters(c))
     }
 
-    fn counters(&self) -> crate::record::Counters {
-        let mut c = self.probes.counters(kernel::monotonic_ns());
+    fn counters(&mut self, settled: bool) -> crate::record::Counters {
+        let mut c = self.probes.counters(kernel::monotonic_ns(), settled);
         c.zero_refcount = self.refcount.as_ref().and_then(|r| r.read().ok());
         c
     }

@@ -44,7 +44,15 @@ pub struct Probes {
     /// kallsyms (seconds on a slow machine).
     before_unload: Vec<ProbeStatus>,
     log: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// Return-probe misses as last read from kprobe_profile, with the total
+    /// hits and the time of that read: an idle agent re-reads the file only
+    /// every [`MISSES_STALE`] (a miss where no program of ours ran moves no
+    /// hit), a busy one on every counters read.
+    misses: Option<(u64, std::time::Instant, BTreeMap<String, u64>)>,
 }
+
+/// How long unchanged hits let the last kprobe_profile reading stand.
+const MISSES_STALE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Loads every program (verifier only, no attach). Used by `Probes::load`
 /// and by the verifier test, which runs on kernels without kprobes.
@@ -88,9 +96,16 @@ pub fn load_object_pinned(
     Ok(ebpf)
 }
 
+/// Unread bytes at which the probes wake the agent: an eighth of the ring,
+/// so a burst is taken in batches long before it could fill the ring. Less
+/// than that waits for the agent's next tick.
+pub fn wake_bytes(ring_bytes: u32) -> u64 {
+    u64::from(ring_bytes / 8).max(1)
+}
+
 impl Probes {
     pub fn load(
-        config: ZeroPageConfig,
+        mut config: ZeroPageConfig,
         pins: Option<&std::path::Path>,
         ring_bytes: Option<u32>,
     ) -> Result<Probes, Fatal> {
@@ -101,6 +116,7 @@ impl Probes {
                 .ok_or_else(|| load("CONFIG", &"missing"))?,
         )
         .map_err(|e| load("CONFIG", &e))?;
+        config.wake_bytes = wake_bytes(ring_bytes.unwrap_or(super::pins::DEFAULT_RING_BYTES));
         cfg.set(0, config, 0).map_err(|e| load("CONFIG", &e))?;
         let counters = PerCpuArray::try_from(
             ebpf.take_map("COUNTERS")
@@ -125,6 +141,7 @@ impl Probes {
             links: BTreeMap::new(),
             tracefs,
             status: Vec::new(),
+            misses: None,
             before_unload: Vec::new(),
             log,
         })
@@ -346,7 +363,8 @@ impl Probes {
     }
 
     /// Sums the per-CPU counters.
-    pub fn counters(&self, t_ns: u64) -> Counters {
+    /// `settled` re-reads the misses whatever the hits say (the last line).
+    pub fn counters(&mut self, t_ns: u64, settled: bool) -> Counters {
         // One block per CPU; a failed read leaves every counter at 0.
         let blocks = self.counters.get(&0, 0).ok();
         let get = |i: u32| -> u64 {
@@ -361,20 +379,15 @@ impl Probes {
             drops.insert(p.label.to_string(), get(counter::DROPS + p.probe as u32));
         }
         debug_assert_eq!(hits.len(), PROBE_COUNT);
-        // Return probes that found no free instance (kprobe_profile "misses").
-        let mut misses = BTreeMap::new();
-        if let Some(t) = &self.tracefs {
-            let profile = retprobe::read_profile(t);
-            for ((probe, _), link) in &self.links {
-                if let Link::Trace(tr) = link
-                    && let Some((_, m)) = profile.get(tr.event())
-                {
-                    *misses
-                        .entry(super::probe_points::point(*probe).label.to_string())
-                        .or_insert(0) += m;
-                }
+        let total: u64 = hits.values().sum();
+        let misses = match &self.misses {
+            Some((h, at, m)) if !settled && *h == total && at.elapsed() < MISSES_STALE => m.clone(),
+            _ => {
+                let m = self.read_misses();
+                self.misses = Some((total, std::time::Instant::now(), m.clone()));
+                m
             }
-        }
+        };
         Counters {
             t_ns,
             hits,
@@ -395,5 +408,23 @@ impl Probes {
             zero_refcount: None,
             last: false,
         }
+    }
+
+    /// Return probes that found no free instance (kprobe_profile "misses").
+    fn read_misses(&self) -> BTreeMap<String, u64> {
+        let mut misses = BTreeMap::new();
+        if let Some(t) = &self.tracefs {
+            let profile = retprobe::read_profile(t);
+            for ((probe, _), link) in &self.links {
+                if let Link::Trace(tr) = link
+                    && let Some((_, m)) = profile.get(tr.event())
+                {
+                    *misses
+                        .entry(super::probe_points::point(*probe).label.to_string())
+                        .or_insert(0) += m;
+                }
+            }
+        }
+        misses
     }
 }

@@ -71,6 +71,7 @@ pub fn config(syms: &Kallsyms, layout: PageLayout, zero_pfn: u64) -> ZeroPageCon
         signal_rlim: layout.task.map_or(0, |t| t.signal_rlim),
         task_cred: layout.task.map_or(0, |t| t.task_cred),
         cred_cap_effective: layout.task.map_or(0, |t| t.cred_cap_effective),
+        wake_bytes: 0,
     }
 }
 
