@@ -134,6 +134,10 @@ pub mod flag {
     pub const LIMITS: u16 = 1 << 7;
     /// With `LIMITS`: the caller had CAP_IPC_LOCK in its effective set.
     pub const CAP_IPC_LOCK: u16 = 1 << 8;
+    /// A GupUnpinPage record that sums the zero-page `unpin_user_page`
+    /// calls one `vfio_pin_pages_remote` call made (args: calls, zero
+    /// pages); written before that thread's next record.
+    pub const FOLDED: u16 = 1 << 9;
 }
 
 /// One record in the ring buffer. The meaning of `args` depends on `probe`:
@@ -145,7 +149,7 @@ pub mod flag {
 /// | PutPfn | pfn, prot, returned (i64: 1 = page released) |
 /// | LockAcct | dma, npage (i64 delta), async, returned (i64) |
 /// | GupPinRemote / GupPin | start, nr_pages, gup_flags, returned (i64), zero pages, huge-zero pages |
-/// | GupUnpin* | npages, zero pages, huge-zero pages, make_dirty |
+/// | GupUnpin* | npages, zero pages, huge-zero pages, make_dirty (GupUnpinPage with `flag::FOLDED`: several calls) |
 /// | Type1Open | container (iommu_data; 0 when the open failed) |
 /// | Type1Release | container |
 /// | RemoveDma | container, dma |

@@ -9,7 +9,10 @@ use aya_ebpf::{
 };
 use vfio_zp_common::{MAX_PAGES_SCANNED, ProbeId, counter, flag};
 
-use crate::shared::{Tally, ZeroIds, current_container, emit, hit, peek, stash, unstash};
+use crate::shared::{
+    NO_FOLD, Tally, ZeroIds, current_container, emit, flush_folded, hit, open_pin_call, stash,
+    unstash,
+};
 
 /// Running tallies for `scan`, kept in map memory: the verifier does not
 /// track map contents, so the loop's states prune instead of multiplying
@@ -52,13 +55,19 @@ fn scan(z: &ZeroIds, pages: u64, n: u64) -> (u64, u64, u16) {
 #[inline(always)]
 fn pin_entry(ctx: &ProbeContext, probe: ProbeId, first: usize) {
     hit(probe);
+    // Its refcount reading must come after the unpins before it.
+    let call = open_pin_call();
+    let in_type1 = call.is_some() as u64;
+    if let Some(c) = call {
+        flush_folded(ctx, c);
+    }
     // (start, nr_pages, gup_flags, pages) start at argument `first`.
     let a = [
         ctx.arg::<u64>(first).unwrap_or(0),
         ctx.arg::<u64>(first + 1).unwrap_or(0),
         ctx.arg::<u64>(first + 2).unwrap_or(0) & 0xffff_ffff,
         ctx.arg::<u64>(first + 3).unwrap_or(0),
-        peek(ProbeId::Type1Pin).is_some() as u64,
+        in_type1,
         0,
     ];
     stash(probe, &a);
@@ -134,6 +143,12 @@ fn unpin(ctx: &ProbeContext, probe: ProbeId, pages: u64, n: u64, make_dirty: u64
     }
     t.add(counter::GUP_ZERO_UNPINNED, zero);
     t.add(counter::GUP_HUGE_ZERO_UNPINNED, huge);
+    // A batch unpin inside a type1 pin may call unpin_user_page for the
+    // same pages: those must stay records of their own (see NO_FOLD).
+    if let Some(c) = open_pin_call() {
+        flush_folded(ctx, c);
+        c.args[5] |= NO_FOLD;
+    }
     let rc = if zero > 0 { z.refcount() } else { None };
     emit(
         ctx,
@@ -145,7 +160,9 @@ fn unpin(ctx: &ProbeContext, probe: ProbeId, pages: u64, n: u64, make_dirty: u64
     );
 }
 
-/// unpin_user_page(page): classified by the page pointer itself.
+/// unpin_user_page(page): classified by the page pointer itself. Inside a
+/// type1 pin call, zero pages are only counted; the call's return writes
+/// them as one record.
 #[kprobe]
 pub fn gup_unpin_page(ctx: ProbeContext) -> u32 {
     let t = hit(ProbeId::GupUnpinPage);
@@ -155,14 +172,20 @@ pub fn gup_unpin_page(ctx: ProbeContext) -> u32 {
     if class == 0 {
         return 0;
     }
-    let rc = if class == flag::PFN_ZERO {
+    let zero = (class == flag::PFN_ZERO) as u64;
+    if zero != 0 {
         t.add(counter::GUP_ZERO_UNPINNED, 1);
-        z.refcount()
     } else {
         t.add(counter::GUP_HUGE_ZERO_UNPINNED, 1);
-        None
-    };
-    let zero = (class == flag::PFN_ZERO) as u64;
+    }
+    if let Some(c) = open_pin_call() {
+        if zero != 0 && c.args[5] & NO_FOLD == 0 {
+            c.args[5] += 1;
+            return 0;
+        }
+        flush_folded(&ctx, c);
+    }
+    let rc = if zero != 0 { z.refcount() } else { None };
     emit(
         &ctx,
         ProbeId::GupUnpinPage,

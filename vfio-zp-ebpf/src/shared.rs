@@ -143,6 +143,66 @@ pub fn peek(probe: ProbeId) -> Option<[u64; 6]> {
     unsafe { ((*p).live != 0).then_some((*p).args) }
 }
 
+/// Zero-page `unpin_user_page` calls inside one `vfio_pin_pages_remote` call
+/// (the 873aefb loop: 512 per GUP batch on 6.1) are counted in that call's
+/// stash slot, `args[5]`, and written as one GupUnpinPage record: a record
+/// costs several times an entry program. This bit in the slot stops folding
+/// for the rest of the call once a batch unpin ran inside it, whose nested
+/// `unpin_user_page` the model matches against the batch record.
+pub const NO_FOLD: u64 = 1 << 63;
+
+/// This thread's open `vfio_pin_pages_remote` call, if any.
+#[inline(always)]
+pub fn open_pin_call() -> Option<&'static mut Parked> {
+    let p = STASH.get_ptr_mut(&key(ProbeId::Type1Pin))?;
+    // SAFETY: only this thread uses this key.
+    let p = unsafe { &mut *p };
+    (p.live != 0).then_some(p)
+}
+
+/// Writes the unpins `call` holds back, so they precede whatever this thread
+/// writes next: a refcount reading must follow every unpin that ran first.
+#[inline(always)]
+pub fn flush_folded<C: EbpfContext>(ctx: &C, call: &mut Parked) {
+    let n = call.args[5] & !NO_FOLD;
+    if n != 0 {
+        call.args[5] &= NO_FOLD;
+        emit_folded(ctx, n);
+    }
+}
+
+/// One GupUnpinPage record for `n` zero-page unpins (no refcount: it moved
+/// during them).
+#[inline(always)]
+pub fn emit_folded<C: EbpfContext>(ctx: &C, n: u64) {
+    emit(
+        ctx,
+        ProbeId::GupUnpinPage,
+        flag::PFN_ZERO | flag::FOLDED,
+        None,
+        current_container(),
+        [n, n, 0, 0, 0, 0],
+    );
+}
+
+/// Parks a `vfio_pin_pages_remote` call's arguments; unpins still held back
+/// from an earlier call whose return was missed are written first.
+#[inline(always)]
+pub fn stash_pin_call<C: EbpfContext>(ctx: &C, args: &[u64; 6]) {
+    match STASH.get_ptr_mut(&key(ProbeId::Type1Pin)) {
+        Some(p) => {
+            // SAFETY: only this thread uses this key.
+            let p = unsafe { &mut *p };
+            if p.live != 0 {
+                flush_folded(ctx, p);
+            }
+            p.args = *args;
+            p.live = 1;
+        }
+        None => stash(ProbeId::Type1Pin, args),
+    }
+}
+
 /// The container key of the type1 ioctl this thread is inside, or 0.
 #[inline(always)]
 pub fn current_container() -> u64 {

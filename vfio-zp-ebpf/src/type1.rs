@@ -6,7 +6,10 @@ use aya_ebpf::{
 };
 use vfio_zp_common::{ProbeId, counter, flag};
 
-use crate::shared::{Tally, ZeroIds, add, current_container, emit, hit, peek, stash, unstash};
+use crate::shared::{
+    NO_FOLD, Tally, ZeroIds, add, current_container, emit, emit_folded, flush_folded, hit,
+    open_pin_call, peek, stash, stash_pin_call, unstash,
+};
 
 #[inline(always)]
 fn args<const N: usize>(ctx: &ProbeContext) -> [u64; 6] {
@@ -23,7 +26,7 @@ fn args<const N: usize>(ctx: &ProbeContext) -> [u64; 6] {
 #[kprobe]
 pub fn type1_pin(ctx: ProbeContext) -> u32 {
     hit(ProbeId::Type1Pin);
-    stash(ProbeId::Type1Pin, &args::<5>(&ctx));
+    stash_pin_call(&ctx, &args::<5>(&ctx));
     0
 }
 
@@ -33,6 +36,11 @@ pub fn type1_pin_ret(ctx: RetProbeContext) -> u32 {
     let Some(a) = unstash(ProbeId::Type1Pin) else {
         return 0;
     };
+    // The call's zero-page unpins, held back (gup.rs), go before its record.
+    let folded = a[5] & !NO_FOLD;
+    if folded != 0 {
+        emit_folded(&ctx, folded);
+    }
     let pfn_base = if ret > 0 {
         unsafe { bpf_probe_read_kernel(a[3] as *const u64) }.unwrap_or(0)
     } else {
@@ -126,6 +134,9 @@ pub fn put_pfn_ret(ctx: RetProbeContext) -> u32 {
     let Some(z) = ZeroIds::load() else { return 0 };
     let f = z.class_of_pfn(a[0]);
     if f != 0 {
+        if let Some(c) = open_pin_call() {
+            flush_folded(&ctx, c);
+        }
         let rc = if f & flag::PFN_ZERO != 0 {
             z.refcount()
         } else {

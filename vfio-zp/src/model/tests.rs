@@ -228,6 +228,69 @@ fn gup_ignoring_the_zero_page_is_inferred_and_never_leaks() {
     assert_eq!(v.processes[0].uncharged_zero_page_bytes, 4 * 4096);
 }
 
+/// The probes fold type1's per-page zero-page unpins inside one pin call
+/// into one event without a refcount (flag::FOLDED): the model must reach
+/// the same verdicts as from the calls one by one, on both GUP behaviours.
+#[test]
+fn folded_unpins_in_the_pin_path_equal_the_calls() {
+    for (release, version, refs) in [
+        ("6.1.0-56-amd64", "#1 SMP Debian 6.1.192-1", 1),
+        ("5.10.0-32-amd64", "#1 SMP Debian 5.10.223-1", 1 + 4 * 1024),
+    ] {
+        let run = |folded: bool| {
+            let mut r = Run::new(release, Some(version));
+            for _ in 0..2 {
+                r.gup(4, refs);
+                if folded {
+                    r.ev(
+                        What::GupUnpin {
+                            func: UnpinFn::UnpinUserPage,
+                            npages: 4,
+                            zero_pages: 4,
+                            huge_zero_pages: 0,
+                            truncated: false,
+                        },
+                        None,
+                    );
+                } else {
+                    for i in 0..4 {
+                        r.unpin(1, refs - i * (refs - 1) / 4);
+                    }
+                }
+                for _ in 0..4 {
+                    r.pin(1, 1, PageClass::Zero);
+                }
+            }
+            let v = r.m.verdicts();
+            let c = r.container();
+            let traits = [Trait::GupPinsZeroPage, Trait::Type1UnpinsZeroPage].map(|t| {
+                (
+                    v.behaviour[t as usize].value,
+                    v.behaviour[t as usize].source,
+                )
+            });
+            (
+                (c.zero_page_pins_live, c.zero_page_pins_leaked),
+                c.leak,
+                c.pinned_pages.zero,
+                traits,
+                v.divergences.len(),
+                v.host.unexplained_refs,
+            )
+        };
+        let (one_by_one, folded) = (run(false), run(true));
+        assert_eq!(folded, one_by_one, "{release}");
+        assert_eq!(folded.0, (0, 0), "{release}: nothing survives the pin path");
+        assert_eq!(folded.2, 8, "{release}");
+        assert_eq!(folded.4, 0, "{release}: no divergence");
+        assert_eq!(
+            folded.3[0].0,
+            refs > 1,
+            "{release}: GUP's zero-page refcounting seen from the batch readings alone"
+        );
+    }
+}
+
 #[test]
 fn lock_acct_is_checked_against_the_page_classes() {
     let mut r = Run::new("6.12.117", None);
