@@ -79,6 +79,9 @@ pub struct PinCall {
     /// Charges made before the mapping they belong to was first seen.
     pub unattached: i64,
     pub read_only_gup: bool,
+    /// When it last took GUP zero-page pins (event time).
+    #[serde(default)]
+    pub zero_pinned_ns: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -138,6 +138,10 @@ const MAX_BLIND: usize = 64;
 /// Unattributed type1 activity (no container id seen) is kept under id 0.
 pub const UNATTRIBUTED: Id = 0;
 const MAX_NOTES: usize = 1000;
+/// How long a pin call holding zero-page pins can make another thread's
+/// refcount reading race (event time); a call whose return was lost stops
+/// mattering after it.
+const RACE_WINDOW_NS: u64 = 1_000_000_000;
 
 impl Model {
     pub fn new(header: &Header, cfg: Config) -> Model {
@@ -294,7 +298,23 @@ impl Model {
         }
     }
 
-    fn probe_reading(&mut self, value: i64, t_ns: u64) {
+    /// Whether another thread is inside a pin call whose zero-page pins are
+    /// not all accounted for: its unpins may already have run in the kernel
+    /// while their event (folded until the thread writes again) is still to
+    /// come, so a reading now compares with a count that is not there yet.
+    fn racing(&self, pid: u32, t_ns: u64) -> bool {
+        self.in_flight.iter().any(|(p, c)| {
+            *p != pid
+                && c.zero_pinned > c.zero_unpinned
+                && t_ns.saturating_sub(c.zero_pinned_ns) < RACE_WINDOW_NS
+        })
+    }
+
+    fn probe_reading(&mut self, value: i64, e: &Event) {
+        let t_ns = e.t_ns;
+        if self.racing(e.pid, t_ns) {
+            return;
+        }
         match self.zero.vote(value) {
             Vote::Pins => self.behaviour.observe(Trait::GupPinsZeroPage, true),
             Vote::Ignores => self.behaviour.observe(Trait::GupPinsZeroPage, false),
@@ -401,6 +421,9 @@ impl Model {
                     let call = self.in_flight.entry(e.pid).or_default();
                     call.container = call.container.or(e.container);
                     call.zero_pinned += zero;
+                    if zero > 0 {
+                        call.zero_pinned_ns = e.t_ns;
+                    }
                     call.huge_zero_pinned += huge;
                     call.read_only_gup |= read_only;
                     let id = call.container.unwrap_or(UNATTRIBUTED);
@@ -414,7 +437,7 @@ impl Model {
                     self.other_zero_pins += zero;
                 }
                 if let Some(r) = e.zero_refcount {
-                    self.probe_reading(r.value as i64, e.t_ns);
+                    self.probe_reading(r.value as i64, e);
                 }
             }
             What::GupUnpin {
@@ -426,7 +449,7 @@ impl Model {
             } => {
                 // Read before the unpin ran.
                 if let Some(r) = e.zero_refcount {
-                    self.probe_reading(r.value as i64, e.t_ns);
+                    self.probe_reading(r.value as i64, e);
                 }
                 let this = (*func, *npages, *zero_pages, *huge_zero_pages);
                 if let Some(outer) = self.last_unpin.insert(e.pid, this)

@@ -53,11 +53,16 @@ impl Run {
     }
 
     fn ev(&mut self, what: What, refcount: Option<(i32, When)>) {
+        self.ev_on(PID, what, refcount);
+    }
+
+    /// An event of thread `pid` of the same VM.
+    fn ev_on(&mut self, pid: u32, what: What, refcount: Option<(i32, When)>) {
         self.t += 1_000_000;
         self.m.apply(&Line::Event(Event {
             t_ns: self.t,
             tgid: PID,
-            pid: PID,
+            pid,
             comm: "qemu".into(),
             cgroup_id: 7,
             container: Some(C),
@@ -288,6 +293,72 @@ fn folded_unpins_in_the_pin_path_equal_the_calls() {
             refs > 1,
             "{release}: GUP's zero-page refcounting seen from the batch readings alone"
         );
+    }
+}
+
+/// Thread A's folded unpins ran in the kernel before thread B read the
+/// refcount, but their event comes after B's: B's reading must not be
+/// compared while A's call holds pins it may have dropped. A call whose
+/// return never came stops shielding readings after a second.
+#[test]
+fn readings_racing_another_threads_pin_call_are_not_compared() {
+    const B: u32 = PID + 1;
+    let gup_b = |r: &mut Run, refs| {
+        r.ev_on(
+            B,
+            What::GupPin {
+                remote: true,
+                start: 0,
+                nr_pages: 1,
+                gup_flags: 0x10000,
+                pinned: 1,
+                zero_pages: 1,
+                huge_zero_pages: 0,
+                in_type1: true,
+                truncated: false,
+            },
+            Some((refs, When::After)),
+        )
+    };
+    for stale in [false, true] {
+        let mut r = Run::new("5.10.0-32-amd64", Some("#1 SMP Debian 5.10.223-1"));
+        r.gup(4, 1 + 4 * 1024);
+        if stale {
+            r.t += 2_000_000_000;
+        }
+        // The kernel already dropped A's four pins: B's pin is the only one.
+        gup_b(&mut r, 1 + 1024);
+        let diverged = !r.m.verdicts().divergences.is_empty();
+        assert_eq!(diverged, stale, "stale call {stale}");
+        if stale {
+            continue;
+        }
+        r.ev(
+            What::GupUnpin {
+                func: UnpinFn::UnpinUserPage,
+                npages: 4,
+                zero_pages: 4,
+                huge_zero_pages: 0,
+                truncated: false,
+            },
+            None,
+        );
+        r.pin(1, 4, PageClass::Zero);
+        // Settled again: B's next reading is compared, and agrees.
+        r.ev_on(
+            B,
+            What::GupUnpin {
+                func: UnpinFn::UnpinUserPage,
+                npages: 1,
+                zero_pages: 1,
+                huge_zero_pages: 0,
+                truncated: false,
+            },
+            Some((1 + 1024, When::Before)),
+        );
+        let v = r.m.verdicts();
+        assert!(v.divergences.is_empty(), "{:?}", v.divergences);
+        assert_eq!(v.host.zero_page_refcount, Some(1));
     }
 }
 
