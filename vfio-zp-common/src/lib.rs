@@ -155,6 +155,9 @@ pub mod flag {
 /// | RemoveDma | container, dma |
 /// | Type1Ioctl | cmd, returned (i64), flags, vaddr, iova, size (as returned for UNMAP); MAP also sets `limit` (`flag::LIMITS`) |
 ///
+/// Type1Pin and Type1Unpin records of zero pages inside one MAP/UNMAP ioctl
+/// may each sum a run of calls (docs/recording.md).
+///
 /// `container` is the container key of the enclosing type1 ioctl or release
 /// on this thread (0 when none); `dma` and `container` are opaque kernel keys.
 #[repr(C)]

@@ -10,32 +10,34 @@ use aya_ebpf::{
 use vfio_zp_common::{MAX_PAGES_SCANNED, ProbeId, counter, flag};
 
 use crate::shared::{
-    NO_FOLD, Tally, ZeroIds, current_container, emit, flush_folded, hit, open_pin_call, stash,
-    unstash,
+    NO_FOLD, Tally, ZeroIds, emit, flush_folded, hit, open_pin_call, stash, unstash,
 };
 
 /// Running tallies for `scan`, kept in map memory: the verifier does not
 /// track map contents, so the loop's states prune instead of multiplying
 /// with every distinct (zero, huge) count.
 #[map]
-static SCAN: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+static SCAN: PerCpuArray<[u64; 3]> = PerCpuArray::with_max_entries(1, 0);
 
-/// Zero and huge-zero entries among the first `n` of `pages`.
+/// Zero and huge-zero entries among the first `n` of `pages`, and `n`
+/// itself read back from map memory: the loop bounds `n` differently at
+/// each of its 512 exits, and a record that used those `n`s would be
+/// verified once per exit.
 #[inline(always)]
-fn scan(z: &ZeroIds, pages: u64, n: u64) -> (u64, u64, u16) {
+fn scan(z: &ZeroIds, pages: u64, n: u64) -> (u64, u64, u16, u64) {
     let flags = if n > MAX_PAGES_SCANNED as u64 {
         flag::TRUNCATED
     } else {
         0
     };
     let Some(tally) = SCAN.get_ptr_mut(0) else {
-        return (0, 0, flags);
+        return (0, 0, flags, n);
     };
     // SAFETY: per-CPU slot; BPF programs do not nest on one CPU.
     let tally = unsafe { &mut *tally };
     // Plain bounds, read once: nothing in the loop branches on the config.
     let (zero, huge) = (z.zero_page(), z.huge_pages());
-    *tally = [0, 0];
+    *tally = [0, 0, n];
     for i in 0..MAX_PAGES_SCANNED as u64 {
         if i >= n {
             break;
@@ -49,7 +51,9 @@ fn scan(z: &ZeroIds, pages: u64, n: u64) -> (u64, u64, u16) {
             tally[1] += 1;
         }
     }
-    (tally[0], tally[1], flags)
+    // SAFETY: the slot above; volatile so the compiler does not forward `n`.
+    let n = unsafe { core::ptr::read_volatile(&tally[2]) };
+    (tally[0], tally[1], flags, n)
 }
 
 #[inline(always)]
@@ -78,11 +82,11 @@ fn pin_return(ctx: &RetProbeContext, probe: ProbeId) {
     let ret: i64 = ctx.ret();
     let Some(a) = unstash(probe) else { return };
     let mut flags = if a[4] != 0 { flag::IN_TYPE1 } else { 0 };
-    let (mut zero, mut huge, mut refcount) = (0, 0, None);
+    let (mut zero, mut huge, mut refcount, mut pinned) = (0, 0, None, ret as u64);
     match ZeroIds::load() {
         Some(z) if ret > 0 && a[3] != 0 => {
-            let (zz, hh, f) = scan(&z, a[3], ret as u64);
-            (zero, huge) = (zz, hh);
+            let (zz, hh, f, n) = scan(&z, a[3], ret as u64);
+            (zero, huge, pinned) = (zz, hh, n);
             flags |= f;
             let t = Tally::get();
             t.add(counter::GUP_ZERO_PINNED, zero);
@@ -100,8 +104,7 @@ fn pin_return(ctx: &RetProbeContext, probe: ProbeId) {
             probe,
             flags,
             refcount,
-            current_container(),
-            [a[0], a[1], a[2], ret as u64, zero, huge],
+            [a[0], a[1], a[2], pinned, zero, huge],
         );
     }
 }
@@ -137,7 +140,7 @@ pub fn gup_pin_ret(ctx: RetProbeContext) -> u32 {
 fn unpin(ctx: &ProbeContext, probe: ProbeId, pages: u64, n: u64, make_dirty: u64) {
     let t = hit(probe);
     let Some(z) = ZeroIds::load() else { return };
-    let (zero, huge, flags) = scan(&z, pages, n);
+    let (zero, huge, flags, n) = scan(&z, pages, n);
     if zero == 0 && huge == 0 {
         return;
     }
@@ -155,7 +158,6 @@ fn unpin(ctx: &ProbeContext, probe: ProbeId, pages: u64, n: u64, make_dirty: u64
         probe,
         flags | flag::REFCOUNT_BEFORE,
         rc,
-        current_container(),
         [n, zero, huge, make_dirty, 0, 0],
     );
 }
@@ -191,7 +193,6 @@ pub fn gup_unpin_page(ctx: ProbeContext) -> u32 {
         ProbeId::GupUnpinPage,
         class | flag::REFCOUNT_BEFORE,
         rc,
-        current_container(),
         [1, zero, 1 - zero, 0, 0, 0],
     );
     0

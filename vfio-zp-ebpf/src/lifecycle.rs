@@ -6,7 +6,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use vfio_zp_common::ProbeId;
 
-use crate::shared::{emit, hit};
+use crate::shared::{emit_keyed, hit};
 
 /// vfio_iommu_type1_open(arg) returns the container (or an ERR_PTR).
 #[kretprobe]
@@ -19,13 +19,14 @@ pub fn type1_open_ret(ctx: RetProbeContext) -> u32 {
         // Rare and worth a line in the agent's log (forwarded by aya-log).
         warn!(&ctx, "vfio_iommu_type1_open failed: {}", ret as i64);
     }
-    emit(
+    emit_keyed(
         &ctx,
         ProbeId::Type1Open,
         0,
         None,
         container,
         [container, 0, 0, 0, 0, 0],
+        0,
     );
     0
 }
@@ -35,7 +36,15 @@ pub fn type1_open_ret(ctx: RetProbeContext) -> u32 {
 pub fn type1_release(ctx: ProbeContext) -> u32 {
     hit(ProbeId::Type1Release);
     let c = ctx.arg::<u64>(0).unwrap_or(0);
-    emit(&ctx, ProbeId::Type1Release, 0, None, c, [c, 0, 0, 0, 0, 0]);
+    emit_keyed(
+        &ctx,
+        ProbeId::Type1Release,
+        0,
+        None,
+        c,
+        [c, 0, 0, 0, 0, 0],
+        0,
+    );
     0
 }
 
@@ -45,6 +54,14 @@ pub fn remove_dma(ctx: ProbeContext) -> u32 {
     hit(ProbeId::RemoveDma);
     let c = ctx.arg::<u64>(0).unwrap_or(0);
     let dma = ctx.arg::<u64>(1).unwrap_or(0);
-    emit(&ctx, ProbeId::RemoveDma, 0, None, c, [c, dma, 0, 0, 0, 0]);
+    emit_keyed(
+        &ctx,
+        ProbeId::RemoveDma,
+        0,
+        None,
+        c,
+        [c, dma, 0, 0, 0, 0],
+        0,
+    );
     0
 }

@@ -37,7 +37,28 @@ pub struct StashKey {
 pub struct Parked {
     pub args: [u64; 6],
     pub live: u64,
+    /// In the Type1Ioctl slot only: a run of like type1 calls held back as
+    /// the one record it will become (see `fold_run`).
+    pub run: Run,
 }
+
+/// The record a run will become: `probe` is the ProbeId + 1 (0: no run),
+/// `flags` and `refcount` as in `Event` (the last call's reading).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Run {
+    pub probe: u64,
+    pub flags: u64,
+    pub refcount: u64,
+    pub args: [u64; 6],
+}
+
+const NO_RUN: Run = Run {
+    probe: 0,
+    flags: 0,
+    refcount: 0,
+    args: [0; 6],
+};
 
 /// One slot per (thread, probe), reused call after call: a slot is written
 /// and cleared in place, so the hot path costs two lookups, not an LRU
@@ -106,6 +127,7 @@ pub fn stash(probe: ProbeId, args: &[u64; 6]) {
             &Parked {
                 args: *args,
                 live: 1,
+                run: NO_RUN,
             },
             0,
         );
@@ -180,7 +202,6 @@ pub fn emit_folded<C: EbpfContext>(ctx: &C, n: u64) {
         ProbeId::GupUnpinPage,
         flag::PFN_ZERO | flag::FOLDED,
         None,
-        current_container(),
         [n, n, 0, 0, 0, 0],
     );
 }
@@ -203,10 +224,102 @@ pub fn stash_pin_call<C: EbpfContext>(ctx: &C, args: &[u64; 6]) {
     }
 }
 
-/// The container key of the type1 ioctl this thread is inside, or 0.
+/// This thread's Type1Ioctl slot, live or not: the container of the ioctl
+/// it is inside, and the run it holds back.
 #[inline(always)]
-pub fn current_container() -> u64 {
-    peek(ProbeId::Type1Ioctl).map(|a| a[0]).unwrap_or(0)
+pub fn ioctl_slot() -> Option<&'static mut Parked> {
+    let p = STASH.get_ptr_mut(&key(ProbeId::Type1Ioctl))?;
+    // SAFETY: only this thread uses this key.
+    Some(unsafe { &mut *p })
+}
+
+const PAGE_SIZE: u64 = 4096;
+const _: () = assert!(ProbeId::Type1Pin as u16 == 0 && ProbeId::Type1Unpin as u16 == 1);
+
+/// Inside a MAP/UNMAP ioctl, type1 pins and unpins a read-only mapping of
+/// zero pages one call per page (each is its own pfn run). Such calls on one
+/// thread (`probe` Type1Pin or Type1Unpin, zero-page class) join the held
+/// run when they continue it: same dma, the next address (`args[1]`), and
+/// the same `same` fields; `args[3]` (and `sum`) add up. Anything else
+/// writes the held run and holds this call as a new one. Returns false when
+/// the call must be written now (no ioctl on this thread).
+#[inline(always)]
+pub fn fold_run(
+    probe: ProbeId,
+    flags: u16,
+    refcount: Option<i32>,
+    args: &[u64; 6],
+    same: [usize; 2],
+    sum: Option<usize>,
+) -> bool {
+    let Some(slot) = ioctl_slot() else {
+        return false;
+    };
+    if slot.live == 0 {
+        return false;
+    }
+    let r = &mut slot.run;
+    let id = probe as u64 + 1;
+    if r.probe == id
+        && r.args[0] == args[0]
+        && r.args[1] + r.args[3] * PAGE_SIZE == args[1]
+        && r.args[same[0]] == args[same[0]]
+        && r.args[same[1]] == args[same[1]]
+    {
+        r.args[3] += args[3];
+        if let Some(i) = sum {
+            r.args[i] += args[i];
+        }
+    } else {
+        let container = slot.args[0];
+        flush_run(&mut slot.run, container);
+        slot.run.probe = id;
+        slot.run.args = *args;
+    }
+    let (flags, refcount) = with_refcount(flags, refcount);
+    slot.run.flags = flags as u64;
+    slot.run.refcount = refcount as u32 as u64;
+    true
+}
+
+#[inline(always)]
+fn with_refcount(flags: u16, refcount: Option<i32>) -> (u16, i32) {
+    match refcount {
+        Some(r) => (flags | flag::REFCOUNT, r),
+        None => (flags, 0),
+    }
+}
+
+/// Writes the run `r` holds, if any. Straight from the slot, with no
+/// branch on its contents: every record a program writes is verified after
+/// each path before it.
+#[inline(always)]
+fn flush_run(r: &mut Run, container: u64) {
+    if r.probe == 0 {
+        return;
+    }
+    // Type1Pin (0) or Type1Unpin (1); the mask gives the verifier the bound
+    // of the drop counter's index.
+    let probe = ((r.probe - 1) & 1) as u16;
+    r.probe = 0;
+    write(
+        probe,
+        r.flags as u16,
+        r.refcount as i32,
+        container,
+        r.args,
+        0,
+    );
+}
+
+/// Writes this thread's held run before a MAP/UNMAP ioctl starts (its
+/// previous ioctl's return was missed).
+#[inline(always)]
+pub fn flush_thread_run() {
+    if let Some(slot) = ioctl_slot() {
+        let container = slot.args[0];
+        flush_run(&mut slot.run, container);
+    }
 }
 
 /// Where the zero pages live in this kernel's memory map.
@@ -310,17 +423,42 @@ impl ZeroIds {
     }
 }
 
-/// Writes one event; a full ring buffer is counted per probe, never silent.
+/// Writes one event for the container of the ioctl this thread is inside
+/// (0: none), after the run the thread holds back, so a thread's records
+/// keep their order.
 #[inline(always)]
 pub fn emit<C: EbpfContext>(
-    ctx: &C,
+    _ctx: &C,
+    probe: ProbeId,
+    flags: u16,
+    refcount: Option<i32>,
+    args: [u64; 6],
+) {
+    let mut container = 0;
+    if let Some(slot) = ioctl_slot() {
+        if slot.live != 0 {
+            container = slot.args[0];
+        }
+        flush_run(&mut slot.run, slot.args[0]);
+    }
+    let (flags, refcount) = with_refcount(flags, refcount);
+    write(probe as u16, flags, refcount, container, args, 0)
+}
+
+/// `emit` for a given container, with `limit` (see `Event`).
+#[inline(always)]
+pub fn emit_keyed<C: EbpfContext>(
+    _ctx: &C,
     probe: ProbeId,
     flags: u16,
     refcount: Option<i32>,
     container: u64,
     args: [u64; 6],
+    limit: u64,
 ) {
-    emit_with_limit(ctx, probe, flags, refcount, container, args, 0)
+    flush_thread_run();
+    let (flags, refcount) = with_refcount(flags, refcount);
+    write(probe as u16, flags, refcount, container, args, limit)
 }
 
 /// The current task's soft RLIMIT_MEMLOCK (bytes) and `flag::LIMITS`, plus
@@ -354,28 +492,14 @@ pub fn current_limits() -> (u64, u16) {
     (limit, flags)
 }
 
+/// Writes one event; a full ring buffer is counted per probe, never silent.
 #[inline(always)]
-pub fn emit_with_limit<C: EbpfContext>(
-    _ctx: &C,
-    probe: ProbeId,
-    mut flags: u16,
-    refcount: Option<i32>,
-    container: u64,
-    args: [u64; 6],
-    limit: u64,
-) {
+fn write(probe: u16, flags: u16, zero_refcount: i32, container: u64, args: [u64; 6], limit: u64) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         add(counter::DROPS + probe as u32, 1);
         return;
     };
     let pid_tgid = bpf_get_current_pid_tgid();
-    let zero_refcount = match refcount {
-        Some(r) => {
-            flags |= flag::REFCOUNT;
-            r
-        }
-        None => 0,
-    };
     entry.write(Event {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
@@ -383,7 +507,7 @@ pub fn emit_with_limit<C: EbpfContext>(
         tgid: (pid_tgid >> 32) as u32,
         pid: pid_tgid as u32,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
-        probe: probe as u16,
+        probe,
         flags,
         zero_refcount,
         args,

@@ -7,7 +7,7 @@ use aya_ebpf::{
 use vfio_zp_common::{ProbeId, counter, flag};
 
 use crate::shared::{
-    NO_FOLD, Tally, ZeroIds, add, current_container, emit, emit_folded, flush_folded, hit,
+    NO_FOLD, Tally, ZeroIds, add, emit, emit_folded, flush_folded, flush_thread_run, fold_run, hit,
     open_pin_call, peek, stash, stash_pin_call, unstash,
 };
 
@@ -64,14 +64,14 @@ pub fn type1_pin_ret(ctx: RetProbeContext) -> u32 {
     if ret > 0 && flags & flag::NO_ZERO_PAGE_ID != 0 {
         t.add(counter::TYPE1_PINNED, ret as u64);
     }
-    emit(
-        &ctx,
-        ProbeId::Type1Pin,
-        flags,
-        refcount,
-        current_container(),
-        [a[0], a[1], a[2], ret as u64, pfn_base, a[4]],
-    );
+    let args = [a[0], a[1], a[2], ret as u64, pfn_base, a[4]];
+    // Same dma, next vaddr, the zero pfn, the same limit: one run.
+    if !(ret > 0
+        && flags == flag::PFN_ZERO
+        && fold_run(ProbeId::Type1Pin, flags, refcount, &args, [4, 5], None))
+    {
+        emit(&ctx, ProbeId::Type1Pin, flags, refcount, args);
+    }
     0
 }
 
@@ -106,14 +106,13 @@ pub fn type1_unpin_ret(ctx: RetProbeContext) -> u32 {
         }
         None => (flag::NO_ZERO_PAGE_ID, None),
     };
-    emit(
-        &ctx,
-        ProbeId::Type1Unpin,
-        flags,
-        refcount,
-        current_container(),
-        [a[0], a[1], a[2], a[3], a[4], ret as u64],
-    );
+    let args = [a[0], a[1], a[2], a[3], a[4], ret as u64];
+    // Same dma, next iova, the zero pfn, the same do_accounting: one run.
+    if !(flags == flag::PFN_ZERO
+        && fold_run(ProbeId::Type1Unpin, flags, refcount, &args, [2, 4], Some(5)))
+    {
+        emit(&ctx, ProbeId::Type1Unpin, flags, refcount, args);
+    }
     0
 }
 
@@ -147,7 +146,6 @@ pub fn put_pfn_ret(ctx: RetProbeContext) -> u32 {
             ProbeId::PutPfn,
             f,
             rc,
-            current_container(),
             [a[0], a[1], ret as i64 as u64, 0, 0, 0],
         );
     }
@@ -183,7 +181,6 @@ pub fn lock_acct_ret(ctx: RetProbeContext) -> u32 {
         ProbeId::LockAcct,
         0,
         None,
-        current_container(),
         [a[0], a[1], a[2], ret as i64 as u64, 0, 0],
     );
     0
@@ -231,6 +228,8 @@ pub fn type1_ioctl(ctx: ProbeContext) -> u32 {
     {
         s = [a[0], cmd, m.size, m.flags as u64, m.vaddr, m.iova];
     }
+    // A run still held means the last ioctl's return was missed.
+    flush_thread_run();
     stash(ProbeId::Type1Ioctl, &s);
     0
 }
@@ -259,7 +258,7 @@ pub fn type1_ioctl_ret(ctx: RetProbeContext) -> u32 {
             Err(_) => (0, 0, 0, 0),
         }
     };
-    crate::shared::emit_with_limit(
+    crate::shared::emit_keyed(
         &ctx,
         ProbeId::Type1Ioctl,
         ev_flags,

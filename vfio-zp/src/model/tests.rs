@@ -234,10 +234,12 @@ fn gup_ignoring_the_zero_page_is_inferred_and_never_leaks() {
 }
 
 /// The probes fold type1's per-page zero-page unpins inside one pin call
-/// into one event without a refcount (flag::FOLDED): the model must reach
-/// the same verdicts as from the calls one by one, on both GUP behaviours.
+/// into one event without a refcount (flag::FOLDED), and runs of zero-page
+/// pin and unpin calls inside one ioctl into one Type1Pin / Type1Unpin
+/// event: the model must reach the same verdicts as from the calls one by
+/// one, on both GUP behaviours.
 #[test]
-fn folded_unpins_in_the_pin_path_equal_the_calls() {
+fn folded_calls_equal_the_calls() {
     for (release, version, refs) in [
         ("6.1.0-56-amd64", "#1 SMP Debian 6.1.192-1", 1),
         ("5.10.0-32-amd64", "#1 SMP Debian 5.10.223-1", 1 + 4 * 1024),
@@ -257,39 +259,61 @@ fn folded_unpins_in_the_pin_path_equal_the_calls() {
                         },
                         None,
                     );
+                    r.pin(1, 4, PageClass::Zero);
                 } else {
                     for i in 0..4 {
                         r.unpin(1, refs - i * (refs - 1) / 4);
                     }
-                }
-                for _ in 0..4 {
-                    r.pin(1, 1, PageClass::Zero);
+                    for _ in 0..4 {
+                        r.pin(1, 1, PageClass::Zero);
+                    }
                 }
             }
-            let v = r.m.verdicts();
-            let c = r.container();
-            let traits = [Trait::GupPinsZeroPage, Trait::Type1UnpinsZeroPage].map(|t| {
+            let verdict = |r: &Run| {
+                let v = r.m.verdicts();
+                let c = r.container();
+                let traits = [Trait::GupPinsZeroPage, Trait::Type1UnpinsZeroPage].map(|t| {
+                    (
+                        v.behaviour[t as usize].value,
+                        v.behaviour[t as usize].source,
+                    )
+                });
                 (
-                    v.behaviour[t as usize].value,
-                    v.behaviour[t as usize].source,
+                    (c.zero_page_pins_live, c.zero_page_pins_leaked),
+                    c.leak,
+                    c.pinned_pages.zero,
+                    traits,
+                    v.divergences.len(),
+                    v.host.unexplained_refs,
                 )
-            });
-            (
-                (c.zero_page_pins_live, c.zero_page_pins_leaked),
-                c.leak,
-                c.pinned_pages.zero,
-                traits,
-                v.divergences.len(),
-                v.host.unexplained_refs,
-            )
+            };
+            let mapped = verdict(&r);
+            r.ev(What::RemoveDma { dma: 1 }, None);
+            let calls: &[u64] = if folded { &[8] } else { &[1; 8] };
+            for (i, npage) in calls.iter().enumerate() {
+                r.ev(
+                    What::Type1Unpin {
+                        dma: 1,
+                        iova: i as u64 * 4096,
+                        npage: *npage,
+                        do_accounting: true,
+                        unlocked: 0,
+                        base: PageClass::Zero,
+                    },
+                    None,
+                );
+            }
+            (mapped, verdict(&r))
         };
         let (one_by_one, folded) = (run(false), run(true));
         assert_eq!(folded, one_by_one, "{release}");
-        assert_eq!(folded.0, (0, 0), "{release}: nothing survives the pin path");
-        assert_eq!(folded.2, 8, "{release}");
-        assert_eq!(folded.4, 0, "{release}: no divergence");
+        let (mapped, unmapped) = folded;
+        assert_eq!(mapped.0, (0, 0), "{release}: nothing survives the pin path");
+        assert_eq!(mapped.2, 8, "{release}");
+        assert_eq!(unmapped.2, 0, "{release}: all eight unpinned");
+        assert_eq!(mapped.4 + unmapped.4, 0, "{release}: no divergence");
         assert_eq!(
-            folded.3[0].0,
+            mapped.3[0].0,
             refs > 1,
             "{release}: GUP's zero-page refcounting seen from the batch readings alone"
         );
