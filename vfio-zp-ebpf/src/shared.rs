@@ -247,7 +247,7 @@ const _: () = assert!(ProbeId::Type1Pin as u16 == 0 && ProbeId::Type1Unpin as u1
 pub fn fold_run(
     probe: ProbeId,
     flags: u16,
-    refcount: Option<i32>,
+    rc: i64,
     args: &[u64; 6],
     same: [usize; 2],
     sum: Option<usize>,
@@ -276,11 +276,17 @@ pub fn fold_run(
         slot.run.probe = id;
         slot.run.args = *args;
     }
-    let (flags, refcount) = with_refcount(flags, refcount);
-    slot.run.flags = flags as u64;
-    slot.run.refcount = refcount as u32 as u64;
+    // Plain integers: an Option spilled across the lookups above leaves its
+    // payload's stack slot unwritten when None, which 5.10's verifier
+    // refuses to read.
+    let has = (rc != NO_REFCOUNT) as u64;
+    slot.run.flags = flags as u64 | has * flag::REFCOUNT as u64;
+    slot.run.refcount = has * (rc as i32 as u32 as u64);
     true
 }
+
+/// `ZeroIds::refcount_raw` when the read failed or was not made.
+pub const NO_REFCOUNT: i64 = i64::MIN;
 
 #[inline(always)]
 fn with_refcount(flags: u16, refcount: Option<i32>) -> (u16, i32) {
@@ -413,6 +419,12 @@ impl ZeroIds {
         } else {
             0
         }
+    }
+
+    /// The zero page's `_refcount` read now, or `NO_REFCOUNT`.
+    #[inline(always)]
+    pub fn refcount_raw(&self) -> i64 {
+        self.refcount().map_or(NO_REFCOUNT, |r| r as i64)
     }
 
     /// The zero page's `_refcount`, read now.

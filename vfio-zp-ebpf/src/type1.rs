@@ -7,8 +7,8 @@ use aya_ebpf::{
 use vfio_zp_common::{ProbeId, counter, flag};
 
 use crate::shared::{
-    NO_FOLD, Tally, ZeroIds, add, emit, emit_folded, flush_folded, flush_thread_run, fold_run, hit,
-    open_pin_call, peek, stash, stash_pin_call, unstash,
+    NO_FOLD, NO_REFCOUNT, Tally, ZeroIds, add, emit, emit_folded, flush_folded, flush_thread_run,
+    fold_run, hit, open_pin_call, peek, stash, stash_pin_call, unstash,
 };
 
 #[inline(always)]
@@ -47,7 +47,7 @@ pub fn type1_pin_ret(ctx: RetProbeContext) -> u32 {
         0
     };
     let mut flags = 0;
-    let mut refcount = None;
+    let mut rc = NO_REFCOUNT;
     let t = Tally::get();
     match ZeroIds::load() {
         Some(z) if ret > 0 => {
@@ -55,7 +55,7 @@ pub fn type1_pin_ret(ctx: RetProbeContext) -> u32 {
             t.add(counter::TYPE1_PINNED, ret as u64);
             if flags & flag::PFN_ZERO != 0 {
                 t.add(counter::TYPE1_ZERO_PINNED, ret as u64);
-                refcount = z.refcount();
+                rc = z.refcount_raw();
             }
         }
         Some(_) => {}
@@ -68,8 +68,9 @@ pub fn type1_pin_ret(ctx: RetProbeContext) -> u32 {
     // Same dma, next vaddr, the zero pfn, the same limit: one run.
     if !(ret > 0
         && flags == flag::PFN_ZERO
-        && fold_run(ProbeId::Type1Pin, flags, refcount, &args, [4, 5], None))
+        && fold_run(ProbeId::Type1Pin, flags, rc, &args, [4, 5], None))
     {
+        let refcount = (rc != NO_REFCOUNT).then_some(rc as i32);
         emit(&ctx, ProbeId::Type1Pin, flags, refcount, args);
     }
     0
@@ -92,25 +93,26 @@ pub fn type1_unpin_ret(ctx: RetProbeContext) -> u32 {
         return 0;
     };
     add(counter::TYPE1_UNPINNED, a[3]);
-    let (flags, refcount) = match ZeroIds::load() {
+    let (flags, rc) = match ZeroIds::load() {
         Some(z) => {
             let f = z.class_of_pfn(a[2]);
             (
                 f,
                 if f & flag::PFN_ZERO != 0 {
-                    z.refcount()
+                    z.refcount_raw()
                 } else {
-                    None
+                    NO_REFCOUNT
                 },
             )
         }
-        None => (flag::NO_ZERO_PAGE_ID, None),
+        None => (flag::NO_ZERO_PAGE_ID, NO_REFCOUNT),
     };
     let args = [a[0], a[1], a[2], a[3], a[4], ret as u64];
     // Same dma, next iova, the zero pfn, the same do_accounting: one run.
     if !(flags == flag::PFN_ZERO
-        && fold_run(ProbeId::Type1Unpin, flags, refcount, &args, [2, 4], Some(5)))
+        && fold_run(ProbeId::Type1Unpin, flags, rc, &args, [2, 4], Some(5)))
     {
+        let refcount = (rc != NO_REFCOUNT).then_some(rc as i32);
         emit(&ctx, ProbeId::Type1Unpin, flags, refcount, args);
     }
     0
