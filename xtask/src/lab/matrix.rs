@@ -174,8 +174,9 @@ pub const LIBVIRT_RESTART: &str = r"machine.slice/machine-qemu\x2d4\x2drestart.s
 /// unmaps under the third agent. Snapshots after each step land in
 /// `restart-*.json`, the agents' logs in `agent-*.log`.
 /// Every VFIO group maps at once into a one-page ring buffer under a
-/// recorder: the exact counters must still match the kernel, the drops be
-/// counted and exported, and the flooded containers' verdicts say uncertain.
+/// recorder, every other page written so that no zero-page run folds: the
+/// exact counters must still match the kernel, the drops be counted and
+/// exported, and the flooded containers' verdicts say uncertain.
 fn flood_script(pages: u64) -> anyhow::Result<String> {
     let bin = bin_dir()?;
     Ok(format!(
@@ -190,7 +191,7 @@ n=0
 FLP=
 for G in $VFIO_GROUPS; do
   n=$((n+1))
-  VFIO_GROUP=$G "{bin}/vfio-zp-workload" --scenario ro-read-touched --pages {pages} --truth "$RESULTS/flood-truth-$n.json" --cgroup "machine.slice/machine-qemu\x2d1$n\x2dflood$n.scope" > "$RESULTS/flood-workload-$n.txt" 2>&1 &
+  VFIO_GROUP=$G "{bin}/vfio-zp-workload" --scenario ro-alternating --pages {pages} --truth "$RESULTS/flood-truth-$n.json" --cgroup "machine.slice/machine-qemu\x2d1$n\x2dflood$n.scope" > "$RESULTS/flood-workload-$n.txt" 2>&1 &
   FLP="$FLP $!"
 done
 for p in $FLP; do wait $p || {{ echo "lab: flood workload failed"; status=1; }}; done

@@ -83,6 +83,20 @@ impl Region {
         }
     }
 
+    pub fn alternate_touch(&self) {
+        for i in 0..self.pages() {
+            // SAFETY: inside our writable mapping.
+            unsafe {
+                let at = self.addr.add(i * PAGE);
+                if i % 2 == 0 {
+                    let _ = std::ptr::read_volatile(at);
+                } else {
+                    std::ptr::write_volatile(at, 1);
+                }
+            }
+        }
+    }
+
     /// The pfn behind each page (None when not present).
     pub fn pfns(&self) -> anyhow::Result<Vec<Option<u64>>> {
         let f = std::fs::File::open("/proc/self/pagemap").context("/proc/self/pagemap")?;

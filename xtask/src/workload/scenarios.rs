@@ -15,6 +15,8 @@ pub enum Touch {
     Read,
     Write,
     None,
+    /// Read the even pages, write the odd ones.
+    Alternate,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,8 +138,22 @@ pub const SCENARIOS: [Scenario; 9] = [
     },
 ];
 
+/// Not in the matrix (`--list-scenarios`): the ring flood's workload. No
+/// two zero pages are adjacent, so no probe folds a run of them: one type1
+/// pin and one unpin record per page, as on kernels before the fold.
+pub const FLOOD: Scenario = Scenario {
+    name: "ro-alternating",
+    about: "read the even pages, write the odd ones, map READ, unmap (the ring flood's workload)",
+    touch: Touch::Alternate,
+    flags: MAP_READ,
+    unmap: Unmap::Whole,
+    processes: 1,
+    huge: false,
+    tight_memlock: false,
+};
+
 pub fn find(name: &str) -> Option<&'static Scenario> {
-    SCENARIOS.iter().find(|s| s.name == name)
+    SCENARIOS.iter().chain([&FLOOD]).find(|s| s.name == name)
 }
 
 /// What the kernel itself said during one process's run.
@@ -343,6 +359,7 @@ pub fn run_once(
         Touch::Read => region.read_touch(),
         Touch::Write => region.write_touch(),
         Touch::None => {}
+        Touch::Alternate => region.alternate_touch(),
     }
     let zero_pfn = truth.as_ref().ok().map(|z| z.zero_pfn);
     let count = |region: &Region, t: &mut RunTruth| -> (u64, u64) {
