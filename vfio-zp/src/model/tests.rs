@@ -72,7 +72,13 @@ impl Run {
     }
 
     fn gup(&mut self, zero: u64, refcount: i32) {
-        self.ev(
+        self.gup_on(PID, zero, refcount);
+    }
+
+    /// A type1 GUP batch of `zero` zero pages on thread `pid`.
+    fn gup_on(&mut self, pid: u32, zero: u64, refcount: i32) {
+        self.ev_on(
+            pid,
             What::GupPin {
                 remote: true,
                 start: 0,
@@ -89,7 +95,14 @@ impl Run {
     }
 
     fn unpin(&mut self, zero: u64, refcount: i32) {
-        self.ev(
+        self.unpin_on(PID, zero, Some(refcount));
+    }
+
+    /// `unpin_user_page` of `zero` zero pages on thread `pid`; without a
+    /// refcount, as the probes write the ones folded in a pin call.
+    fn unpin_on(&mut self, pid: u32, zero: u64, refcount: Option<i32>) {
+        self.ev_on(
+            pid,
             What::GupUnpin {
                 func: UnpinFn::UnpinUserPage,
                 npages: zero,
@@ -97,7 +110,7 @@ impl Run {
                 huge_zero_pages: 0,
                 truncated: false,
             },
-            Some((refcount, When::Before)),
+            refcount.map(|r| (r, When::Before)),
         );
     }
 
@@ -249,16 +262,7 @@ fn folded_calls_equal_the_calls() {
             for _ in 0..2 {
                 r.gup(4, refs);
                 if folded {
-                    r.ev(
-                        What::GupUnpin {
-                            func: UnpinFn::UnpinUserPage,
-                            npages: 4,
-                            zero_pages: 4,
-                            huge_zero_pages: 0,
-                            truncated: false,
-                        },
-                        None,
-                    );
+                    r.unpin_on(PID, 4, None);
                     r.pin(1, 4, PageClass::Zero);
                 } else {
                     for i in 0..4 {
@@ -327,23 +331,6 @@ fn folded_calls_equal_the_calls() {
 #[test]
 fn readings_racing_another_threads_pin_call_are_not_compared() {
     const B: u32 = PID + 1;
-    let gup_b = |r: &mut Run, refs| {
-        r.ev_on(
-            B,
-            What::GupPin {
-                remote: true,
-                start: 0,
-                nr_pages: 1,
-                gup_flags: 0x10000,
-                pinned: 1,
-                zero_pages: 1,
-                huge_zero_pages: 0,
-                in_type1: true,
-                truncated: false,
-            },
-            Some((refs, When::After)),
-        )
-    };
     for stale in [false, true] {
         let mut r = Run::new("5.10.0-32-amd64", Some("#1 SMP Debian 5.10.223-1"));
         r.gup(4, 1 + 4 * 1024);
@@ -351,35 +338,16 @@ fn readings_racing_another_threads_pin_call_are_not_compared() {
             r.t += 2_000_000_000;
         }
         // The kernel already dropped A's four pins: B's pin is the only one.
-        gup_b(&mut r, 1 + 1024);
+        r.gup_on(B, 1, 1 + 1024);
         let diverged = !r.m.verdicts().divergences.is_empty();
         assert_eq!(diverged, stale, "stale call {stale}");
         if stale {
             continue;
         }
-        r.ev(
-            What::GupUnpin {
-                func: UnpinFn::UnpinUserPage,
-                npages: 4,
-                zero_pages: 4,
-                huge_zero_pages: 0,
-                truncated: false,
-            },
-            None,
-        );
+        r.unpin_on(PID, 4, None);
         r.pin(1, 4, PageClass::Zero);
         // Settled again: B's next reading is compared, and agrees.
-        r.ev_on(
-            B,
-            What::GupUnpin {
-                func: UnpinFn::UnpinUserPage,
-                npages: 1,
-                zero_pages: 1,
-                huge_zero_pages: 0,
-                truncated: false,
-            },
-            Some((1 + 1024, When::Before)),
-        );
+        r.unpin_on(B, 1, Some(1 + 1024));
         let v = r.m.verdicts();
         assert!(v.divergences.is_empty(), "{:?}", v.divergences);
         assert_eq!(v.host.zero_page_refcount, Some(1));
