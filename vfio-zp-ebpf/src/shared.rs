@@ -112,39 +112,44 @@ fn key(probe: ProbeId) -> StashKey {
     }
 }
 
+/// This thread's slot for `probe`, live or not.
+#[inline(always)]
+fn slot(probe: ProbeId) -> Option<&'static mut Parked> {
+    let p = STASH.get_ptr_mut(&key(probe))?;
+    // SAFETY: only this thread uses this key, and a thread runs one program
+    // at a time.
+    Some(unsafe { &mut *p })
+}
+
 #[inline(always)]
 pub fn stash(probe: ProbeId, args: &[u64; 6]) {
-    let k = key(probe);
-    if let Some(p) = STASH.get_ptr_mut(&k) {
-        // SAFETY: only this thread uses this key.
-        unsafe {
-            (*p).args = *args;
-            (*p).live = 1;
+    match slot(probe) {
+        Some(p) => {
+            p.args = *args;
+            p.live = 1;
         }
-    } else {
-        let _ = STASH.insert(
-            &k,
-            &Parked {
-                args: *args,
-                live: 1,
-                run: NO_RUN,
-            },
-            0,
-        );
+        None => {
+            let _ = STASH.insert(
+                &key(probe),
+                &Parked {
+                    args: *args,
+                    live: 1,
+                    run: NO_RUN,
+                },
+                0,
+            );
+        }
     }
 }
 
 /// Takes the parked entry arguments; counts a return with none.
 #[inline(always)]
 pub fn unstash(probe: ProbeId) -> Option<[u64; 6]> {
-    if let Some(p) = STASH.get_ptr_mut(&key(probe)) {
-        // SAFETY: only this thread uses this key.
-        unsafe {
-            if (*p).live != 0 {
-                (*p).live = 0;
-                return Some((*p).args);
-            }
-        }
+    if let Some(p) = slot(probe)
+        && p.live != 0
+    {
+        p.live = 0;
+        return Some(p.args);
     }
     add(counter::UNMATCHED_RETURNS, 1);
     None
@@ -152,17 +157,15 @@ pub fn unstash(probe: ProbeId) -> Option<[u64; 6]> {
 
 #[inline(always)]
 pub fn forget(probe: ProbeId) {
-    if let Some(p) = STASH.get_ptr_mut(&key(probe)) {
-        // SAFETY: only this thread uses this key.
-        unsafe { (*p).live = 0 };
+    if let Some(p) = slot(probe) {
+        p.live = 0;
     }
 }
 
 #[inline(always)]
 pub fn peek(probe: ProbeId) -> Option<[u64; 6]> {
-    let p = STASH.get_ptr(&key(probe))?;
-    // SAFETY: only this thread writes this key.
-    unsafe { ((*p).live != 0).then_some((*p).args) }
+    let p = slot(probe)?;
+    (p.live != 0).then_some(p.args)
 }
 
 /// Zero-page `unpin_user_page` calls inside one `vfio_pin_pages_remote` call
@@ -176,10 +179,7 @@ pub const NO_FOLD: u64 = 1 << 63;
 /// This thread's open `vfio_pin_pages_remote` call, if any.
 #[inline(always)]
 pub fn open_pin_call() -> Option<&'static mut Parked> {
-    let p = STASH.get_ptr_mut(&key(ProbeId::Type1Pin))?;
-    // SAFETY: only this thread uses this key.
-    let p = unsafe { &mut *p };
-    (p.live != 0).then_some(p)
+    slot(ProbeId::Type1Pin).filter(|p| p.live != 0)
 }
 
 /// Writes the unpins `call` holds back, so they precede whatever this thread
@@ -210,10 +210,8 @@ pub fn emit_folded<C: EbpfContext>(ctx: &C, n: u64) {
 /// from an earlier call whose return was missed are written first.
 #[inline(always)]
 pub fn stash_pin_call<C: EbpfContext>(ctx: &C, args: &[u64; 6]) {
-    match STASH.get_ptr_mut(&key(ProbeId::Type1Pin)) {
+    match slot(ProbeId::Type1Pin) {
         Some(p) => {
-            // SAFETY: only this thread uses this key.
-            let p = unsafe { &mut *p };
             if p.live != 0 {
                 flush_folded(ctx, p);
             }
@@ -228,9 +226,7 @@ pub fn stash_pin_call<C: EbpfContext>(ctx: &C, args: &[u64; 6]) {
 /// it is inside, and the run it holds back.
 #[inline(always)]
 pub fn ioctl_slot() -> Option<&'static mut Parked> {
-    let p = STASH.get_ptr_mut(&key(ProbeId::Type1Ioctl))?;
-    // SAFETY: only this thread uses this key.
-    Some(unsafe { &mut *p })
+    slot(ProbeId::Type1Ioctl)
 }
 
 const PAGE_SIZE: u64 = 4096;
@@ -318,14 +314,17 @@ fn flush_run(r: &mut Run, container: u64) {
     );
 }
 
-/// Writes this thread's held run before a MAP/UNMAP ioctl starts (its
-/// previous ioctl's return was missed).
+/// Writes this thread's held run, so that whatever the thread writes next
+/// follows it; returns the container of the ioctl the thread is inside (0:
+/// none).
 #[inline(always)]
-pub fn flush_thread_run() {
-    if let Some(slot) = ioctl_slot() {
-        let container = slot.args[0];
-        flush_run(&mut slot.run, container);
-    }
+pub fn flush_thread_run() -> u64 {
+    let Some(slot) = ioctl_slot() else {
+        return 0;
+    };
+    let container = slot.args[0];
+    flush_run(&mut slot.run, container);
+    if slot.live != 0 { container } else { 0 }
 }
 
 /// Where the zero pages live in this kernel's memory map.
@@ -446,13 +445,7 @@ pub fn emit<C: EbpfContext>(
     refcount: Option<i32>,
     args: [u64; 6],
 ) {
-    let mut container = 0;
-    if let Some(slot) = ioctl_slot() {
-        if slot.live != 0 {
-            container = slot.args[0];
-        }
-        flush_run(&mut slot.run, slot.args[0]);
-    }
+    let container = flush_thread_run();
     let (flags, refcount) = with_refcount(flags, refcount);
     write(probe as u16, flags, refcount, container, args, 0)
 }
