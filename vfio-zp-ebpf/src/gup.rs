@@ -9,8 +9,9 @@ use aya_ebpf::{
 };
 use vfio_zp_common::{MAX_PAGES_SCANNED, ProbeId, counter, flag};
 
-use crate::shared::{
-    NO_FOLD, Tally, ZeroIds, emit, flush_folded, hit, open_pin_call, stash, unstash,
+use crate::{
+    shared::{Tally, ZeroIds, hit, stash, unstash},
+    thread::{NO_FOLD, emit, emit_on, thread},
 };
 
 /// Running tallies for `scan`, kept in map memory: the verifier does not
@@ -60,10 +61,12 @@ fn scan(z: &ZeroIds, pages: u64, n: u64) -> (u64, u64, u16, u64) {
 fn pin_entry(ctx: &ProbeContext, probe: ProbeId, first: usize) {
     hit(probe);
     // Its refcount reading must come after the unpins before it.
-    let call = open_pin_call();
-    let in_type1 = call.is_some() as u64;
-    if let Some(c) = call {
-        flush_folded(ctx, c);
+    let mut in_type1 = 0;
+    if let Some(t) = thread()
+        && t.pin.live != 0
+    {
+        in_type1 = 1;
+        t.flush_folded(ctx);
     }
     // (start, nr_pages, gup_flags, pages) start at argument `first`.
     let a = [
@@ -148,12 +151,16 @@ fn unpin(ctx: &ProbeContext, probe: ProbeId, pages: u64, n: u64, make_dirty: u64
     t.add(counter::GUP_HUGE_ZERO_UNPINNED, huge);
     // A batch unpin inside a type1 pin may call unpin_user_page for the
     // same pages: those must stay records of their own (see NO_FOLD).
-    if let Some(c) = open_pin_call() {
-        flush_folded(ctx, c);
-        c.args[5] |= NO_FOLD;
+    let mut t = thread();
+    if let Some(t) = t.as_deref_mut()
+        && t.pin.live != 0
+    {
+        t.flush_folded(ctx);
+        t.pin.args[5] |= NO_FOLD;
     }
     let rc = if zero > 0 { z.refcount() } else { None };
-    emit(
+    emit_on(
+        t,
         ctx,
         probe,
         flags | flag::REFCOUNT_BEFORE,
@@ -180,15 +187,19 @@ pub fn gup_unpin_page(ctx: ProbeContext) -> u32 {
     } else {
         t.add(counter::GUP_HUGE_ZERO_UNPINNED, 1);
     }
-    if let Some(c) = open_pin_call() {
-        if zero != 0 && c.args[5] & NO_FOLD == 0 {
-            c.args[5] += 1;
+    let mut t = thread();
+    if let Some(t) = t.as_deref_mut()
+        && t.pin.live != 0
+    {
+        if zero != 0 && t.pin.args[5] & NO_FOLD == 0 {
+            t.pin.args[5] += 1;
             return 0;
         }
-        flush_folded(&ctx, c);
+        t.flush_folded(&ctx);
     }
     let rc = if zero != 0 { z.refcount() } else { None };
-    emit(
+    emit_on(
+        t,
         &ctx,
         ProbeId::GupUnpinPage,
         class | flag::REFCOUNT_BEFORE,

@@ -6,7 +6,10 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use vfio_zp_common::ProbeId;
 
-use crate::shared::{emit_keyed, hit};
+use crate::{
+    shared::hit,
+    thread::{emit_keyed, thread},
+};
 
 /// vfio_iommu_type1_open(arg) returns the container (or an ERR_PTR).
 #[kretprobe]
@@ -20,7 +23,7 @@ pub fn type1_open_ret(ctx: RetProbeContext) -> u32 {
         warn!(&ctx, "vfio_iommu_type1_open failed: {}", ret as i64);
     }
     emit_keyed(
-        &ctx,
+        thread(),
         ProbeId::Type1Open,
         0,
         None,
@@ -37,7 +40,7 @@ pub fn type1_release(ctx: ProbeContext) -> u32 {
     hit(ProbeId::Type1Release);
     let c = ctx.arg::<u64>(0).unwrap_or(0);
     emit_keyed(
-        &ctx,
+        thread(),
         ProbeId::Type1Release,
         0,
         None,
@@ -55,7 +58,7 @@ pub fn remove_dma(ctx: ProbeContext) -> u32 {
     let c = ctx.arg::<u64>(0).unwrap_or(0);
     let dma = ctx.arg::<u64>(1).unwrap_or(0);
     emit_keyed(
-        &ctx,
+        thread(),
         ProbeId::RemoveDma,
         0,
         None,

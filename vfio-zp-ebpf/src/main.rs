@@ -7,6 +7,7 @@
 mod gup;
 mod lifecycle;
 mod shared;
+mod thread;
 mod type1;
 
 #[cfg(not(test))]

@@ -1,6 +1,5 @@
 //! Maps and helpers every probe family uses.
 use aya_ebpf::{
-    EbpfContext,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
@@ -34,38 +33,43 @@ pub struct StashKey {
 /// A thread's parked arguments; `live` is cleared when the return takes them.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct Parked {
+pub struct Slot {
     pub args: [u64; 6],
     pub live: u64,
-    /// In the Type1Ioctl slot only: a run of like type1 calls held back as
-    /// the one record it will become (see `fold_run`).
-    pub run: Run,
 }
 
-/// The record a run will become: `probe` is the ProbeId + 1 (0: no run),
-/// `flags` and `refcount` as in `Event` (the last call's reading).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Run {
-    pub probe: u64,
-    pub flags: u64,
-    pub refcount: u64,
-    pub args: [u64; 6],
+impl Slot {
+    #[inline(always)]
+    pub fn park(&mut self, args: &[u64; 6]) {
+        self.args = *args;
+        self.live = 1;
+    }
+
+    /// The parked arguments, if any (the slot stays as it is).
+    #[inline(always)]
+    pub fn peek(&self) -> Option<[u64; 6]> {
+        (self.live != 0).then_some(self.args)
+    }
+
+    /// Takes the parked arguments; counts a return with none.
+    #[inline(always)]
+    pub fn take(&mut self) -> Option<[u64; 6]> {
+        if self.live != 0 {
+            self.live = 0;
+            return Some(self.args);
+        }
+        add(counter::UNMATCHED_RETURNS, 1);
+        None
+    }
 }
 
-const NO_RUN: Run = Run {
-    probe: 0,
-    flags: 0,
-    refcount: 0,
-    args: [0; 6],
-};
-
-/// One slot per (thread, probe), reused call after call: a slot is written
-/// and cleared in place, so the hot path costs two lookups, not an LRU
-/// update (allocation and locks) and a delete. LRU only evicts the slots of
+/// One slot per (thread, probe) for the probes outside a thread's type1
+/// state (thread.rs), reused call after call: a slot is written and
+/// cleared in place, so the hot path costs two lookups, not an LRU update
+/// (allocation and locks) and a delete. LRU only evicts the slots of
 /// threads long gone.
 #[map]
-pub static STASH: LruHashMap<StashKey, Parked> = LruHashMap::with_max_entries(16384, 0);
+pub static STASH: LruHashMap<StashKey, Slot> = LruHashMap::with_max_entries(16384, 0);
 
 /// This CPU's counters, looked up once per program run.
 #[derive(Clone, Copy)]
@@ -74,7 +78,7 @@ pub struct Tally(*mut CounterBlock);
 impl Tally {
     #[inline(always)]
     pub fn get() -> Tally {
-        Tally(COUNTERS.get_ptr_mut(0).unwrap_or(core::ptr::null_mut()))
+        Tally(COUNTERS.get_ptr_mut(0).unwrap_or_default())
     }
 
     #[inline(always)]
@@ -114,8 +118,8 @@ fn key(probe: ProbeId) -> StashKey {
 
 /// This thread's slot for `probe`, live or not.
 #[inline(always)]
-fn slot(probe: ProbeId) -> Option<&'static mut Parked> {
-    let p = STASH.get_ptr_mut(&key(probe))?;
+fn slot(probe: ProbeId) -> Option<&'static mut Slot> {
+    let p = STASH.get_ptr_mut(key(probe))?;
     // SAFETY: only this thread uses this key, and a thread runs one program
     // at a time.
     Some(unsafe { &mut *p })
@@ -124,17 +128,13 @@ fn slot(probe: ProbeId) -> Option<&'static mut Parked> {
 #[inline(always)]
 pub fn stash(probe: ProbeId, args: &[u64; 6]) {
     match slot(probe) {
-        Some(p) => {
-            p.args = *args;
-            p.live = 1;
-        }
+        Some(p) => p.park(args),
         None => {
             let _ = STASH.insert(
-                &key(probe),
-                &Parked {
+                key(probe),
+                Slot {
                     args: *args,
                     live: 1,
-                    run: NO_RUN,
                 },
                 0,
             );
@@ -145,186 +145,24 @@ pub fn stash(probe: ProbeId, args: &[u64; 6]) {
 /// Takes the parked entry arguments; counts a return with none.
 #[inline(always)]
 pub fn unstash(probe: ProbeId) -> Option<[u64; 6]> {
-    if let Some(p) = slot(probe)
-        && p.live != 0
-    {
-        p.live = 0;
-        return Some(p.args);
-    }
-    add(counter::UNMATCHED_RETURNS, 1);
-    None
-}
-
-#[inline(always)]
-pub fn forget(probe: ProbeId) {
-    if let Some(p) = slot(probe) {
-        p.live = 0;
-    }
-}
-
-#[inline(always)]
-pub fn peek(probe: ProbeId) -> Option<[u64; 6]> {
-    let p = slot(probe)?;
-    (p.live != 0).then_some(p.args)
-}
-
-/// Zero-page `unpin_user_page` calls inside one `vfio_pin_pages_remote` call
-/// (the 873aefb loop: 512 per GUP batch on 6.1) are counted in that call's
-/// stash slot, `args[5]`, and written as one GupUnpinPage record: a record
-/// costs several times an entry program. This bit in the slot stops folding
-/// for the rest of the call once a batch unpin ran inside it, whose nested
-/// `unpin_user_page` the model matches against the batch record.
-pub const NO_FOLD: u64 = 1 << 63;
-
-/// This thread's open `vfio_pin_pages_remote` call, if any.
-#[inline(always)]
-pub fn open_pin_call() -> Option<&'static mut Parked> {
-    slot(ProbeId::Type1Pin).filter(|p| p.live != 0)
-}
-
-/// Writes the unpins `call` holds back, so they precede whatever this thread
-/// writes next: a refcount reading must follow every unpin that ran first.
-#[inline(always)]
-pub fn flush_folded<C: EbpfContext>(ctx: &C, call: &mut Parked) {
-    let n = call.args[5] & !NO_FOLD;
-    if n != 0 {
-        call.args[5] &= NO_FOLD;
-        emit_folded(ctx, n);
-    }
-}
-
-/// One GupUnpinPage record for `n` zero-page unpins (no refcount: it moved
-/// during them).
-#[inline(always)]
-pub fn emit_folded<C: EbpfContext>(ctx: &C, n: u64) {
-    emit(
-        ctx,
-        ProbeId::GupUnpinPage,
-        flag::PFN_ZERO | flag::FOLDED,
-        None,
-        [n, n, 0, 0, 0, 0],
-    );
-}
-
-/// Parks a `vfio_pin_pages_remote` call's arguments; unpins still held back
-/// from an earlier call whose return was missed are written first.
-#[inline(always)]
-pub fn stash_pin_call<C: EbpfContext>(ctx: &C, args: &[u64; 6]) {
-    match slot(ProbeId::Type1Pin) {
-        Some(p) => {
-            if p.live != 0 {
-                flush_folded(ctx, p);
-            }
-            p.args = *args;
-            p.live = 1;
+    match slot(probe) {
+        Some(p) => p.take(),
+        None => {
+            add(counter::UNMATCHED_RETURNS, 1);
+            None
         }
-        None => stash(ProbeId::Type1Pin, args),
     }
-}
-
-/// This thread's Type1Ioctl slot, live or not: the container of the ioctl
-/// it is inside, and the run it holds back.
-#[inline(always)]
-pub fn ioctl_slot() -> Option<&'static mut Parked> {
-    slot(ProbeId::Type1Ioctl)
-}
-
-const PAGE_SIZE: u64 = 4096;
-const _: () = assert!(ProbeId::Type1Pin as u16 == 0 && ProbeId::Type1Unpin as u16 == 1);
-
-/// Inside a MAP/UNMAP ioctl, type1 pins and unpins a read-only mapping of
-/// zero pages one call per page (each is its own pfn run). Such calls on one
-/// thread (`probe` Type1Pin or Type1Unpin, zero-page class) join the held
-/// run when they continue it: same dma, the next address (`args[1]`), and
-/// the same `same` fields; `args[3]` (and `sum`) add up. Anything else
-/// writes the held run and holds this call as a new one. Returns false when
-/// the call must be written now (no ioctl on this thread).
-#[inline(always)]
-pub fn fold_run(
-    probe: ProbeId,
-    flags: u16,
-    rc: i64,
-    args: &[u64; 6],
-    same: [usize; 2],
-    sum: Option<usize>,
-) -> bool {
-    let Some(slot) = ioctl_slot() else {
-        return false;
-    };
-    if slot.live == 0 {
-        return false;
-    }
-    let r = &mut slot.run;
-    let id = probe as u64 + 1;
-    if r.probe == id
-        && r.args[0] == args[0]
-        && r.args[1] + r.args[3] * PAGE_SIZE == args[1]
-        && r.args[same[0]] == args[same[0]]
-        && r.args[same[1]] == args[same[1]]
-    {
-        r.args[3] += args[3];
-        if let Some(i) = sum {
-            r.args[i] += args[i];
-        }
-    } else {
-        let container = slot.args[0];
-        flush_run(&mut slot.run, container);
-        slot.run.probe = id;
-        slot.run.args = *args;
-    }
-    // Plain integers: an Option spilled across the lookups above leaves its
-    // payload's stack slot unwritten when None, which 5.10's verifier
-    // refuses to read.
-    let has = (rc != NO_REFCOUNT) as u64;
-    slot.run.flags = flags as u64 | has * flag::REFCOUNT as u64;
-    slot.run.refcount = has * (rc as i32 as u32 as u64);
-    true
 }
 
 /// `ZeroIds::refcount_raw` when the read failed or was not made.
 pub const NO_REFCOUNT: i64 = i64::MIN;
 
 #[inline(always)]
-fn with_refcount(flags: u16, refcount: Option<i32>) -> (u16, i32) {
+pub fn with_refcount(flags: u16, refcount: Option<i32>) -> (u16, i32) {
     match refcount {
         Some(r) => (flags | flag::REFCOUNT, r),
         None => (flags, 0),
     }
-}
-
-/// Writes the run `r` holds, if any. Straight from the slot, with no
-/// branch on its contents: every record a program writes is verified after
-/// each path before it.
-#[inline(always)]
-fn flush_run(r: &mut Run, container: u64) {
-    if r.probe == 0 {
-        return;
-    }
-    // Type1Pin (0) or Type1Unpin (1); the mask gives the verifier the bound
-    // of the drop counter's index.
-    let probe = ((r.probe - 1) & 1) as u16;
-    r.probe = 0;
-    write(
-        probe,
-        r.flags as u16,
-        r.refcount as i32,
-        container,
-        r.args,
-        0,
-    );
-}
-
-/// Writes this thread's held run, so that whatever the thread writes next
-/// follows it; returns the container of the ioctl the thread is inside (0:
-/// none).
-#[inline(always)]
-pub fn flush_thread_run() -> u64 {
-    let Some(slot) = ioctl_slot() else {
-        return 0;
-    };
-    let container = slot.args[0];
-    flush_run(&mut slot.run, container);
-    if slot.live != 0 { container } else { 0 }
 }
 
 /// Where the zero pages live in this kernel's memory map.
@@ -434,38 +272,6 @@ impl ZeroIds {
     }
 }
 
-/// Writes one event for the container of the ioctl this thread is inside
-/// (0: none), after the run the thread holds back, so a thread's records
-/// keep their order.
-#[inline(always)]
-pub fn emit<C: EbpfContext>(
-    _ctx: &C,
-    probe: ProbeId,
-    flags: u16,
-    refcount: Option<i32>,
-    args: [u64; 6],
-) {
-    let container = flush_thread_run();
-    let (flags, refcount) = with_refcount(flags, refcount);
-    write(probe as u16, flags, refcount, container, args, 0)
-}
-
-/// `emit` for a given container, with `limit` (see `Event`).
-#[inline(always)]
-pub fn emit_keyed<C: EbpfContext>(
-    _ctx: &C,
-    probe: ProbeId,
-    flags: u16,
-    refcount: Option<i32>,
-    container: u64,
-    args: [u64; 6],
-    limit: u64,
-) {
-    flush_thread_run();
-    let (flags, refcount) = with_refcount(flags, refcount);
-    write(probe as u16, flags, refcount, container, args, limit)
-}
-
 /// The current task's soft RLIMIT_MEMLOCK (bytes) and `flag::LIMITS`, plus
 /// `flag::CAP_IPC_LOCK` when it holds that capability; (0, 0) when the
 /// layout is unknown or a read fails.
@@ -499,7 +305,14 @@ pub fn current_limits() -> (u64, u16) {
 
 /// Writes one event; a full ring buffer is counted per probe, never silent.
 #[inline(always)]
-fn write(probe: u16, flags: u16, zero_refcount: i32, container: u64, args: [u64; 6], limit: u64) {
+pub fn write(
+    probe: u16,
+    flags: u16,
+    zero_refcount: i32,
+    container: u64,
+    args: [u64; 6],
+    limit: u64,
+) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         add(counter::DROPS + probe as u32, 1);
         return;

@@ -6,9 +6,9 @@ use aya_ebpf::{
 };
 use vfio_zp_common::{ProbeId, counter, flag};
 
-use crate::shared::{
-    NO_FOLD, NO_REFCOUNT, Tally, ZeroIds, add, emit, emit_folded, flush_folded, flush_thread_run,
-    fold_run, hit, open_pin_call, peek, stash, stash_pin_call, unstash,
+use crate::{
+    shared::{NO_REFCOUNT, Tally, ZeroIds, add, hit, stash, unstash},
+    thread::{NO_FOLD, emit, emit_keyed, emit_on, thread, thread_or_new, unmatched},
 };
 
 #[inline(always)]
@@ -26,20 +26,26 @@ fn args<const N: usize>(ctx: &ProbeContext) -> [u64; 6] {
 #[kprobe]
 pub fn type1_pin(ctx: ProbeContext) -> u32 {
     hit(ProbeId::Type1Pin);
-    stash_pin_call(&ctx, &args::<5>(&ctx));
+    if let Some(t) = thread_or_new() {
+        t.park_pin(&ctx, &args::<5>(&ctx));
+    }
     0
 }
 
 #[kretprobe]
 pub fn type1_pin_ret(ctx: RetProbeContext) -> u32 {
     let ret: i64 = ctx.ret();
-    let Some(a) = unstash(ProbeId::Type1Pin) else {
+    let Some(t) = thread() else {
+        unmatched();
+        return 0;
+    };
+    let Some(a) = t.take(ProbeId::Type1Pin) else {
         return 0;
     };
     // The call's zero-page unpins, held back (gup.rs), go before its record.
     let folded = a[5] & !NO_FOLD;
     if folded != 0 {
-        emit_folded(&ctx, folded);
+        t.emit_folded(&ctx, folded);
     }
     let pfn_base = if ret > 0 {
         unsafe { bpf_probe_read_kernel(a[3] as *const u64) }.unwrap_or(0)
@@ -48,13 +54,13 @@ pub fn type1_pin_ret(ctx: RetProbeContext) -> u32 {
     };
     let mut flags = 0;
     let mut rc = NO_REFCOUNT;
-    let t = Tally::get();
+    let tally = Tally::get();
     match ZeroIds::load() {
         Some(z) if ret > 0 => {
             flags = z.class_of_pfn(pfn_base);
-            t.add(counter::TYPE1_PINNED, ret as u64);
+            tally.add(counter::TYPE1_PINNED, ret as u64);
             if flags & flag::PFN_ZERO != 0 {
-                t.add(counter::TYPE1_ZERO_PINNED, ret as u64);
+                tally.add(counter::TYPE1_ZERO_PINNED, ret as u64);
                 rc = z.refcount_raw();
             }
         }
@@ -62,16 +68,16 @@ pub fn type1_pin_ret(ctx: RetProbeContext) -> u32 {
         None => flags |= flag::NO_ZERO_PAGE_ID,
     }
     if ret > 0 && flags & flag::NO_ZERO_PAGE_ID != 0 {
-        t.add(counter::TYPE1_PINNED, ret as u64);
+        tally.add(counter::TYPE1_PINNED, ret as u64);
     }
     let args = [a[0], a[1], a[2], ret as u64, pfn_base, a[4]];
     // Same dma, next vaddr, the zero pfn, the same limit: one run.
     if !(ret > 0
         && flags == flag::PFN_ZERO
-        && fold_run(ProbeId::Type1Pin, flags, rc, &args, [4, 5], None))
+        && t.fold_run(ProbeId::Type1Pin, flags, rc, &args, [4, 5], None))
     {
         let refcount = (rc != NO_REFCOUNT).then_some(rc as i32);
-        emit(&ctx, ProbeId::Type1Pin, flags, refcount, args);
+        t.emit(&ctx, ProbeId::Type1Pin, flags, refcount, args);
     }
     0
 }
@@ -82,14 +88,20 @@ pub fn type1_unpin(ctx: ProbeContext) -> u32 {
     hit(ProbeId::Type1Unpin);
     let mut a = args::<5>(&ctx);
     a[4] &= 0xff; // bool in a full register
-    stash(ProbeId::Type1Unpin, &a);
+    if let Some(t) = thread_or_new() {
+        t.unpin.park(&a);
+    }
     0
 }
 
 #[kretprobe]
 pub fn type1_unpin_ret(ctx: RetProbeContext) -> u32 {
     let ret: i64 = ctx.ret();
-    let Some(a) = unstash(ProbeId::Type1Unpin) else {
+    let Some(t) = thread() else {
+        unmatched();
+        return 0;
+    };
+    let Some(a) = t.take(ProbeId::Type1Unpin) else {
         return 0;
     };
     add(counter::TYPE1_UNPINNED, a[3]);
@@ -110,10 +122,10 @@ pub fn type1_unpin_ret(ctx: RetProbeContext) -> u32 {
     let args = [a[0], a[1], a[2], a[3], a[4], ret as u64];
     // Same dma, next iova, the zero pfn, the same do_accounting: one run.
     if !(flags == flag::PFN_ZERO
-        && fold_run(ProbeId::Type1Unpin, flags, rc, &args, [2, 4], Some(5)))
+        && t.fold_run(ProbeId::Type1Unpin, flags, rc, &args, [2, 4], Some(5)))
     {
         let refcount = (rc != NO_REFCOUNT).then_some(rc as i32);
-        emit(&ctx, ProbeId::Type1Unpin, flags, refcount, args);
+        t.emit(&ctx, ProbeId::Type1Unpin, flags, refcount, args);
     }
     0
 }
@@ -135,15 +147,19 @@ pub fn put_pfn_ret(ctx: RetProbeContext) -> u32 {
     let Some(z) = ZeroIds::load() else { return 0 };
     let f = z.class_of_pfn(a[0]);
     if f != 0 {
-        if let Some(c) = open_pin_call() {
-            flush_folded(&ctx, c);
+        let mut t = thread();
+        if let Some(t) = t.as_deref_mut()
+            && t.pin.live != 0
+        {
+            t.flush_folded(&ctx);
         }
         let rc = if f & flag::PFN_ZERO != 0 {
             z.refcount()
         } else {
             None
         };
-        emit(
+        emit_on(
+            t,
             &ctx,
             ProbeId::PutPfn,
             f,
@@ -231,19 +247,22 @@ pub fn type1_ioctl(ctx: ProbeContext) -> u32 {
         s = [a[0], cmd, m.size, m.flags as u64, m.vaddr, m.iova];
     }
     // A run still held means the last ioctl's return was missed.
-    flush_thread_run();
-    stash(ProbeId::Type1Ioctl, &s);
+    if let Some(t) = thread_or_new() {
+        t.flush_run();
+        t.ioctl.park(&s);
+    }
     0
 }
 
 #[kretprobe]
 pub fn type1_ioctl_ret(ctx: RetProbeContext) -> u32 {
     let ret: i64 = ctx.ret();
-    // Not unstash(): ioctls other than MAP/UNMAP were never stashed.
-    let Some(s) = peek(ProbeId::Type1Ioctl) else {
+    // Not take(): ioctls other than MAP/UNMAP were never parked.
+    let Some(t) = thread() else { return 0 };
+    let Some(s) = t.ioctl.peek() else {
         return 0;
     };
-    crate::shared::forget(ProbeId::Type1Ioctl);
+    t.ioctl.live = 0;
     // MAP_DMA: the limit type1 checks the caller against, read while the
     // caller certainly still exists.
     let (limit, ev_flags) = if s[1] == VFIO_IOMMU_MAP_DMA {
@@ -260,8 +279,8 @@ pub fn type1_ioctl_ret(ctx: RetProbeContext) -> u32 {
             Err(_) => (0, 0, 0, 0),
         }
     };
-    crate::shared::emit_keyed(
-        &ctx,
+    emit_keyed(
+        Some(t),
         ProbeId::Type1Ioctl,
         ev_flags,
         None,

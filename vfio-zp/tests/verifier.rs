@@ -27,7 +27,7 @@ fn every_program_loads_on_this_kernel() {
             .unwrap_or_else(|e| panic!("{name} not loaded: {e}"));
         assert!(info.id() > 0, "{name}");
     }
-    for map in ["EVENTS", "COUNTERS", "CONFIG", "STASH"] {
+    for map in ["EVENTS", "COUNTERS", "CONFIG", "STASH", "THREADS", "BLANK"] {
         assert!(ebpf.map(map).is_some(), "{map} missing");
     }
 }

@@ -1,0 +1,280 @@
+//! A thread's type1 state in one map value: the MAP/UNMAP ioctl it is
+//! inside, its open pin and unpin calls, and the run of like calls it holds
+//! back. A type1 return program finds its call's arguments, the container
+//! and the held run with one lookup, where separate slots took two.
+use aya_ebpf::{
+    EbpfContext,
+    helpers::bpf_get_current_pid_tgid,
+    macros::map,
+    maps::{Array, LruHashMap},
+};
+use vfio_zp_common::{ProbeId, counter, flag};
+
+use crate::shared::{NO_REFCOUNT, Slot, add, with_refcount, write};
+
+/// The record a run will become: `probe` is the ProbeId + 1 (0: no run),
+/// `flags` and `refcount` as in `Event` (the last call's reading).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Run {
+    pub probe: u64,
+    pub flags: u64,
+    pub refcount: u64,
+    pub args: [u64; 6],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Thread {
+    /// MAP/UNMAP only: container, cmd, then the request (see type1_ioctl).
+    pub ioctl: Slot,
+    /// vfio_pin_pages_remote's arguments; `args[5]` counts the zero-page
+    /// GUP unpins folded inside the call (see `NO_FOLD`).
+    pub pin: Slot,
+    /// vfio_unpin_pages_remote's arguments.
+    pub unpin: Slot,
+    pub run: Run,
+}
+
+/// Reused call after call like the stash: only threads that ran type1
+/// (QEMU's vCPU and I/O threads, a few per VM) have one.
+#[map]
+static THREADS: LruHashMap<u64, Thread> = LruHashMap::with_max_entries(8192, 0);
+
+/// The all-zero `Thread` a new entry starts from: in map memory, because
+/// the value is too large to build on the 512-byte BPF stack.
+#[map]
+static BLANK: Array<Thread> = Array::with_max_entries(1, 0);
+
+/// This thread's state, if it ever ran type1.
+#[inline(always)]
+pub fn thread() -> Option<&'static mut Thread> {
+    let p = THREADS.get_ptr_mut(bpf_get_current_pid_tgid())?;
+    // SAFETY: only this thread uses this key, and a thread runs one program
+    // at a time.
+    Some(unsafe { &mut *p })
+}
+
+/// This thread's state, created on its first type1 call.
+#[inline(always)]
+pub fn thread_or_new() -> Option<&'static mut Thread> {
+    if let Some(t) = thread() {
+        return Some(t);
+    }
+    let blank = BLANK.get(0)?;
+    let _ = THREADS.insert(bpf_get_current_pid_tgid(), blank, 0);
+    thread()
+}
+
+/// Zero-page `unpin_user_page` calls inside one `vfio_pin_pages_remote` call
+/// (the 873aefb loop: 512 per GUP batch on 6.1) are counted in the call's
+/// `pin.args[5]` and written as one GupUnpinPage record: a record costs
+/// several times an entry program. This bit stops folding for the rest of
+/// the call once a batch unpin ran inside it, whose nested
+/// `unpin_user_page` the model matches against the batch record.
+pub const NO_FOLD: u64 = 1 << 63;
+
+const PAGE_SIZE: u64 = 4096;
+const _: () = assert!(ProbeId::Type1Pin as u16 == 0 && ProbeId::Type1Unpin as u16 == 1);
+
+impl Thread {
+    /// The container of the ioctl this thread is inside (0: none).
+    #[inline(always)]
+    fn container(&self) -> u64 {
+        if self.ioctl.live != 0 {
+            self.ioctl.args[0]
+        } else {
+            0
+        }
+    }
+
+    /// Parks a `vfio_pin_pages_remote` call's arguments; unpins still held
+    /// back from an earlier call whose return was missed are written first.
+    #[inline(always)]
+    pub fn park_pin<C: EbpfContext>(&mut self, ctx: &C, args: &[u64; 6]) {
+        if self.pin.live != 0 {
+            self.flush_folded(ctx);
+        }
+        self.pin.park(args);
+    }
+
+    /// Takes the parked call of `probe` (Type1Pin or Type1Unpin); counts a
+    /// return with none.
+    #[inline(always)]
+    pub fn take(&mut self, probe: ProbeId) -> Option<[u64; 6]> {
+        let slot = if probe == ProbeId::Type1Pin {
+            &mut self.pin
+        } else {
+            &mut self.unpin
+        };
+        slot.take()
+    }
+
+    /// Writes the unpins the open pin call holds back, so they precede
+    /// whatever this thread writes next: a refcount reading must follow
+    /// every unpin that ran first.
+    #[inline(always)]
+    pub fn flush_folded<C: EbpfContext>(&mut self, ctx: &C) {
+        let n = self.pin.args[5] & !NO_FOLD;
+        if n != 0 {
+            self.pin.args[5] &= NO_FOLD;
+            self.emit_folded(ctx, n);
+        }
+    }
+
+    /// One GupUnpinPage record for `n` zero-page unpins (no refcount: it
+    /// moved during them).
+    #[inline(always)]
+    pub fn emit_folded<C: EbpfContext>(&mut self, ctx: &C, n: u64) {
+        self.emit(
+            ctx,
+            ProbeId::GupUnpinPage,
+            flag::PFN_ZERO | flag::FOLDED,
+            None,
+            [n, n, 0, 0, 0, 0],
+        );
+    }
+
+    /// Inside a MAP/UNMAP ioctl, type1 pins and unpins a read-only mapping
+    /// of zero pages one call per page (each is its own pfn run). Such calls
+    /// (`probe` Type1Pin or Type1Unpin, zero-page class) join the held run
+    /// when they continue it: same dma, the next address (`args[1]`), and
+    /// the same `same` fields; `args[3]` (and `sum`) add up. Anything else
+    /// writes the held run and holds this call as a new one. Returns false
+    /// when the call must be written now (no ioctl on this thread).
+    #[inline(always)]
+    pub fn fold_run(
+        &mut self,
+        probe: ProbeId,
+        flags: u16,
+        rc: i64,
+        args: &[u64; 6],
+        same: [usize; 2],
+        sum: Option<usize>,
+    ) -> bool {
+        if self.ioctl.live == 0 {
+            return false;
+        }
+        let r = &mut self.run;
+        let id = probe as u64 + 1;
+        if r.probe == id
+            && r.args[0] == args[0]
+            && r.args[1] + r.args[3] * PAGE_SIZE == args[1]
+            && r.args[same[0]] == args[same[0]]
+            && r.args[same[1]] == args[same[1]]
+        {
+            r.args[3] += args[3];
+            if let Some(i) = sum {
+                r.args[i] += args[i];
+            }
+        } else {
+            self.flush_run();
+            self.run.probe = id;
+            self.run.args = *args;
+        }
+        // Plain integers: an Option spilled across the lookups above leaves
+        // its payload's stack slot unwritten when None, which 5.10's
+        // verifier refuses to read.
+        let has = (rc != NO_REFCOUNT) as u64;
+        self.run.flags = flags as u64 | (has * flag::REFCOUNT as u64);
+        self.run.refcount = has * (rc as i32 as u32 as u64);
+        true
+    }
+
+    /// Writes the held run, if any. Straight from the slot, with no branch
+    /// on its contents: every record a program writes is verified after
+    /// each path before it.
+    #[inline(always)]
+    pub fn flush_run(&mut self) {
+        let r = &mut self.run;
+        if r.probe == 0 {
+            return;
+        }
+        // Type1Pin (0) or Type1Unpin (1); the mask gives the verifier the
+        // bound of the drop counter's index.
+        let probe = ((r.probe - 1) & 1) as u16;
+        r.probe = 0;
+        write(
+            probe,
+            r.flags as u16,
+            r.refcount as i32,
+            self.ioctl.args[0],
+            r.args,
+            0,
+        );
+    }
+
+    /// Writes one event for the container of the ioctl this thread is
+    /// inside, after the run the thread holds back, so a thread's records
+    /// keep their order.
+    #[inline(always)]
+    pub fn emit<C: EbpfContext>(
+        &mut self,
+        _ctx: &C,
+        probe: ProbeId,
+        flags: u16,
+        refcount: Option<i32>,
+        args: [u64; 6],
+    ) {
+        self.flush_run();
+        let (flags, refcount) = with_refcount(flags, refcount);
+        write(probe as u16, flags, refcount, self.container(), args, 0)
+    }
+}
+
+/// `Thread::emit` for the current thread, or with no container when it
+/// never ran type1.
+#[inline(always)]
+pub fn emit<C: EbpfContext>(
+    ctx: &C,
+    probe: ProbeId,
+    flags: u16,
+    refcount: Option<i32>,
+    args: [u64; 6],
+) {
+    emit_on(thread(), ctx, probe, flags, refcount, args)
+}
+
+/// `emit` with the thread already looked up.
+#[inline(always)]
+pub fn emit_on<C: EbpfContext>(
+    t: Option<&mut Thread>,
+    ctx: &C,
+    probe: ProbeId,
+    flags: u16,
+    refcount: Option<i32>,
+    args: [u64; 6],
+) {
+    match t {
+        Some(t) => t.emit(ctx, probe, flags, refcount, args),
+        None => {
+            let (flags, refcount) = with_refcount(flags, refcount);
+            write(probe as u16, flags, refcount, 0, args, 0)
+        }
+    }
+}
+
+/// Writes for a given container, with `limit` (see `Event`), after the
+/// run thread `t` holds.
+#[inline(always)]
+pub fn emit_keyed(
+    t: Option<&mut Thread>,
+    probe: ProbeId,
+    flags: u16,
+    refcount: Option<i32>,
+    container: u64,
+    args: [u64; 6],
+    limit: u64,
+) {
+    if let Some(t) = t {
+        t.flush_run();
+    }
+    let (flags, refcount) = with_refcount(flags, refcount);
+    write(probe as u16, flags, refcount, container, args, limit)
+}
+
+/// A return that found no thread state at all (its entry was missed).
+#[inline(always)]
+pub fn unmatched() {
+    add(counter::UNMATCHED_RETURNS, 1);
+}
