@@ -10,7 +10,7 @@ use aya_ebpf::{
 use vfio_zp_common::{MAX_PAGES_SCANNED, ProbeId, counter, flag};
 
 use crate::{
-    shared::{Tally, ZeroIds, hit, stash, unstash},
+    shared::{NO_REFCOUNT, Tally, ZeroIds, hit, stash, unstash},
     thread::{NO_FOLD, emit, emit_on, thread},
 };
 
@@ -85,7 +85,7 @@ fn pin_return(ctx: &RetProbeContext, probe: ProbeId) {
     let ret: i64 = ctx.ret();
     let Some(a) = unstash(probe) else { return };
     let mut flags = if a[4] != 0 { flag::IN_TYPE1 } else { 0 };
-    let (mut zero, mut huge, mut refcount, mut pinned) = (0, 0, None, ret as u64);
+    let (mut zero, mut huge, mut refcount, mut pinned) = (0, 0, NO_REFCOUNT, ret as u64);
     match ZeroIds::load() {
         Some(z) if ret > 0 && a[3] != 0 => {
             let (zz, hh, f, n) = scan(&z, a[3], ret as u64);
@@ -95,7 +95,7 @@ fn pin_return(ctx: &RetProbeContext, probe: ProbeId) {
             t.add(counter::GUP_ZERO_PINNED, zero);
             t.add(counter::GUP_HUGE_ZERO_PINNED, huge);
             if zero > 0 {
-                refcount = z.refcount();
+                refcount = z.refcount_raw();
             }
         }
         Some(_) => {}
@@ -143,7 +143,20 @@ pub fn gup_pin_ret(ctx: RetProbeContext) -> u32 {
 fn unpin(ctx: &ProbeContext, probe: ProbeId, pages: u64, n: u64, make_dirty: u64) {
     let t = hit(probe);
     let Some(z) = ZeroIds::load() else { return };
-    let (zero, huge, flags, n) = scan(&z, pages, n);
+    // One page (type1's put_pfn unpins page by page): classified directly,
+    // without the scan's tallies.
+    let (zero, huge, flags, n) = if n == 1 {
+        let page = unsafe { bpf_probe_read_kernel(pages as *const u64) }.unwrap_or(0);
+        let class = z.class_of_page(page);
+        (
+            (class == flag::PFN_ZERO) as u64,
+            (class == flag::PFN_HUGE_ZERO) as u64,
+            0,
+            1,
+        )
+    } else {
+        scan(&z, pages, n)
+    };
     if zero == 0 && huge == 0 {
         return;
     }
@@ -158,7 +171,11 @@ fn unpin(ctx: &ProbeContext, probe: ProbeId, pages: u64, n: u64, make_dirty: u64
         t.flush_folded(ctx);
         t.pin.args[5] |= NO_FOLD;
     }
-    let rc = if zero > 0 { z.refcount() } else { None };
+    let rc = if zero > 0 {
+        z.refcount_raw()
+    } else {
+        NO_REFCOUNT
+    };
     emit_on(
         t,
         ctx,
@@ -197,7 +214,11 @@ pub fn gup_unpin_page(ctx: ProbeContext) -> u32 {
         }
         t.flush_folded(&ctx);
     }
-    let rc = if zero != 0 { z.refcount() } else { None };
+    let rc = if zero != 0 {
+        z.refcount_raw()
+    } else {
+        NO_REFCOUNT
+    };
     emit_on(
         t,
         &ctx,

@@ -7,7 +7,7 @@ use aya_log_ebpf::warn;
 use vfio_zp_common::ProbeId;
 
 use crate::{
-    shared::hit,
+    shared::{NO_REFCOUNT, hit},
     thread::{emit_keyed, thread},
 };
 
@@ -26,7 +26,7 @@ pub fn type1_open_ret(ctx: RetProbeContext) -> u32 {
         thread(),
         ProbeId::Type1Open,
         0,
-        None,
+        NO_REFCOUNT,
         container,
         [container, 0, 0, 0, 0, 0],
         0,
@@ -43,7 +43,7 @@ pub fn type1_release(ctx: ProbeContext) -> u32 {
         thread(),
         ProbeId::Type1Release,
         0,
-        None,
+        NO_REFCOUNT,
         c,
         [c, 0, 0, 0, 0, 0],
         0,
@@ -61,7 +61,7 @@ pub fn remove_dma(ctx: ProbeContext) -> u32 {
         thread(),
         ProbeId::RemoveDma,
         0,
-        None,
+        NO_REFCOUNT,
         c,
         [c, dma, 0, 0, 0, 0],
         0,

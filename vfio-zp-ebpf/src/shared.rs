@@ -157,11 +157,15 @@ pub fn unstash(probe: ProbeId) -> Option<[u64; 6]> {
 /// `ZeroIds::refcount_raw` when the read failed or was not made.
 pub const NO_REFCOUNT: i64 = i64::MIN;
 
+/// The record's flags and refcount field for a reading or `NO_REFCOUNT`
+/// (a plain integer, never an `Option`: LLVM may leave a `None`'s payload
+/// register unwritten, and the verifier refuses to read it).
 #[inline(always)]
-pub fn with_refcount(flags: u16, refcount: Option<i32>) -> (u16, i32) {
-    match refcount {
-        Some(r) => (flags | flag::REFCOUNT, r),
-        None => (flags, 0),
+pub fn with_refcount(flags: u16, refcount: i64) -> (u16, i32) {
+    if refcount != NO_REFCOUNT {
+        (flags | flag::REFCOUNT, refcount as i32)
+    } else {
+        (flags, 0)
     }
 }
 

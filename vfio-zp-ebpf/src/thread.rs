@@ -10,10 +10,10 @@ use aya_ebpf::{
 };
 use vfio_zp_common::{ProbeId, counter, flag};
 
-use crate::shared::{NO_REFCOUNT, Slot, add, with_refcount, write};
+use crate::shared::{NO_REFCOUNT, Slot, ZeroIds, add, with_refcount, write};
 
 /// The record a run will become: `probe` is the ProbeId + 1 (0: no run),
-/// `flags` and `refcount` as in `Event` (the last call's reading).
+/// `flags` and `refcount` as in `Event` (the first call's reading).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Run {
@@ -130,24 +130,26 @@ impl Thread {
             ctx,
             ProbeId::GupUnpinPage,
             flag::PFN_ZERO | flag::FOLDED,
-            None,
+            NO_REFCOUNT,
             [n, n, 0, 0, 0, 0],
         );
     }
 
     /// Inside a MAP/UNMAP ioctl, type1 pins and unpins a read-only mapping
     /// of zero pages one call per page (each is its own pfn run). Such calls
-    /// (`probe` Type1Pin or Type1Unpin, zero-page class) join the held run
+    /// (`probe` Type1Pin or Type1Unpin, of the zero page) join the held run
     /// when they continue it: same dma, the next address (`args[1]`), and
     /// the same `same` fields; `args[3]` (and `sum`) add up. Anything else
-    /// writes the held run and holds this call as a new one. Returns false
-    /// when the call must be written now (no ioctl on this thread).
+    /// writes the held run and holds this call as a new one, with the zero
+    /// page's refcount read now: one reading serves the run, as whatever
+    /// this thread does that moves the refcount writes a record first,
+    /// which ends the run. Returns false when
+    /// the call must be written now (no ioctl on this thread).
     #[inline(always)]
     pub fn fold_run(
         &mut self,
         probe: ProbeId,
-        flags: u16,
-        rc: i64,
+        z: &ZeroIds,
         args: &[u64; 6],
         same: [usize; 2],
         sum: Option<usize>,
@@ -167,16 +169,17 @@ impl Thread {
             if let Some(i) = sum {
                 r.args[i] += args[i];
             }
-        } else {
-            self.flush_run();
-            self.run.probe = id;
-            self.run.args = *args;
+            return true;
         }
+        self.flush_run();
+        self.run.probe = id;
+        self.run.args = *args;
         // Plain integers: an Option spilled across the lookups above leaves
         // its payload's stack slot unwritten when None, which 5.10's
         // verifier refuses to read.
+        let rc = z.refcount_raw();
         let has = (rc != NO_REFCOUNT) as u64;
-        self.run.flags = flags as u64 | (has * flag::REFCOUNT as u64);
+        self.run.flags = flag::PFN_ZERO as u64 | (has * flag::REFCOUNT as u64);
         self.run.refcount = has * (rc as i32 as u32 as u64);
         true
     }
@@ -213,7 +216,7 @@ impl Thread {
         _ctx: &C,
         probe: ProbeId,
         flags: u16,
-        refcount: Option<i32>,
+        refcount: i64,
         args: [u64; 6],
     ) {
         self.flush_run();
@@ -225,13 +228,7 @@ impl Thread {
 /// `Thread::emit` for the current thread, or with no container when it
 /// never ran type1.
 #[inline(always)]
-pub fn emit<C: EbpfContext>(
-    ctx: &C,
-    probe: ProbeId,
-    flags: u16,
-    refcount: Option<i32>,
-    args: [u64; 6],
-) {
+pub fn emit<C: EbpfContext>(ctx: &C, probe: ProbeId, flags: u16, refcount: i64, args: [u64; 6]) {
     emit_on(thread(), ctx, probe, flags, refcount, args)
 }
 
@@ -242,7 +239,7 @@ pub fn emit_on<C: EbpfContext>(
     ctx: &C,
     probe: ProbeId,
     flags: u16,
-    refcount: Option<i32>,
+    refcount: i64,
     args: [u64; 6],
 ) {
     match t {
@@ -261,7 +258,7 @@ pub fn emit_keyed(
     t: Option<&mut Thread>,
     probe: ProbeId,
     flags: u16,
-    refcount: Option<i32>,
+    refcount: i64,
     container: u64,
     args: [u64; 6],
     limit: u64,

@@ -53,15 +53,14 @@ pub fn type1_pin_ret(ctx: RetProbeContext) -> u32 {
         0
     };
     let mut flags = 0;
-    let mut rc = NO_REFCOUNT;
     let tally = Tally::get();
-    match ZeroIds::load() {
+    let zero = ZeroIds::load();
+    match zero {
         Some(z) if ret > 0 => {
             flags = z.class_of_pfn(pfn_base);
             tally.add(counter::TYPE1_PINNED, ret as u64);
             if flags & flag::PFN_ZERO != 0 {
                 tally.add(counter::TYPE1_ZERO_PINNED, ret as u64);
-                rc = z.refcount_raw();
             }
         }
         Some(_) => {}
@@ -72,13 +71,18 @@ pub fn type1_pin_ret(ctx: RetProbeContext) -> u32 {
     }
     let args = [a[0], a[1], a[2], ret as u64, pfn_base, a[4]];
     // Same dma, next vaddr, the zero pfn, the same limit: one run.
-    if !(ret > 0
+    if ret > 0
         && flags == flag::PFN_ZERO
-        && t.fold_run(ProbeId::Type1Pin, flags, rc, &args, [4, 5], None))
+        && let Some(z) = zero
+        && t.fold_run(ProbeId::Type1Pin, &z, &args, [4, 5], None)
     {
-        let refcount = (rc != NO_REFCOUNT).then_some(rc as i32);
-        t.emit(&ctx, ProbeId::Type1Pin, flags, refcount, args);
+        return 0;
     }
+    let refcount = match zero {
+        Some(z) if flags & flag::PFN_ZERO != 0 => z.refcount_raw(),
+        _ => NO_REFCOUNT,
+    };
+    t.emit(&ctx, ProbeId::Type1Pin, flags, refcount, args);
     0
 }
 
@@ -105,28 +109,24 @@ pub fn type1_unpin_ret(ctx: RetProbeContext) -> u32 {
         return 0;
     };
     add(counter::TYPE1_UNPINNED, a[3]);
-    let (flags, rc) = match ZeroIds::load() {
-        Some(z) => {
-            let f = z.class_of_pfn(a[2]);
-            (
-                f,
-                if f & flag::PFN_ZERO != 0 {
-                    z.refcount_raw()
-                } else {
-                    NO_REFCOUNT
-                },
-            )
-        }
-        None => (flag::NO_ZERO_PAGE_ID, NO_REFCOUNT),
+    let zero = ZeroIds::load();
+    let flags = match zero {
+        Some(z) => z.class_of_pfn(a[2]),
+        None => flag::NO_ZERO_PAGE_ID,
     };
     let args = [a[0], a[1], a[2], a[3], a[4], ret as u64];
     // Same dma, next iova, the zero pfn, the same do_accounting: one run.
-    if !(flags == flag::PFN_ZERO
-        && t.fold_run(ProbeId::Type1Unpin, flags, rc, &args, [2, 4], Some(5)))
+    if flags == flag::PFN_ZERO
+        && let Some(z) = zero
+        && t.fold_run(ProbeId::Type1Unpin, &z, &args, [2, 4], Some(5))
     {
-        let refcount = (rc != NO_REFCOUNT).then_some(rc as i32);
-        t.emit(&ctx, ProbeId::Type1Unpin, flags, refcount, args);
+        return 0;
     }
+    let refcount = match zero {
+        Some(z) if flags & flag::PFN_ZERO != 0 => z.refcount_raw(),
+        _ => NO_REFCOUNT,
+    };
+    t.emit(&ctx, ProbeId::Type1Unpin, flags, refcount, args);
     0
 }
 
@@ -154,9 +154,9 @@ pub fn put_pfn_ret(ctx: RetProbeContext) -> u32 {
             t.flush_folded(&ctx);
         }
         let rc = if f & flag::PFN_ZERO != 0 {
-            z.refcount()
+            z.refcount_raw()
         } else {
-            None
+            NO_REFCOUNT
         };
         emit_on(
             t,
@@ -198,7 +198,7 @@ pub fn lock_acct_ret(ctx: RetProbeContext) -> u32 {
         &ctx,
         ProbeId::LockAcct,
         0,
-        None,
+        NO_REFCOUNT,
         [a[0], a[1], a[2], ret as i64 as u64, 0, 0],
     );
     0
@@ -283,7 +283,7 @@ pub fn type1_ioctl_ret(ctx: RetProbeContext) -> u32 {
         Some(t),
         ProbeId::Type1Ioctl,
         ev_flags,
-        None,
+        NO_REFCOUNT,
         s[0],
         [s[1], ret as u64, flags, vaddr, iova, size],
         limit,
