@@ -20,6 +20,18 @@ use crate::{
 #[map]
 static SCAN: PerCpuArray<[u64; 3]> = PerCpuArray::with_max_entries(1, 0);
 
+/// Page pointers read per kernel read in `scan`.
+const CHUNK: u64 = 8;
+
+#[inline(always)]
+fn count(tally: &mut [u64; 3], page: u64, zero: u64, huge: (u64, u64)) {
+    if page == zero {
+        tally[0] += 1;
+    } else if page >= huge.0 && page < huge.1 {
+        tally[1] += 1;
+    }
+}
+
 /// Zero and huge-zero entries among the first `n` of `pages`, and `n`
 /// itself read back from map memory: the loop bounds `n` differently at
 /// each of its 512 exits, and a record that used those `n`s would be
@@ -39,18 +51,33 @@ fn scan(z: &ZeroIds, pages: u64, n: u64) -> (u64, u64, u16, u64) {
     // Plain bounds, read once: nothing in the loop branches on the config.
     let (zero, huge) = (z.zero_page(), z.huge_pages());
     *tally = [0, 0, n];
-    for i in 0..MAX_PAGES_SCANNED as u64 {
-        if i >= n {
+    // Whole chunks first: one kernel read per CHUNK entries instead of one
+    // per entry (a 512-page pin was 512 helper calls).
+    let mut i = 0;
+    for _ in 0..MAX_PAGES_SCANNED as u64 / CHUNK {
+        if i + CHUNK > n {
+            break;
+        }
+        let Ok(chunk) =
+            (unsafe { bpf_probe_read_kernel((pages + i * 8) as *const [u64; CHUNK as usize]) })
+        else {
+            break;
+        };
+        for page in chunk {
+            count(tally, page, zero, huge);
+        }
+        i += CHUNK;
+    }
+    // The tail one entry at a time: reading past the array could fault.
+    for _ in 0..CHUNK - 1 {
+        if i >= n || i >= MAX_PAGES_SCANNED as u64 {
             break;
         }
         let Ok(page) = (unsafe { bpf_probe_read_kernel((pages + i * 8) as *const u64) }) else {
             break;
         };
-        if page == zero {
-            tally[0] += 1;
-        } else if page >= huge.0 && page < huge.1 {
-            tally[1] += 1;
-        }
+        count(tally, page, zero, huge);
+        i += 1;
     }
     // SAFETY: the slot above; volatile so the compiler does not forward `n`.
     let n = unsafe { core::ptr::read_volatile(&tally[2]) };
