@@ -240,8 +240,10 @@ fn boot(kernel: &str, dir: &Path, pages: u64, reps: u32) -> anyhow::Result<()> {
 fn report(kernel: &str, dir: &Path, pages: u64, reps: u32) {
     let dir = dir.to_path_buf();
     let mib = (pages * 4096) >> 20;
+    let accel = std::fs::read_to_string(dir.join("accel")).unwrap_or_else(|_| "TCG".into());
+    let accel = accel.trim();
     println!(
-        "bench (VM lab, {kernel} under TCG, release build; the workload on vCPU 0, the agent or bpftrace on vCPU 1; ratios taken in this one run):"
+        "bench (VM lab, {kernel} under {accel}, release build; the workload on vCPU 0, the agent or bpftrace on vCPU 1; ratios taken in this one run):"
     );
     for (kind, max, what) in [
         (
@@ -309,7 +311,7 @@ fn report(kernel: &str, dir: &Path, pages: u64, reps: u32) {
             );
             match floor {
                 Some(f) if b > f => println!(
-                    "    an empty program costs {f:.0} ns here (bpf_stats' own clock reads under TCG); above it: vfio-zp {:.0} ns, bpftrace {:.0} ns: {:.2}x",
+                    "    an empty program costs {f:.0} ns here (bpf_stats' own clock reads under {accel}); above it: vfio-zp {:.0} ns, bpftrace {:.0} ns: {:.2}x",
                     o - f,
                     b - f,
                     (o - f) / (b - f)

@@ -1,5 +1,6 @@
-//! Boots a lab kernel under QEMU (TCG: KVM guests hang at early boot on
-//! these machines) and runs a command in it, streaming the console.
+//! Boots a lab kernel under QEMU and runs a command in it, streaming the
+//! console. Guests run under KVM where the CPU offers hardware
+//! virtualisation, under TCG otherwise (see [`Accel`]).
 use std::{
     fs,
     io::{BufRead, BufReader, Write},
@@ -57,8 +58,12 @@ pub fn run_smp(
     )?;
     fs::write(results.join("guest-cmd.sh"), command)?;
     let initrd = initramfs::build(k, guest::INIT)?;
+    let accel = Accel::detect()?;
+    eprintln!("lab: {}: {}", k.name, accel.why);
+    fs::write(results.join("accel"), accel.name())?;
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-M", "q35", "-cpu", "max", "-m", "2G"])
+        .args(accel.qemu_args())
+        .args(["-m", "2G"])
         .args(["-smp", &cpus.to_string()])
         // e1000e NICs, each its own IOMMU group: as many containers can
         // run at once (two for the scenarios, all for the ring flood).
@@ -161,6 +166,74 @@ pub fn run_smp(
     })
 }
 
+/// How guests are run. KVM needs VT-x or AMD-V in the CPU flags: a
+/// /dev/kvm without them is a paravirtual KVM (PVM, `kvm-pvm` in dmesg),
+/// which boots only kernels built as its guests and hangs early on Debian's.
+#[derive(Debug, PartialEq)]
+pub struct Accel {
+    pub kvm: bool,
+    pub why: String,
+}
+
+/// Forces the accelerator: `kvm` or `tcg`.
+pub const ACCEL_ENV: &str = "VFIO_ZP_LAB_ACCEL";
+
+impl Accel {
+    pub fn detect() -> anyhow::Result<Accel> {
+        let forced = std::env::var(ACCEL_ENV).ok();
+        let dev_kvm = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok();
+        let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        Accel::choose(forced.as_deref(), dev_kvm, &cpuinfo)
+    }
+
+    fn choose(forced: Option<&str>, dev_kvm: bool, cpuinfo: &str) -> anyhow::Result<Accel> {
+        let hw = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("flags"))
+            .and_then(|l| l.split_once(':'))
+            .is_some_and(|(_, f)| f.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+        let accel = |kvm, why: &str| Accel {
+            kvm,
+            why: why.to_string(),
+        };
+        Ok(match forced {
+            Some("kvm") => accel(true, "KVM (forced by VFIO_ZP_LAB_ACCEL)"),
+            Some("tcg") => accel(false, "TCG (forced by VFIO_ZP_LAB_ACCEL)"),
+            Some(other) => bail!("{ACCEL_ENV}={other}: expected kvm or tcg"),
+            None if dev_kvm && hw => accel(true, "KVM (/dev/kvm and VT-x/AMD-V)"),
+            None if dev_kvm => accel(
+                false,
+                "TCG: /dev/kvm is here but the CPU shows no VT-x/AMD-V (a paravirtual KVM, which hangs Debian kernels at boot); figures are emulated",
+            ),
+            None => accel(false, "TCG: no usable /dev/kvm; figures are emulated"),
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        if self.kvm { "KVM" } else { "TCG" }
+    }
+
+    fn qemu_args(&self) -> [&'static str; 6] {
+        if self.kvm {
+            // The emulated IOMMU's interrupt remapping needs a split irqchip.
+            [
+                "-accel",
+                "kvm",
+                "-M",
+                "q35,kernel-irqchip=split",
+                "-cpu",
+                "host",
+            ]
+        } else {
+            ["-accel", "tcg", "-M", "q35", "-cpu", "max"]
+        }
+    }
+}
+
 fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars().peekable();
@@ -186,6 +259,35 @@ fn strip_ansi(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::Accel;
+
+    const PVM: &str = "processor\t: 0\nflags\t\t: fpu vme de pse tsc msr hypervisor lahf_lm\n";
+    const VTX: &str = "processor\t: 0\nflags\t\t: fpu vme vmx ept tsc\n";
+    const AMDV: &str = "flags\t\t: fpu svm npt\n";
+
+    #[test]
+    fn kvm_only_with_the_device_and_hardware_virtualisation() {
+        let kvm = |f, d, c| Accel::choose(f, d, c).unwrap().kvm;
+        assert!(kvm(None, true, VTX));
+        assert!(kvm(None, true, AMDV));
+        // A paravirtual KVM: the device without the flags.
+        assert!(!kvm(None, true, PVM));
+        assert!(!kvm(None, false, VTX));
+        // "vmx" inside another flag's name is not VT-x.
+        assert!(!kvm(None, true, "flags\t: avmx svmx\n"));
+        assert!(kvm(Some("kvm"), false, PVM));
+        assert!(!kvm(Some("tcg"), true, VTX));
+        let e = Accel::choose(Some("hvf"), true, VTX).unwrap_err();
+        assert!(e.to_string().contains("expected kvm or tcg"), "{e}");
+    }
+
+    #[test]
+    fn the_reason_names_a_paravirtual_kvm() {
+        let a = Accel::choose(None, true, PVM).unwrap();
+        assert_eq!(a.name(), "TCG");
+        assert!(a.why.contains("no VT-x/AMD-V"), "{}", a.why);
+    }
+
     #[test]
     fn ansi_sequences_are_removed() {
         assert_eq!(super::strip_ansi("\x1b[2J\x1b[0mSeaBIOS"), "SeaBIOS");
