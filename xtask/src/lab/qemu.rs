@@ -207,9 +207,9 @@ impl Accel {
             None if dev_kvm && hw => accel(true, "KVM (/dev/kvm and VT-x/AMD-V)"),
             None if dev_kvm => accel(
                 false,
-                "TCG: /dev/kvm is here but the CPU shows no VT-x/AMD-V (a paravirtual KVM, which hangs Debian kernels at boot); figures are emulated",
+                "TCG: /dev/kvm is here but the CPU shows no VT-x/AMD-V (a paravirtual KVM, which hangs Debian kernels at boot); timings are emulated",
             ),
-            None => accel(false, "TCG: no usable /dev/kvm; figures are emulated"),
+            None => accel(false, "TCG: no usable /dev/kvm; timings are emulated"),
         })
     }
 
