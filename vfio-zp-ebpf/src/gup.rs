@@ -88,13 +88,7 @@ fn scan(z: &ZeroIds, pages: u64, n: u64) -> (u64, u64, u16, u64) {
 fn pin_entry(ctx: &ProbeContext, probe: ProbeId, first: usize) {
     hit(probe);
     // Its refcount reading must come after the unpins before it.
-    let mut in_type1 = 0;
-    if let Some(t) = thread()
-        && t.pin.live != 0
-    {
-        in_type1 = 1;
-        t.flush_folded(ctx);
-    }
+    let in_type1 = thread().is_some_and(|t| t.flush_folded(ctx)) as u64;
     // (start, nr_pages, gup_flags, pages) start at argument `first`.
     let a = [
         ctx.arg::<u64>(first).unwrap_or(0),
@@ -193,9 +187,8 @@ fn unpin(ctx: &ProbeContext, probe: ProbeId, pages: u64, n: u64, make_dirty: u64
     // same pages: those must stay records of their own (see NO_FOLD).
     let mut t = thread();
     if let Some(t) = t.as_deref_mut()
-        && t.pin.live != 0
+        && t.flush_folded(ctx)
     {
-        t.flush_folded(ctx);
         t.pin.args[5] |= NO_FOLD;
     }
     let rc = if zero > 0 {

@@ -92,9 +92,7 @@ impl Thread {
     /// back from an earlier call whose return was missed are written first.
     #[inline(always)]
     pub fn park_pin<C: EbpfContext>(&mut self, ctx: &C, args: &[u64; 6]) {
-        if self.pin.live != 0 {
-            self.flush_folded(ctx);
-        }
+        self.flush_folded(ctx);
         self.pin.park(args);
     }
 
@@ -110,16 +108,21 @@ impl Thread {
         slot.take()
     }
 
-    /// Writes the unpins the open pin call holds back, so they precede
-    /// whatever this thread writes next: a refcount reading must follow
-    /// every unpin that ran first.
+    /// Writes the unpins this thread's open pin call holds back, so they
+    /// precede whatever it writes next: a refcount reading must follow
+    /// every unpin that ran first. Returns whether a pin call is open (a
+    /// closed one's count was written by its return).
     #[inline(always)]
-    pub fn flush_folded<C: EbpfContext>(&mut self, ctx: &C) {
+    pub fn flush_folded<C: EbpfContext>(&mut self, ctx: &C) -> bool {
+        if self.pin.live == 0 {
+            return false;
+        }
         let n = self.pin.args[5] & !NO_FOLD;
         if n != 0 {
             self.pin.args[5] &= NO_FOLD;
             self.emit_folded(ctx, n);
         }
+        true
     }
 
     /// One GupUnpinPage record for `n` zero-page unpins (no refcount: it

@@ -148,9 +148,7 @@ pub fn put_pfn_ret(ctx: RetProbeContext) -> u32 {
     let f = z.class_of_pfn(a[0]);
     if f != 0 {
         let mut t = thread();
-        if let Some(t) = t.as_deref_mut()
-            && t.pin.live != 0
-        {
+        if let Some(t) = t.as_deref_mut() {
             t.flush_folded(&ctx);
         }
         let rc = if f & flag::PFN_ZERO != 0 {
