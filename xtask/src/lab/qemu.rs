@@ -172,7 +172,7 @@ pub fn run_smp(
 #[derive(Debug, PartialEq)]
 pub struct Accel {
     pub kvm: bool,
-    pub why: String,
+    pub why: &'static str,
 }
 
 /// Forces the accelerator: `kvm` or `tcg`.
@@ -196,10 +196,7 @@ impl Accel {
             .find(|l| l.starts_with("flags"))
             .and_then(|l| l.split_once(':'))
             .is_some_and(|(_, f)| f.split_whitespace().any(|f| f == "vmx" || f == "svm"));
-        let accel = |kvm, why: &str| Accel {
-            kvm,
-            why: why.to_string(),
-        };
+        let accel = |kvm, why| Accel { kvm, why };
         Ok(match forced {
             Some("kvm") => accel(true, "KVM (forced by VFIO_ZP_LAB_ACCEL)"),
             Some("tcg") => accel(false, "TCG (forced by VFIO_ZP_LAB_ACCEL)"),
