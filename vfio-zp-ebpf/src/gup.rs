@@ -2,7 +2,7 @@
 //! These functions serve the whole kernel, so only calls made inside type1 or
 //! touching a zero page become events; every call is counted.
 use aya_ebpf::{
-    helpers::bpf_probe_read_kernel,
+    helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf},
     macros::{kprobe, kretprobe, map},
     maps::PerCpuArray,
     programs::{ProbeContext, RetProbeContext},
@@ -14,70 +14,87 @@ use crate::{
     thread::{NO_FOLD, emit, emit_on, thread},
 };
 
-/// Running tallies for `scan`, kept in map memory: the verifier does not
-/// track map contents, so the loop's states prune instead of multiplying
-/// with every distinct (zero, huge) count.
+const MAX: usize = MAX_PAGES_SCANNED as usize;
+
+/// `scan`'s working memory, in map memory: the page pointers copied out of
+/// the kernel's array, and running tallies (the verifier does not track map
+/// contents, so the loop's states prune instead of multiplying with every
+/// distinct (zero, huge) count).
+#[repr(C)]
+pub struct Scan {
+    tally: [u64; 3],
+    pages: [u64; MAX],
+}
+
 #[map]
-static SCAN: PerCpuArray<[u64; 3]> = PerCpuArray::with_max_entries(1, 0);
+static SCAN: PerCpuArray<Scan> = PerCpuArray::with_max_entries(1, 0);
 
-/// Page pointers read per kernel read in `scan`.
-const CHUNK: u64 = 8;
+/// Entries tested at once for "all the zero page".
+const CHUNK: usize = 8;
 
+/// `huge` is the huge zero page's first `struct page` and the length of its
+/// range in bytes (0: none), so one unsigned compare tests it.
 #[inline(always)]
 fn count(tally: &mut [u64; 3], page: u64, zero: u64, huge: (u64, u64)) {
     if page == zero {
         tally[0] += 1;
-    } else if page >= huge.0 && page < huge.1 {
+    } else if page.wrapping_sub(huge.0) < huge.1 {
         tally[1] += 1;
     }
 }
 
 /// Zero and huge-zero entries among the first `n` of `pages`, and `n`
 /// itself read back from map memory: the loop bounds `n` differently at
-/// each of its 512 exits, and a record that used those `n`s would be
-/// verified once per exit.
+/// each of its exits, and a record that used those `n`s would be verified
+/// once per exit.
 #[inline(always)]
 fn scan(z: &ZeroIds, pages: u64, n: u64) -> (u64, u64, u16, u64) {
-    let flags = if n > MAX_PAGES_SCANNED as u64 {
-        flag::TRUNCATED
-    } else {
-        0
-    };
-    let Some(tally) = SCAN.get_ptr_mut(0) else {
+    let flags = if n > MAX as u64 { flag::TRUNCATED } else { 0 };
+    let Some(scan) = SCAN.get_ptr_mut(0) else {
         return (0, 0, flags, n);
     };
     // SAFETY: per-CPU slot; BPF programs do not nest on one CPU.
-    let tally = unsafe { &mut *tally };
+    let scan = unsafe { &mut *scan };
     // Plain bounds, read once: nothing in the loop branches on the config.
-    let (zero, huge) = (z.zero_page(), z.huge_pages());
-    *tally = [0, 0, n];
-    // Whole chunks first: one kernel read per CHUNK entries instead of one
-    // per entry (a 512-page pin was 512 helper calls).
-    let mut i = 0;
-    for _ in 0..MAX_PAGES_SCANNED as u64 / CHUNK {
-        if i + CHUNK > n {
+    let zero = z.zero_page();
+    let (start, end) = z.huge_pages();
+    let huge = (start, end - start);
+    scan.tally = [0, 0, n];
+    let len = if n > MAX as u64 { MAX } else { n as usize };
+    // The whole array in one kernel read (a 512-page pin was 512 helper
+    // calls, then 64): exactly the `n` entries the call filled in.
+    // SAFETY: `len` <= MAX entries of map memory.
+    let dst =
+        unsafe { core::slice::from_raw_parts_mut(scan.pages.as_mut_ptr().cast::<u8>(), len * 8) };
+    if unsafe { bpf_probe_read_kernel_buf(pages as *const u8, dst) }.is_err() {
+        return (0, 0, flags, n);
+    }
+    let tally = &mut scan.tally;
+    // Eight entries at a time; eight zero pages (every chunk of a read-only
+    // mapping of untouched memory) are counted with one add.
+    let whole = len / CHUNK;
+    for c in 0..MAX / CHUNK {
+        if c >= whole {
             break;
         }
-        let Ok(chunk) =
-            (unsafe { bpf_probe_read_kernel((pages + i * 8) as *const [u64; CHUNK as usize]) })
-        else {
+        let chunk = &scan.pages[c * CHUNK..c * CHUNK + CHUNK];
+        let other = chunk.iter().fold(0, |acc, p| acc | (p ^ zero));
+        if other == 0 {
+            tally[0] += CHUNK as u64;
+        } else {
+            for &page in chunk {
+                count(tally, page, zero, huge);
+            }
+        }
+    }
+    for k in 0..CHUNK - 1 {
+        let i = whole * CHUNK + k;
+        if i >= len {
             break;
-        };
-        for page in chunk {
+        }
+        if let Some(&page) = scan.pages.get(i) {
             count(tally, page, zero, huge);
         }
-        i += CHUNK;
-    }
-    // The tail one entry at a time: reading past the array could fault.
-    for _ in 0..CHUNK - 1 {
-        if i >= n || i >= MAX_PAGES_SCANNED as u64 {
-            break;
-        }
-        let Ok(page) = (unsafe { bpf_probe_read_kernel((pages + i * 8) as *const u64) }) else {
-            break;
-        };
-        count(tally, page, zero, huge);
-        i += 1;
     }
     // SAFETY: the slot above; volatile so the compiler does not forward `n`.
     let n = unsafe { core::ptr::read_volatile(&tally[2]) };
