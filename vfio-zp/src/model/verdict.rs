@@ -243,15 +243,6 @@ impl Model {
         let live = if gup_pins { c.zero_pins_live() } else { 0 };
         let saw_zero = c.zero_pins_taken > 0 || c.pinned.zero > 0;
         let (leak, leak_reason) = if leaked > 0 {
-            let why = if self.behaviour.get(Trait::PutPfnSkipsReserved) {
-                "put_pfn() never releases the reserved zero page and type1 did not unpin it in the pin path"
-            } else {
-                "their mappings are gone"
-            };
-            let mut reason = format!(
-                "{leaked} zero-page pins outlived the type1 calls that took them and hold {} references for good: {why}",
-                leaked * PIN_BIAS
-            );
             match &blind {
                 // This kernel's type1 unpins them in the pin path, and the
                 // events of those unpins may be among the lost ones: a
@@ -264,11 +255,21 @@ impl Model {
                     leaked = 0;
                     (Leak::Uncertain, reason)
                 }
-                Some(b) => {
-                    reason.push_str(&format!(" (at least that many: {b})"));
+                _ => {
+                    let why = if self.behaviour.get(Trait::PutPfnSkipsReserved) {
+                        "put_pfn() never releases the reserved zero page and type1 did not unpin it in the pin path"
+                    } else {
+                        "their mappings are gone"
+                    };
+                    let mut reason = format!(
+                        "{leaked} zero-page pins outlived the type1 calls that took them and hold {} references for good: {why}",
+                        leaked * PIN_BIAS
+                    );
+                    if let Some(b) = &blind {
+                        reason.push_str(&format!(" (at least that many: {b})"));
+                    }
                     (Leak::Leaking, reason)
                 }
-                None => (Leak::Leaking, reason),
             }
         } else if let Some(b) = &blind {
             // Lost events may have been its zero-page pins: no guessing.
