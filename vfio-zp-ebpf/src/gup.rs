@@ -132,9 +132,7 @@ fn pin_return(ctx: &RetProbeContext, probe: ProbeId) {
             let t = Tally::get();
             t.add(counter::GUP_ZERO_PINNED, zero);
             t.add(counter::GUP_HUGE_ZERO_PINNED, huge);
-            if zero > 0 {
-                refcount = z.refcount_raw();
-            }
+            refcount = z.refcount_if(zero > 0);
         }
         Some(_) => {}
         None => flags |= flag::NO_ZERO_PAGE_ID,
@@ -208,11 +206,7 @@ fn unpin(ctx: &ProbeContext, probe: ProbeId, pages: u64, n: u64, make_dirty: u64
     {
         t.pin.args[5] |= NO_FOLD;
     }
-    let rc = if zero > 0 {
-        z.refcount_raw()
-    } else {
-        NO_REFCOUNT
-    };
+    let rc = z.refcount_if(zero > 0);
     emit_on(
         t,
         ctx,
@@ -251,11 +245,7 @@ pub fn gup_unpin_page(ctx: ProbeContext) -> u32 {
         }
         t.flush_folded(&ctx);
     }
-    let rc = if zero != 0 {
-        z.refcount_raw()
-    } else {
-        NO_REFCOUNT
-    };
+    let rc = z.refcount_if(zero != 0);
     emit_on(
         t,
         &ctx,

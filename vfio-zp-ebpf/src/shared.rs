@@ -262,6 +262,17 @@ impl ZeroIds {
         }
     }
 
+    /// For a record about the zero page (`zero`), its `_refcount` read
+    /// now; `NO_REFCOUNT` for any other.
+    #[inline(always)]
+    pub fn refcount_if(&self, zero: bool) -> i64 {
+        if zero {
+            self.refcount_raw()
+        } else {
+            NO_REFCOUNT
+        }
+    }
+
     /// The zero page's `_refcount` read now, or `NO_REFCOUNT`.
     #[inline(always)]
     pub fn refcount_raw(&self) -> i64 {

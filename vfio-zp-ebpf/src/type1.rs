@@ -78,10 +78,7 @@ pub fn type1_pin_ret(ctx: RetProbeContext) -> u32 {
     {
         return 0;
     }
-    let refcount = match zero {
-        Some(z) if flags & flag::PFN_ZERO != 0 => z.refcount_raw(),
-        _ => NO_REFCOUNT,
-    };
+    let refcount = zero.map_or(NO_REFCOUNT, |z| z.refcount_if(flags & flag::PFN_ZERO != 0));
     t.emit(&ctx, ProbeId::Type1Pin, flags, refcount, args);
     0
 }
@@ -122,10 +119,7 @@ pub fn type1_unpin_ret(ctx: RetProbeContext) -> u32 {
     {
         return 0;
     }
-    let refcount = match zero {
-        Some(z) if flags & flag::PFN_ZERO != 0 => z.refcount_raw(),
-        _ => NO_REFCOUNT,
-    };
+    let refcount = zero.map_or(NO_REFCOUNT, |z| z.refcount_if(flags & flag::PFN_ZERO != 0));
     t.emit(&ctx, ProbeId::Type1Unpin, flags, refcount, args);
     0
 }
@@ -151,11 +145,7 @@ pub fn put_pfn_ret(ctx: RetProbeContext) -> u32 {
         if let Some(t) = t.as_deref_mut() {
             t.flush_folded(&ctx);
         }
-        let rc = if f & flag::PFN_ZERO != 0 {
-            z.refcount_raw()
-        } else {
-            NO_REFCOUNT
-        };
+        let rc = z.refcount_if(f & flag::PFN_ZERO != 0);
         emit_on(
             t,
             &ctx,
