@@ -3,12 +3,14 @@
 //! MAP_DMA + UNMAP of read-touched memory with the agent attached against
 //! detached, and the idle agent's CPU. Detached and attached sets alternate
 //! (ABAB) so drift in the emulated guest hits both.
-use std::{collections::BTreeMap, path::Path, time::Duration};
+use std::{path::Path, time::Duration};
 
 use anyhow::Context;
-use serde::Deserialize;
 
 use super::{kernels, qemu};
+
+mod points;
+use points::{Attach, Cost, Prog, loaded_between};
 
 /// Targets from the hardening issue.
 pub const PROBE_COST_MAX: f64 = 0.5;
@@ -116,6 +118,8 @@ bt() {{
   sleep 3
   set_of $1
   progs $1
+  # Which program is on which point and side (bpftrace's names are cut).
+  bpftool perf list -j > "$RESULTS/bench-perf-$1.json" 2>/dev/null || echo "bench: bpftool perf failed"
   kill -INT $BP; wait $BP
 }}
 if command -v bpftrace >/dev/null; then
@@ -134,33 +138,61 @@ exit $status
     ))
 }
 
-#[derive(Deserialize)]
-struct Prog {
-    id: u64,
-    #[serde(default)]
-    run_time_ns: u64,
-    #[serde(default)]
-    run_cnt: u64,
-}
-
-fn progs(dir: &Path, name: &str) -> BTreeMap<u64, Prog> {
+fn listing(dir: &Path, name: &str) -> Vec<Prog> {
     std::fs::read_to_string(dir.join(format!("bench-progs-{name}.json")))
         .ok()
-        .and_then(|t| serde_json::from_str::<Vec<Prog>>(&t).ok())
+        .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default()
-        .into_iter()
-        .map(|p| (p.id, p))
-        .collect()
+}
+
+fn attach_list(dir: &Path, name: &str) -> Vec<Attach> {
+    std::fs::read_to_string(dir.join(format!("bench-perf-{name}.json")))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+/// The programs loaded between two listings.
+fn loaded(dir: &Path, before: &str, after: &str) -> Vec<Prog> {
+    loaded_between(&listing(dir, before), &listing(dir, after))
 }
 
 /// ns per run over the programs loaded between two listings.
 fn per_run(dir: &Path, before: &str, after: &str) -> Option<(f64, u64)> {
-    let old = progs(dir, before);
-    let (ns, runs) = progs(dir, after)
-        .into_values()
-        .filter(|p| !old.contains_key(&p.id))
-        .fold((0u64, 0u64), |(n, r), p| (n + p.run_time_ns, r + p.run_cnt));
-    (runs > 0).then(|| (ns as f64 / runs as f64, runs))
+    let mut c = Cost::default();
+    for p in loaded(dir, before, after) {
+        c.add(&p);
+    }
+    c.per_run().map(|x| (x, c.runs))
+}
+
+/// Each of our programs next to bpftrace's on the same point and side.
+fn per_point(dir: &Path) {
+    let points: Vec<(String, String)> = std::fs::read_to_string(dir.join("bench-points.txt"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    let mut ours = loaded(dir, "before", "vfio-zp-1");
+    ours.extend(loaded(dir, "vfio-zp-1", "vfio-zp-2"));
+    let bt = (
+        loaded(dir, "before-bpftrace", "bpftrace"),
+        attach_list(dir, "bpftrace"),
+    );
+    let empty = (
+        loaded(dir, "before-floor", "floor"),
+        attach_list(dir, "floor"),
+    );
+    let rows = points::rows(&points, &ours, (&bt.0, &bt.1), (&empty.0, &empty.1));
+    if rows.is_empty() {
+        println!("    per program: NOT MEASURED (no attach points or listings)");
+        return;
+    }
+    if bt.1.is_empty() {
+        println!("    per program: bpftrace's attach list NOT MEASURED (bpftool perf)");
+    }
+    print!("{}", points::table(&rows));
 }
 
 /// MAP_DMA + UNMAP wall time of each run of a set, in ms.
@@ -327,6 +359,7 @@ fn report(kernel: &str, dir: &Path, pages: u64, reps: u32) {
         ),
         _ => println!("  probe cost: NOT MEASURED (no bpf_stats)"),
     }
+    per_point(&dir);
     // Events lost to a full ring, from the agent's snapshot.
     let lost = |name: &str| -> Option<(u64, u64)> {
         let t = std::fs::read_to_string(dir.join(name)).ok()?;
