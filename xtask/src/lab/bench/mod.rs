@@ -167,7 +167,7 @@ fn per_run(dir: &Path, before: &str, after: &str) -> Option<(f64, u64)> {
 }
 
 /// Each of our programs next to bpftrace's on the same point and side.
-fn per_point(dir: &Path) {
+fn point_rows(dir: &Path) -> Vec<points::Row> {
     let points: Vec<(String, String)> = std::fs::read_to_string(dir.join("bench-points.txt"))
         .unwrap_or_default()
         .lines()
@@ -184,15 +184,7 @@ fn per_point(dir: &Path) {
         loaded(dir, "before-floor", "floor"),
         attach_list(dir, "floor"),
     );
-    let rows = points::rows(&points, &ours, (&bt.0, &bt.1), (&empty.0, &empty.1));
-    if rows.is_empty() {
-        println!("    per program: NOT MEASURED (no attach points or listings)");
-        return;
-    }
-    if bt.1.is_empty() {
-        println!("    per program: bpftrace's attach list NOT MEASURED (bpftool perf)");
-    }
-    print!("{}", points::table(&rows));
+    points::rows(&points, &ours, (&bt.0, &bt.1), (&empty.0, &empty.1))
 }
 
 /// MAP_DMA + UNMAP wall time of each run of a set, in ms.
@@ -319,25 +311,41 @@ fn report(kernel: &str, dir: &Path, pages: u64, reps: u32) {
             _ => println!("  MAP_DMA+UNMAP {mib} MiB {what}: NOT MEASURED (no timings)"),
         }
     }
-    let ours = median(
-        ["1", "2"]
-            .iter()
-            .filter_map(|r| {
-                let prev = if *r == "1" {
-                    "before".to_string()
-                } else {
-                    "vfio-zp-1".into()
-                };
-                per_run(&dir, &prev, &format!("vfio-zp-{r}")).map(|x| x.0)
-            })
-            .collect(),
-    );
-    let theirs = per_run(&dir, "before-bpftrace", "bpftrace");
-    let floor = per_run(&dir, "before-floor", "floor").map(|x| x.0);
+    // Over the programs both tools ran: a point bpftrace failed to attach
+    // (it skips what its wildcards do not match) is left out of both.
+    let rows = point_rows(&dir);
+    let both = points::common(&rows);
+    let (ours, theirs, floor, scope) = if both.bpftrace.runs > 0 {
+        let scope = format!("the {} programs both tools ran", both.programs);
+        (
+            both.ours.per_run(),
+            both.bpftrace.per_run().map(|b| (b, both.bpftrace.runs)),
+            both.empty.per_run(),
+            scope,
+        )
+    } else {
+        // No attach list (bpftool perf failed): every program of each.
+        let ours = median(
+            ["1", "2"]
+                .iter()
+                .filter_map(|r| {
+                    let prev = if *r == "1" {
+                        "before".to_string()
+                    } else {
+                        "vfio-zp-1".into()
+                    };
+                    per_run(&dir, &prev, &format!("vfio-zp-{r}")).map(|x| x.0)
+                })
+                .collect(),
+        );
+        let theirs = per_run(&dir, "before-bpftrace", "bpftrace");
+        let floor = per_run(&dir, "before-floor", "floor").map(|x| x.0);
+        (ours, theirs, floor, "every program of each".to_string())
+    };
     match (ours, theirs) {
         (Some(o), Some((b, runs))) => {
             println!(
-                "  probe cost per run (bpf_stats): vfio-zp {o:.0} ns, bpftrace counting the same points {b:.0} ns ({runs} runs): {:.2}x ({} target <= {PROBE_COST_MAX}x)",
+                "  probe cost per run (bpf_stats, {scope}): vfio-zp {o:.0} ns, bpftrace counting the same points {b:.0} ns ({runs} runs): {:.2}x ({} target <= {PROBE_COST_MAX}x)",
                 o / b,
                 verdict(o / b <= PROBE_COST_MAX)
             );
@@ -359,7 +367,17 @@ fn report(kernel: &str, dir: &Path, pages: u64, reps: u32) {
         ),
         _ => println!("  probe cost: NOT MEASURED (no bpf_stats)"),
     }
-    per_point(&dir);
+    if !both.unmatched.is_empty() && both.bpftrace.runs > 0 {
+        println!(
+            "    bpftrace ran nothing on {} (left out of both sides)",
+            both.unmatched.join(", ")
+        );
+    }
+    if rows.is_empty() {
+        println!("    per program: NOT MEASURED (no attach points or listings)");
+    } else {
+        print!("{}", points::table(&rows));
+    }
     // Events lost to a full ring, from the agent's snapshot.
     let lost = |name: &str| -> Option<(u64, u64)> {
         let t = std::fs::read_to_string(dir.join(name)).ok()?;

@@ -113,6 +113,38 @@ pub fn rows(
     out
 }
 
+/// Sums over the rows bpftrace also ran, and the programs it did not.
+#[derive(Debug, Default)]
+pub struct Common {
+    pub programs: usize,
+    pub ours: Cost,
+    pub bpftrace: Cost,
+    pub empty: Cost,
+    pub unmatched: Vec<String>,
+}
+
+/// Our programs and bpftrace's over the points and sides both ran, so a
+/// point bpftrace did not attach weighs on neither side.
+pub fn common(rows: &[Row]) -> Common {
+    let mut c = Common::default();
+    for r in rows {
+        if r.bpftrace.runs == 0 {
+            c.unmatched.push(r.program.clone());
+            continue;
+        }
+        c.programs += 1;
+        for (sum, part) in [
+            (&mut c.ours, r.ours),
+            (&mut c.bpftrace, r.bpftrace),
+            (&mut c.empty, r.empty),
+        ] {
+            sum.ns += part.ns;
+            sum.runs += part.runs;
+        }
+    }
+    c
+}
+
 /// The table the bench prints under the probe cost per run.
 pub fn table(rows: &[Row]) -> String {
     let ns = |c: Cost| c.per_run().map_or("-".to_string(), |x| format!("{x:.0}"));
@@ -209,6 +241,35 @@ mod tests {
         let t = table(&rows);
         // 320 ns against 900: 0.36x; 480 against 700: 0.69x.
         assert!(t.contains("0.36x") && t.contains("0.69x"), "{t}");
+    }
+
+    #[test]
+    fn the_headline_sums_only_what_both_tools_ran() {
+        let points = vec![
+            ("type1_pin".to_string(), "vfio_pin_pages_remote".to_string()),
+            ("lock_acct".to_string(), "vfio_lock_acct.part.0".to_string()),
+        ];
+        let ours = vec![
+            prog(1, "type1_pin", 3_000, 10),
+            // Costly, and bpftrace's wildcard did not attach here.
+            prog(2, "lock_acct", 90_000, 10),
+        ];
+        let bt = vec![prog(30, "vfio_pin_pages_", 9_000, 10)];
+        let bt_at = vec![at(30, "kprobe", "vfio_pin_pages_remote")];
+        let em = vec![prog(40, "vfio_pin_pages_", 1_000, 10)];
+        let em_at = vec![at(40, "kprobe", "vfio_pin_pages_remote")];
+        let c = common(&rows(&points, &ours, (&bt, &bt_at), (&em, &em_at)));
+        assert_eq!(c.programs, 1);
+        assert_eq!(
+            c.ours,
+            Cost {
+                ns: 3_000,
+                runs: 10
+            }
+        );
+        assert_eq!(c.bpftrace.per_run(), Some(900.0));
+        assert_eq!(c.empty.per_run(), Some(100.0));
+        assert_eq!(c.unmatched, vec!["lock_acct".to_string()]);
     }
 
     #[test]
