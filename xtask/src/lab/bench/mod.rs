@@ -157,13 +157,18 @@ fn loaded(dir: &Path, before: &str, after: &str) -> Vec<Prog> {
     loaded_between(&listing(dir, before), &listing(dir, after))
 }
 
-/// ns per run over the programs loaded between two listings.
-fn per_run(dir: &Path, before: &str, after: &str) -> Option<(f64, u64)> {
-    let mut c = Cost::default();
-    for p in loaded(dir, before, after) {
-        c.add(&p);
-    }
+/// ns per run, and runs, over programs.
+fn per_run(progs: &[Prog]) -> Option<(f64, u64)> {
+    let c: Cost = progs.iter().sum();
     c.per_run().map(|x| (x, c.runs))
+}
+
+/// vfio-zp's programs of each measured set (each set loads its own).
+fn sets(dir: &Path) -> [Vec<Prog>; 2] {
+    [
+        loaded(dir, "before", "vfio-zp-1"),
+        loaded(dir, "vfio-zp-1", "vfio-zp-2"),
+    ]
 }
 
 /// Each of our programs next to bpftrace's on the same point and side.
@@ -174,8 +179,6 @@ fn point_rows(dir: &Path) -> Vec<points::Row> {
         .filter_map(|l| l.split_once(' '))
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .collect();
-    let mut ours = loaded(dir, "before", "vfio-zp-1");
-    ours.extend(loaded(dir, "vfio-zp-1", "vfio-zp-2"));
     let bt = (
         loaded(dir, "before-bpftrace", "bpftrace"),
         attach_list(dir, "bpftrace"),
@@ -184,6 +187,7 @@ fn point_rows(dir: &Path) -> Vec<points::Row> {
         loaded(dir, "before-floor", "floor"),
         attach_list(dir, "floor"),
     );
+    let ours = sets(dir).concat();
     points::rows(&points, &ours, (&bt.0, &bt.1), (&empty.0, &empty.1))
 }
 
@@ -325,22 +329,18 @@ fn report(kernel: &str, dir: &Path, pages: u64, reps: u32) {
         )
     } else {
         // No attach list (bpftool perf failed): every program of each.
-        let ours = median(
-            ["1", "2"]
-                .iter()
-                .filter_map(|r| {
-                    let prev = if *r == "1" {
-                        "before".to_string()
-                    } else {
-                        "vfio-zp-1".into()
-                    };
-                    per_run(&dir, &prev, &format!("vfio-zp-{r}")).map(|x| x.0)
-                })
-                .collect(),
-        );
-        let theirs = per_run(&dir, "before-bpftrace", "bpftrace");
-        let floor = per_run(&dir, "before-floor", "floor").map(|x| x.0);
-        (ours, theirs, floor, "every program of each".to_string())
+        (
+            median(
+                sets(&dir)
+                    .iter()
+                    .filter_map(|s| per_run(s))
+                    .map(|x| x.0)
+                    .collect(),
+            ),
+            per_run(&loaded(&dir, "before-bpftrace", "bpftrace")),
+            per_run(&loaded(&dir, "before-floor", "floor")).map(|x| x.0),
+            "every program of each".to_string(),
+        )
     };
     match (ours, theirs) {
         (Some(o), Some((b, runs))) => {

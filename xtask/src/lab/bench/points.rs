@@ -36,13 +36,32 @@ pub struct Cost {
 }
 
 impl Cost {
-    pub fn add(&mut self, p: &Prog) {
-        self.ns += p.run_time_ns;
-        self.runs += p.run_cnt;
+    pub fn of(p: &Prog) -> Cost {
+        Cost {
+            ns: p.run_time_ns,
+            runs: p.run_cnt,
+        }
     }
 
     pub fn per_run(self) -> Option<f64> {
         (self.runs > 0).then(|| self.ns as f64 / self.runs as f64)
+    }
+}
+
+impl std::ops::AddAssign for Cost {
+    fn add_assign(&mut self, o: Cost) {
+        self.ns += o.ns;
+        self.runs += o.runs;
+    }
+}
+
+impl<'a> std::iter::Sum<&'a Prog> for Cost {
+    fn sum<I: Iterator<Item = &'a Prog>>(progs: I) -> Cost {
+        let mut c = Cost::default();
+        for p in progs {
+            c += Cost::of(p);
+        }
+        c
     }
 }
 
@@ -73,11 +92,7 @@ fn attached(progs: &[Prog], attach: &[Attach], symbol: &str, fd_type: &str) -> C
         .filter(|a| a.func == symbol && a.fd_type == fd_type)
         .map(|a| a.prog_id)
         .collect();
-    let mut c = Cost::default();
-    for p in progs.iter().filter(|p| ids.contains(&p.id)) {
-        c.add(p);
-    }
-    c
+    progs.iter().filter(|p| ids.contains(&p.id)).sum()
 }
 
 /// A row per (point, side) that ran: `points` are (label, symbol) as the
@@ -92,7 +107,7 @@ pub fn rows(
 ) -> Vec<Row> {
     let mut by_name: BTreeMap<&str, Cost> = BTreeMap::new();
     for p in ours {
-        by_name.entry(p.name.as_str()).or_default().add(p);
+        *by_name.entry(p.name.as_str()).or_default() += Cost::of(p);
     }
     let mut out = Vec::new();
     for (label, symbol) in points {
@@ -133,14 +148,9 @@ pub fn common(rows: &[Row]) -> Common {
             continue;
         }
         c.programs += 1;
-        for (sum, part) in [
-            (&mut c.ours, r.ours),
-            (&mut c.bpftrace, r.bpftrace),
-            (&mut c.empty, r.empty),
-        ] {
-            sum.ns += part.ns;
-            sum.runs += part.runs;
-        }
+        c.ours += r.ours;
+        c.bpftrace += r.bpftrace;
+        c.empty += r.empty;
     }
     c
 }
