@@ -79,7 +79,10 @@ impl ProbeId {
 /// verdicts rest on, kept exact even when events are dropped.
 pub mod counter {
     use super::PROBE_COUNT;
-    /// `HITS + probe`: times the probe ran.
+    /// `HITS + probe`: calls the probe saw. The type1 pin and unpin calls
+    /// are counted at their return, whose counter lookup serves the other
+    /// counters too (or at the thread's next call, when the return was
+    /// missed); every other probe counts at entry.
     pub const HITS: u32 = 0;
     /// `DROPS + probe`: events of that probe lost because the ring buffer was full.
     pub const DROPS: u32 = PROBE_COUNT as u32;

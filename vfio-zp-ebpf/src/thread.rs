@@ -88,12 +88,25 @@ impl Thread {
         }
     }
 
-    /// Parks a `vfio_pin_pages_remote` call's arguments; unpins still held
-    /// back from an earlier call whose return was missed are written first.
+    /// Parks a `vfio_pin_pages_remote` call's arguments. A call still open
+    /// is one whose return was missed: its held-back unpins are written
+    /// first, and it is counted here, as its return never will.
     #[inline(always)]
     pub fn park_pin<C: EbpfContext>(&mut self, ctx: &C, args: &[u64; 6]) {
-        self.flush_folded(ctx);
+        if self.flush_folded(ctx) {
+            add(counter::HITS + ProbeId::Type1Pin as u32, 1);
+        }
         self.pin.park(args);
+    }
+
+    /// Parks a `vfio_unpin_pages_remote` call's arguments; a call still
+    /// open (its return missed) is counted here.
+    #[inline(always)]
+    pub fn park_unpin(&mut self, args: &[u64; 6]) {
+        if self.unpin.live != 0 {
+            add(counter::HITS + ProbeId::Type1Unpin as u32, 1);
+        }
+        self.unpin.park(args);
     }
 
     /// Takes the parked call of `probe` (Type1Pin or Type1Unpin); counts a

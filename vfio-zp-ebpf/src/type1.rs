@@ -25,9 +25,13 @@ fn args<const N: usize>(ctx: &ProbeContext) -> [u64; 6] {
 /// vfio_pin_pages_remote(dma, vaddr, npage, *pfn_base, limit, batch)
 #[kprobe]
 pub fn type1_pin(ctx: ProbeContext) -> u32 {
-    hit(ProbeId::Type1Pin);
-    if let Some(t) = thread_or_new() {
-        t.park_pin(&ctx, &args::<5>(&ctx));
+    // Counted at the return (see counter::HITS), but for a thread with no
+    // state, whose return cannot match.
+    match thread_or_new() {
+        Some(t) => t.park_pin(&ctx, &args::<5>(&ctx)),
+        None => {
+            hit(ProbeId::Type1Pin);
+        }
     }
     0
 }
@@ -54,6 +58,7 @@ pub fn type1_pin_ret(ctx: RetProbeContext) -> u32 {
     };
     let mut flags = 0;
     let tally = Tally::get();
+    tally.add(counter::HITS + ProbeId::Type1Pin as u32, 1);
     let zero = ZeroIds::load();
     match zero {
         Some(z) if ret > 0 => {
@@ -86,11 +91,14 @@ pub fn type1_pin_ret(ctx: RetProbeContext) -> u32 {
 /// vfio_unpin_pages_remote(dma, iova, pfn, npage, do_accounting)
 #[kprobe]
 pub fn type1_unpin(ctx: ProbeContext) -> u32 {
-    hit(ProbeId::Type1Unpin);
     let mut a = args::<5>(&ctx);
     a[4] &= 0xff; // bool in a full register
-    if let Some(t) = thread_or_new() {
-        t.unpin.park(&a);
+    // Counted at the return, as type1_pin.
+    match thread_or_new() {
+        Some(t) => t.park_unpin(&a),
+        None => {
+            hit(ProbeId::Type1Unpin);
+        }
     }
     0
 }
@@ -105,7 +113,9 @@ pub fn type1_unpin_ret(ctx: RetProbeContext) -> u32 {
     let Some(a) = t.take(ProbeId::Type1Unpin) else {
         return 0;
     };
-    add(counter::TYPE1_UNPINNED, a[3]);
+    let tally = Tally::get();
+    tally.add(counter::HITS + ProbeId::Type1Unpin as u32, 1);
+    tally.add(counter::TYPE1_UNPINNED, a[3]);
     let zero = ZeroIds::load();
     let flags = match zero {
         Some(z) => z.class_of_pfn(a[2]),

@@ -194,7 +194,8 @@ pub fn render(s: &Snapshot) -> String {
     let events = counter(
         &r,
         "vfio_zp_events_total",
-        "Probe runs (exact, kernel-side), per probe.",
+        "Calls seen per probe (exact, kernel-side); a type1 pin or unpin call \
+         counts when it returns.",
         &["probe"],
     );
     for (p, n) in &s.hits {
