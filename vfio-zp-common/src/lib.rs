@@ -82,7 +82,8 @@ pub mod counter {
     /// `HITS + probe`: calls the probe saw. The type1 pin and unpin calls
     /// are counted at their return, whose counter lookup serves the other
     /// counters too (or at the thread's next call, when the return was
-    /// missed); every other probe counts at entry.
+    /// missed), and so are the zero-page unpin_user_page calls a type1 pin
+    /// call folds; every other call counts at entry.
     pub const HITS: u32 = 0;
     /// `DROPS + probe`: events of that probe lost because the ring buffer was full.
     pub const DROPS: u32 = PROBE_COUNT as u32;

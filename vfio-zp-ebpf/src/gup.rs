@@ -218,23 +218,22 @@ fn unpin(ctx: &ProbeContext, probe: ProbeId, pages: u64, n: u64, make_dirty: u64
 }
 
 /// unpin_user_page(page): classified by the page pointer itself. Inside a
-/// type1 pin call, zero pages are only counted; the call's return writes
-/// them as one record.
+/// type1 pin call, zero pages are only tallied in the call; the call's
+/// return writes them as one record and counts them (emit_folded), so this
+/// hot path makes no counter lookup.
 #[kprobe]
 pub fn gup_unpin_page(ctx: ProbeContext) -> u32 {
-    let t = hit(ProbeId::GupUnpinPage);
     let page = ctx.arg::<u64>(0).unwrap_or(0);
-    let Some(z) = ZeroIds::load() else { return 0 };
+    let Some(z) = ZeroIds::load() else {
+        hit(ProbeId::GupUnpinPage);
+        return 0;
+    };
     let class = z.class_of_page(page);
     if class == 0 {
+        hit(ProbeId::GupUnpinPage);
         return 0;
     }
     let zero = (class == flag::PFN_ZERO) as u64;
-    if zero != 0 {
-        t.add(counter::GUP_ZERO_UNPINNED, 1);
-    } else {
-        t.add(counter::GUP_HUGE_ZERO_UNPINNED, 1);
-    }
     let mut t = thread();
     if let Some(t) = t.as_deref_mut()
         && t.pin.live != 0
@@ -244,6 +243,12 @@ pub fn gup_unpin_page(ctx: ProbeContext) -> u32 {
             return 0;
         }
         t.flush_folded(&ctx);
+    }
+    let tally = hit(ProbeId::GupUnpinPage);
+    if zero != 0 {
+        tally.add(counter::GUP_ZERO_UNPINNED, 1);
+    } else {
+        tally.add(counter::GUP_HUGE_ZERO_UNPINNED, 1);
     }
     let rc = z.refcount_if(zero != 0);
     emit_on(

@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use vfio_zp_common::{ProbeId, counter, flag};
 
-use crate::shared::{NO_REFCOUNT, Slot, ZeroIds, add, with_refcount, write};
+use crate::shared::{NO_REFCOUNT, Slot, Tally, ZeroIds, add, with_refcount, write};
 
 /// The record a run will become: `probe` is the ProbeId + 1 (0: no run),
 /// `flags` and `refcount` as in `Event` (the first call's reading).
@@ -139,9 +139,14 @@ impl Thread {
     }
 
     /// One GupUnpinPage record for `n` zero-page unpins (no refcount: it
-    /// moved during them).
+    /// moved during them), and their counters: gup_unpin_page leaves both
+    /// to this one counter lookup (every path that ends a pin call, or
+    /// finds it still open, comes here).
     #[inline(always)]
     pub fn emit_folded<C: EbpfContext>(&mut self, ctx: &C, n: u64) {
+        let tally = Tally::get();
+        tally.add(counter::HITS + ProbeId::GupUnpinPage as u32, n);
+        tally.add(counter::GUP_ZERO_UNPINNED, n);
         self.emit(
             ctx,
             ProbeId::GupUnpinPage,

@@ -194,8 +194,8 @@ pub fn render(s: &Snapshot) -> String {
     let events = counter(
         &r,
         "vfio_zp_events_total",
-        "Calls seen per probe (exact, kernel-side); a type1 pin or unpin call \
-         counts when it returns.",
+        "Calls seen per probe (exact, kernel-side); a type1 pin or unpin call, \
+         and the zero-page unpins inside a pin call, count when it returns.",
         &["probe"],
     );
     for (p, n) in &s.hits {
