@@ -255,6 +255,7 @@ fn check_kernel(kernel: &str, dir: &Path) -> Vec<String> {
     if drops > 0 {
         bad.push(format!("{kernel}: {drops} events dropped"));
     }
+    bad.extend(returns_counted(kernel, dir, &last.hits));
     // Nothing lost between the kernel's exact counters and the event stream.
     let all = seen_for(&events);
     if all.type1_zero as u64 != last.totals.type1_zero_pinned {
@@ -449,6 +450,60 @@ fn check_kernel(kernel: &str, dir: &Path) -> Vec<String> {
     bad
 }
 
+/// The (runs, misses) kprobe_profile gives the return probe of `program`
+/// (`<program>_ret_<pid>`); None unless exactly one such row.
+fn profile_row(profile: &str, program: &str) -> Option<(u64, u64)> {
+    let prefix = format!("{program}_ret_");
+    let rows: Vec<(u64, u64)> = profile
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            f.next()?.strip_prefix(&prefix)?.parse::<u32>().ok()?;
+            Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+        })
+        .collect();
+    match rows.as_slice() {
+        &[row] => Some(row),
+        _ => None,
+    }
+}
+
+/// type1's pin and unpin calls are counted at their return: the recorder's
+/// final counts must be the kernel's own count of its return probes' runs
+/// (kprobe_profile, read just before the recorder stopped, plus before
+/// type1's reload, which makes the probes afresh; a missed return is
+/// counted at the thread's next call, so it may or may not be in).
+fn returns_counted(kernel: &str, dir: &Path, hits: &BTreeMap<String, u64>) -> Vec<String> {
+    let Ok(last) = std::fs::read_to_string(dir.join("kprobe-profile.txt")) else {
+        return vec![format!("{kernel}: no kprobe_profile was saved")];
+    };
+    let first = std::fs::read_to_string(dir.join("kprobe-profile-before-reload.txt")).ok();
+    let mut bad = Vec::new();
+    for p in ["type1_pin", "type1_unpin"] {
+        let rows = [Some(last.as_str()), first.as_deref()]
+            .into_iter()
+            .flatten()
+            .map(|profile| profile_row(profile, p))
+            .collect::<Option<Vec<_>>>();
+        let Some(rows) = rows else {
+            bad.push(format!(
+                "{kernel}: kprobe_profile has no single row for {p}_ret_<pid>"
+            ));
+            continue;
+        };
+        let (nhit, nmissed) = rows
+            .iter()
+            .fold((0, 0), |(h, m), (rh, rm)| (h + rh, m + rm));
+        let ours = hits.get(p).copied().unwrap_or(0);
+        if nhit == 0 || ours < nhit || ours > nhit + nmissed {
+            bad.push(format!(
+                "{kernel}: {ours} {p} calls counted; the kernel ran its return probe {nhit} times and missed {nmissed}"
+            ));
+        }
+    }
+    bad
+}
+
 #[test]
 fn lab_recordings_match_kernel_truth() {
     let Some(out) = std::env::var_os("VFIO_ZP_LAB_OUT") else {
@@ -546,4 +601,15 @@ fn readings_allow_only_another_threads_deferred_unpins() {
     // A thread's own deferred unpins never excuse its own reading.
     let own = vec![pin(1, 1025), pin(1, 1025), unpin(1, None)];
     assert_eq!(check(own), [true, false]);
+}
+
+#[test]
+fn kprobe_profile_rows_are_found_by_program() {
+    let p = "  type1_pin_ret_183                                    65536                0\n  type1_unpin_ret_183 3 1\n  type1_pin_ret_x1 9 9\n";
+    assert_eq!(profile_row(p, "type1_pin"), Some((65536, 0)));
+    assert_eq!(profile_row(p, "type1_unpin"), Some((3, 1)));
+    assert_eq!(profile_row(p, "put_pfn"), None);
+    // Two agents' probes: which is the recorder's is unknown.
+    let two = format!("{p}  type1_pin_ret_200 1 0\n");
+    assert_eq!(profile_row(&two, "type1_pin"), None);
 }

@@ -114,6 +114,8 @@ if command -v tmux >/dev/null; then
 else
   echo "no tmux in the guest" > "$RESULTS/top-tmux-skipped"
 fi
+# The kernel's own count of each return probe's runs, for the counters.
+cat /sys/kernel/tracing/kprobe_profile > "$RESULTS/kprobe-profile.txt" 2>/dev/null
 {show}T0=$(cut -d' ' -f1 /proc/uptime)
 kill -TERM $RP
 wait $RP || {{ echo "lab: recorder failed"; status=1; }}
@@ -151,6 +153,9 @@ exit $status
 const RELOAD_TYPE1: &str = r#"type1_pin_state() {
   busybox wget -q -O - http://127.0.0.1:10983/api/v1/snapshot 2>/dev/null | grep -o '"probe":"type1_pin"[^}]*' | grep -o '"state":"[a-z_]*"'
 }
+# The return probes' run counts of their first life (they are made afresh).
+KPP=/sys/kernel/tracing/kprobe_profile
+cat $KPP > "$RESULTS/kprobe-profile-before-reload.txt"
 if rmmod vfio_iommu_type1 2> "$RESULTS/rmmod.txt"; then
   i=0
   until type1_pin_state | grep -q module_not_loaded || [ $i -gt 100 ]; do sleep 0.1; i=$((i+1)); done
@@ -161,6 +166,7 @@ if rmmod vfio_iommu_type1 2> "$RESULTS/rmmod.txt"; then
   until type1_pin_state | grep -q '"attached"' || [ $i -gt 300 ]; do sleep 0.05; i=$((i+1)); done
   echo "$T0 $(cut -d' ' -f1 /proc/uptime)" > "$RESULTS/reattach-uptime"
 else
+  rm -f "$RESULTS/kprobe-profile-before-reload.txt"
   echo "lab: rmmod vfio_iommu_type1 failed"
 fi
 "#;
