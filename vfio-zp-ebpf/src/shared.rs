@@ -209,6 +209,27 @@ impl ZeroIds {
         })
     }
 
+    /// `load`, as a plain value for programs that keep it across helper
+    /// calls (an `Option`'s unwritten payload is refused by 5.10's
+    /// verifier): unknown ids come with `flag::NO_ZERO_PAGE_ID`, and then
+    /// no page is of the zero page's class, so they are never used.
+    #[inline(always)]
+    pub fn load_flagged() -> (ZeroIds, u16) {
+        match ZeroIds::load() {
+            Some(z) => (z, 0),
+            None => (
+                ZeroIds {
+                    vmemmap: 0,
+                    page_size: 0,
+                    refcount_offset: 0,
+                    zero_pfn: 0,
+                    huge_addr: 0,
+                },
+                flag::NO_ZERO_PAGE_ID,
+            ),
+        }
+    }
+
     /// The huge zero page's pfn (`!0`: none), read now: it comes and goes.
     #[inline(always)]
     fn huge_pfn(&self) -> u64 {

@@ -56,19 +56,18 @@ pub fn type1_pin_ret(ctx: RetProbeContext) -> u32 {
     } else {
         0
     };
-    let zero = ZeroIds::load();
-    let flags = match zero {
-        Some(z) if ret > 0 => z.class_of_pfn(pfn_base),
-        Some(_) => 0,
-        None => flag::NO_ZERO_PAGE_ID,
+    let (z, unknown) = ZeroIds::load_flagged();
+    let flags = if unknown != 0 {
+        unknown
+    } else if ret > 0 {
+        z.class_of_pfn(pfn_base)
+    } else {
+        0
     };
     let args = [a[0], a[1], a[2], ret as u64, pfn_base, a[4]];
     // Same dma, next vaddr, the zero pfn, the same limit: one run, counted
     // when it is written.
-    if ret > 0
-        && flags == flag::PFN_ZERO
-        && let Some(z) = zero
-        && t.fold_run(ProbeId::Type1Pin, &z, &args, [4, 5], None)
+    if ret > 0 && flags == flag::PFN_ZERO && t.fold_run(ProbeId::Type1Pin, &z, &args, [4, 5], None)
     {
         return 0;
     }
@@ -80,7 +79,7 @@ pub fn type1_pin_ret(ctx: RetProbeContext) -> u32 {
             tally.add(counter::TYPE1_ZERO_PINNED, ret as u64);
         }
     }
-    let refcount = zero.map_or(NO_REFCOUNT, |z| z.refcount_if(flags & flag::PFN_ZERO != 0));
+    let refcount = z.refcount_if(flags & flag::PFN_ZERO != 0);
     t.emit(&ctx, ProbeId::Type1Pin, flags, refcount, args);
     0
 }
@@ -110,24 +109,22 @@ pub fn type1_unpin_ret(ctx: RetProbeContext) -> u32 {
     let Some(a) = t.take(ProbeId::Type1Unpin) else {
         return 0;
     };
-    let zero = ZeroIds::load();
-    let flags = match zero {
-        Some(z) => z.class_of_pfn(a[2]),
-        None => flag::NO_ZERO_PAGE_ID,
+    let (z, unknown) = ZeroIds::load_flagged();
+    let flags = if unknown != 0 {
+        unknown
+    } else {
+        z.class_of_pfn(a[2])
     };
     let args = [a[0], a[1], a[2], a[3], a[4], ret as u64];
     // Same dma, next iova, the zero pfn, the same do_accounting: one run,
     // counted when it is written.
-    if flags == flag::PFN_ZERO
-        && let Some(z) = zero
-        && t.fold_run(ProbeId::Type1Unpin, &z, &args, [2, 4], Some(5))
-    {
+    if flags == flag::PFN_ZERO && t.fold_run(ProbeId::Type1Unpin, &z, &args, [2, 4], Some(5)) {
         return 0;
     }
     let tally = Tally::get();
     tally.add(counter::HITS + ProbeId::Type1Unpin as u32, 1);
     tally.add(counter::TYPE1_UNPINNED, a[3]);
-    let refcount = zero.map_or(NO_REFCOUNT, |z| z.refcount_if(flags & flag::PFN_ZERO != 0));
+    let refcount = z.refcount_if(flags & flag::PFN_ZERO != 0);
     t.emit(&ctx, ProbeId::Type1Unpin, flags, refcount, args);
     0
 }
