@@ -2,11 +2,17 @@
 //! inside, its open pin and unpin calls, and the run of like calls it holds
 //! back. A type1 return program finds its call's arguments, the container
 //! and the held run with one lookup, where separate slots took two.
+//!
+//! Inside a MAP/UNMAP ioctl, where nearly every pin and unpin runs, the
+//! state lives in `SLOTS`, indexed by thread id: an array lookup the
+//! verifier inlines, where a hash lookup was most of a hot program's cost.
+//! Elsewhere, or when another thread holds the slot, it lives in `THREADS`.
 use aya_ebpf::{
     EbpfContext,
+    bindings::BPF_NOEXIST,
     helpers::bpf_get_current_pid_tgid,
     macros::map,
-    maps::{Array, LruHashMap},
+    maps::{Array, HashMap, LruHashMap},
 };
 use vfio_zp_common::{ProbeId, counter, flag};
 
@@ -36,6 +42,8 @@ pub struct Thread {
     /// vfio_unpin_pages_remote's arguments.
     pub unpin: Slot,
     pub run: Run,
+    /// In `SLOTS`: the pid_tgid of the thread the slot is lent to (0: free).
+    pub owner: u64,
 }
 
 /// Reused call after call like the stash: only threads that ran type1
@@ -43,15 +51,50 @@ pub struct Thread {
 #[map]
 static THREADS: LruHashMap<u64, Thread> = LruHashMap::with_max_entries(8192, 0);
 
+const SLOT_COUNT: u32 = 4096;
+
+/// States of threads inside a MAP/UNMAP ioctl, at thread id modulo
+/// `SLOT_COUNT`. A slot is lent at the ioctl's entry and given back at its
+/// return; two threads of one index cannot both hold it (`LENT`).
+#[map]
+static SLOTS: Array<Thread> = Array::with_max_entries(SLOT_COUNT, 0);
+
+/// Slot index -> its holder. Lending is an insert that fails when the key
+/// exists: the one atomic test-and-set every kernel has (BPF has no
+/// compare-and-swap before 5.12).
+#[map]
+static LENT: HashMap<u32, u64> = HashMap::with_max_entries(SLOT_COUNT, 0);
+
 /// The all-zero `Thread` a new entry starts from: in map memory, because
 /// the value is too large to build on the 512-byte BPF stack.
 #[map]
 static BLANK: Array<Thread> = Array::with_max_entries(1, 0);
 
+#[inline(always)]
+fn slot_index(id: u64) -> u32 {
+    (id as u32) & (SLOT_COUNT - 1)
+}
+
+/// The slot of thread `id`, held by whichever thread.
+#[inline(always)]
+fn slot(id: u64) -> Option<&'static mut Thread> {
+    let p = SLOTS.get_ptr_mut(slot_index(id))?;
+    // SAFETY: only the holder writes a slot's state, and a thread runs
+    // one program at a time; others only compare `owner`.
+    Some(unsafe { &mut *p })
+}
+
 /// This thread's state, if it ever ran type1.
 #[inline(always)]
 pub fn thread() -> Option<&'static mut Thread> {
-    let p = THREADS.get_ptr_mut(bpf_get_current_pid_tgid())?;
+    let id = bpf_get_current_pid_tgid();
+    if let Some(s) = slot(id)
+        && s.owner == id
+        && id != 0
+    {
+        return Some(s);
+    }
+    let p = THREADS.get_ptr_mut(id)?;
     // SAFETY: only this thread uses this key, and a thread runs one program
     // at a time.
     Some(unsafe { &mut *p })
@@ -66,6 +109,45 @@ pub fn thread_or_new() -> Option<&'static mut Thread> {
     let blank = BLANK.get(0)?;
     let _ = THREADS.insert(bpf_get_current_pid_tgid(), blank, 0);
     thread()
+}
+
+/// This thread's state for a MAP/UNMAP ioctl: moved into its slot when the
+/// slot is free, else where it is.
+#[inline(always)]
+pub fn thread_for_ioctl() -> Option<&'static mut Thread> {
+    let id = bpf_get_current_pid_tgid();
+    let Some(s) = slot(id) else {
+        return thread_or_new();
+    };
+    if s.owner == id && id != 0 {
+        return Some(s);
+    }
+    if id == 0 || s.owner != 0 || LENT.insert(slot_index(id), id, BPF_NOEXIST as u64).is_err() {
+        return thread_or_new();
+    }
+    // Lent to this thread: its state moves in (or starts blank).
+    if let Some(h) = THREADS.get_ptr_mut(id) {
+        // SAFETY: this thread's own entry.
+        *s = unsafe { *h };
+        let _ = THREADS.remove(id);
+    } else if let Some(b) = BLANK.get(0) {
+        *s = *b;
+    }
+    s.owner = id;
+    Some(s)
+}
+
+/// Gives this thread's slot back at its ioctl's return, when nothing in
+/// it waits for a later call (a call whose return was missed keeps it
+/// until the thread's next ioctl return).
+#[inline(always)]
+pub fn give_back(t: &mut Thread) {
+    if t.owner == 0 || t.pin.live != 0 || t.unpin.live != 0 || t.run.probe != 0 {
+        return;
+    }
+    let idx = slot_index(t.owner);
+    t.owner = 0;
+    let _ = LENT.remove(idx);
 }
 
 /// Zero-page `unpin_user_page` calls inside one `vfio_pin_pages_remote` call

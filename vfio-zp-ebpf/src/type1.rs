@@ -8,7 +8,10 @@ use vfio_zp_common::{ProbeId, counter, flag};
 
 use crate::{
     shared::{NO_REFCOUNT, Tally, ZeroIds, add, hit, stash, unstash},
-    thread::{NO_FOLD, emit, emit_keyed, emit_on, thread, thread_or_new, unmatched},
+    thread::{
+        NO_FOLD, emit, emit_keyed, emit_on, give_back, thread, thread_for_ioctl, thread_or_new,
+        unmatched,
+    },
 };
 
 #[inline(always)]
@@ -240,7 +243,7 @@ pub fn type1_ioctl(ctx: ProbeContext) -> u32 {
         s = [a[0], cmd, m.size, m.flags as u64, m.vaddr, m.iova];
     }
     // A run still held means the last ioctl's return was missed.
-    if let Some(t) = thread_or_new() {
+    if let Some(t) = thread_for_ioctl() {
         t.flush_run();
         t.ioctl.park(&s);
     }
@@ -273,7 +276,7 @@ pub fn type1_ioctl_ret(ctx: RetProbeContext) -> u32 {
         }
     };
     emit_keyed(
-        Some(t),
+        Some(&mut *t),
         ProbeId::Type1Ioctl,
         ev_flags,
         NO_REFCOUNT,
@@ -281,5 +284,6 @@ pub fn type1_ioctl_ret(ctx: RetProbeContext) -> u32 {
         [s[1], ret as u64, flags, vaddr, iova, size],
         limit,
     );
+    give_back(t);
     0
 }

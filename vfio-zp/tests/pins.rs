@@ -78,7 +78,7 @@ fn pinned_counters_survive_a_reload_and_stale_builds_go() {
     };
     // The first loader is gone; its pins keep the maps alive.
     let again = pins::prepare(&root, "new", false, RING).unwrap();
-    assert_eq!(again.reused, vec!["COUNTERS", "EVENTS", "THREADS"]);
+    assert_eq!(again.reused, pins::PINNED_MAPS);
     let mut ebpf = programs::load_object_pinned(Some(&again.dir), None).unwrap();
     assert_eq!((id("COUNTERS"), id("EVENTS")), (counters_id, events_id));
     let c: PerCpuArray<_, CounterBlock> =
@@ -91,7 +91,7 @@ fn pinned_counters_survive_a_reload_and_stale_builds_go() {
 
     // Another ring size replaces the kept ring buffer, not the counters.
     let resized = pins::prepare(&root, "new", false, RING / 2).unwrap();
-    assert_eq!(resized.reused, vec!["COUNTERS", "THREADS"]);
+    assert_eq!(resized.reused, vec!["COUNTERS", "THREADS", "SLOTS", "LENT"]);
     let ebpf = programs::load_object_pinned(Some(&resized.dir), Some(RING / 2)).unwrap();
     assert_eq!(
         MapInfo::from_pin(resized.dir.join("EVENTS"))

@@ -1,6 +1,6 @@
 //! Maps pinned in bpffs so kernel-side counters, undelivered events and the
 //! probes' per-thread state outlive the agent:
-//! `/sys/fs/bpf/vfio-zp/<build>/{COUNTERS,EVENTS,THREADS}`.
+//! `/sys/fs/bpf/vfio-zp/<build>/{COUNTERS,EVENTS,THREADS,SLOTS,LENT}`.
 //!
 //! A pin is only reused by the build that made it (the build id hashes the
 //! probe object and the agent version): another build's maps may have
@@ -12,10 +12,11 @@ use tracing::{info, warn};
 pub const ROOT: &str = "/sys/fs/bpf/vfio-zp";
 /// The maps kept: exact counters, the ring buffer (records a killed agent
 /// never read are still there for the next one), and each thread's type1
-/// state: some counts wait there for the call's return (counter::HITS),
-/// and a call the agent stopped inside is then finished by the next
-/// agent's probes, which see its return missed.
-pub const PINNED_MAPS: [&str; 3] = ["COUNTERS", "EVENTS", "THREADS"];
+/// state (THREADS, and SLOTS with LENT, which says whose each slot is):
+/// some counts wait there for the call's return (counter::HITS), and a
+/// call the agent stopped inside is then finished by the next agent's
+/// probes, which see its return missed.
+pub const PINNED_MAPS: [&str; 5] = ["COUNTERS", "EVENTS", "THREADS", "SLOTS", "LENT"];
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// This build's id. `VFIO_ZP_BUILD_ID` overrides it (the VM lab uses that

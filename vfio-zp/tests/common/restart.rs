@@ -158,7 +158,7 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
     // Agents 2 (after SIGTERM) and 3 (after SIGKILL) while the VM holds.
     for (f, s) in &rest[..2] {
         let c = s.continuity.clone().unwrap_or_default();
-        if !c.restored || c.pinned_maps_reused != ["COUNTERS", "EVENTS", "THREADS"] {
+        if !c.restored || c.pinned_maps_reused != vfio_zp::kernel::pins::PINNED_MAPS {
             fail(format!(
                 "{f}: not restored from the kept state and pins: {c:?}"
             ));
