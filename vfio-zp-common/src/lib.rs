@@ -83,9 +83,7 @@ pub mod counter {
     /// are counted at their return, whose counter lookup serves the other
     /// counters too (or at the thread's next call, when the return was
     /// missed), and so are the zero-page unpin_user_page calls a type1 pin
-    /// call folds; a run of zero-page type1 calls held back as one record
-    /// is counted, with its pages, when the record is written (by the end
-    /// of the ioctl); every other call counts at entry.
+    /// call folds; every other call counts at entry.
     pub const HITS: u32 = 0;
     /// `DROPS + probe`: events of that probe lost because the ring buffer was full.
     pub const DROPS: u32 = PROBE_COUNT as u32;

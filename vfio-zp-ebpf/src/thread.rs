@@ -19,15 +19,13 @@ use vfio_zp_common::{ProbeId, counter, flag};
 use crate::shared::{NO_REFCOUNT, Slot, Tally, ZeroIds, add, with_refcount, write};
 
 /// The record a run will become: `probe` is the ProbeId + 1 (0: no run),
-/// `flags` and `refcount` as in `Event` (the first call's reading). Its
-/// `calls` and pages (`args[3]`) are counted when it is written.
+/// `flags` and `refcount` as in `Event` (the first call's reading).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Run {
     pub probe: u64,
     pub flags: u64,
     pub refcount: u64,
-    pub calls: u64,
     pub args: [u64; 6],
 }
 
@@ -248,9 +246,8 @@ impl Thread {
     /// writes the held run and holds this call as a new one, with the zero
     /// page's refcount read now: one reading serves the run, as whatever
     /// this thread does that moves the refcount writes a record first,
-    /// which ends the run. The call is counted when the run is written
-    /// (`flush_run`). Returns false when the call must be written and
-    /// counted now (no ioctl on this thread).
+    /// which ends the run. Returns false when the call must be written now
+    /// (no ioctl on this thread).
     #[inline(always)]
     pub fn fold_run(
         &mut self,
@@ -272,7 +269,6 @@ impl Thread {
             && r.args[same[1]] == args[same[1]]
         {
             r.args[3] += args[3];
-            r.calls += 1;
             if let Some(i) = sum {
                 r.args[i] += args[i];
             }
@@ -280,7 +276,6 @@ impl Thread {
         }
         self.flush_run();
         self.run.probe = id;
-        self.run.calls = 1;
         self.run.args = *args;
         // Plain integers: an Option spilled across the lookups above leaves
         // its payload's stack slot unwritten when None, which 5.10's
@@ -292,9 +287,9 @@ impl Thread {
         true
     }
 
-    /// Counts and writes the held run, if any. Straight from the slot, with
-    /// no branch on its contents beyond the counters: every record a
-    /// program writes is verified after each path before it.
+    /// Writes the held run, if any. Straight from the slot, with no branch
+    /// on its contents: every record a program writes is verified after
+    /// each path before it.
     #[inline(always)]
     pub fn flush_run(&mut self) {
         let r = &mut self.run;
@@ -305,16 +300,6 @@ impl Thread {
         // bound of the drop counter's index.
         let probe = ((r.probe - 1) & 1) as u16;
         r.probe = 0;
-        // Every run is of the zero page (fold_run): a pin run's pages are
-        // zero-page pins.
-        let tally = Tally::get();
-        tally.add(counter::HITS + probe as u32, r.calls);
-        if probe == ProbeId::Type1Pin as u16 {
-            tally.add(counter::TYPE1_PINNED, r.args[3]);
-            tally.add(counter::TYPE1_ZERO_PINNED, r.args[3]);
-        } else {
-            tally.add(counter::TYPE1_UNPINNED, r.args[3]);
-        }
         write(
             probe,
             r.flags as u16,

@@ -67,13 +67,6 @@ pub fn type1_pin_ret(ctx: RetProbeContext) -> u32 {
     } else {
         0
     };
-    let args = [a[0], a[1], a[2], ret as u64, pfn_base, a[4]];
-    // Same dma, next vaddr, the zero pfn, the same limit: one run, counted
-    // when it is written.
-    if ret > 0 && flags == flag::PFN_ZERO && t.fold_run(ProbeId::Type1Pin, &z, &args, [4, 5], None)
-    {
-        return 0;
-    }
     let tally = Tally::get();
     tally.add(counter::HITS + ProbeId::Type1Pin as u32, 1);
     if ret > 0 {
@@ -81,6 +74,12 @@ pub fn type1_pin_ret(ctx: RetProbeContext) -> u32 {
         if flags & flag::PFN_ZERO != 0 {
             tally.add(counter::TYPE1_ZERO_PINNED, ret as u64);
         }
+    }
+    let args = [a[0], a[1], a[2], ret as u64, pfn_base, a[4]];
+    // Same dma, next vaddr, the zero pfn, the same limit: one run.
+    if ret > 0 && flags == flag::PFN_ZERO && t.fold_run(ProbeId::Type1Pin, &z, &args, [4, 5], None)
+    {
+        return 0;
     }
     let refcount = z.refcount_if(flags & flag::PFN_ZERO != 0);
     t.emit(&ctx, ProbeId::Type1Pin, flags, refcount, args);
@@ -112,6 +111,9 @@ pub fn type1_unpin_ret(ctx: RetProbeContext) -> u32 {
     let Some(a) = t.take(ProbeId::Type1Unpin) else {
         return 0;
     };
+    let tally = Tally::get();
+    tally.add(counter::HITS + ProbeId::Type1Unpin as u32, 1);
+    tally.add(counter::TYPE1_UNPINNED, a[3]);
     let (z, unknown) = ZeroIds::load_flagged();
     let flags = if unknown != 0 {
         unknown
@@ -119,14 +121,10 @@ pub fn type1_unpin_ret(ctx: RetProbeContext) -> u32 {
         z.class_of_pfn(a[2])
     };
     let args = [a[0], a[1], a[2], a[3], a[4], ret as u64];
-    // Same dma, next iova, the zero pfn, the same do_accounting: one run,
-    // counted when it is written.
+    // Same dma, next iova, the zero pfn, the same do_accounting: one run.
     if flags == flag::PFN_ZERO && t.fold_run(ProbeId::Type1Unpin, &z, &args, [2, 4], Some(5)) {
         return 0;
     }
-    let tally = Tally::get();
-    tally.add(counter::HITS + ProbeId::Type1Unpin as u32, 1);
-    tally.add(counter::TYPE1_UNPINNED, a[3]);
     let refcount = z.refcount_if(flags & flag::PFN_ZERO != 0);
     t.emit(&ctx, ProbeId::Type1Unpin, flags, refcount, args);
     0

@@ -195,8 +195,7 @@ pub fn render(s: &Snapshot) -> String {
         &r,
         "vfio_zp_events_total",
         "Calls seen per probe (exact, kernel-side); a type1 pin or unpin call, \
-         and the zero-page unpins inside a pin call, count when it returns, \
-         a run of zero-page calls inside one MAP/UNMAP ioctl when the ioctl does.",
+         and the zero-page unpins inside a pin call, count when it returns.",
         &["probe"],
     );
     for (p, n) in &s.hits {
