@@ -532,7 +532,7 @@ impl Live {
                     probes: header.probes.clone(),
                 }));
             for n in self.model.take_notes() {
-                tracing::warn!("{n}");
+                n.log();
             }
             c.restored = true;
             c.journal_lines_replayed = r.replayed;
@@ -572,7 +572,7 @@ impl Live {
         }
         self.model.apply(line);
         for n in self.model.take_notes() {
-            tracing::warn!("{n}");
+            n.log();
         }
         if let Line::Probes(p) = line {
             self.probes = p.probes.clone();

@@ -222,6 +222,16 @@ pub fn render(s: &Snapshot) -> String {
             .with_label_values(&[p])
             .inc_by(s.misses.get(p).copied().unwrap_or(0));
     }
+    counter(
+        &r,
+        "vfio_zp_uncharges_after_exit_total",
+        "Uncharges type1 made after the process's mm was gone (vfio_lock_acct \
+         -ESRCH): VMMs that exited with DMA mappings live, the ordinary VM exit; \
+         their locked_vm went with the process.",
+        &[],
+    )
+    .with_label_values::<&str>(&[])
+    .inc_by(v.host.uncharges_after_exit);
     let div = counter(
         &r,
         "vfio_zp_model_divergence_total",

@@ -117,9 +117,45 @@ pub struct Model {
     pub(crate) truncated_scans: u64,
     pub(crate) events: u64,
     pub(crate) now: u64,
+    /// Uncharges type1 made after the process's mm was gone (-ESRCH):
+    /// the ordinary exit of a VMM whose mappings were still live.
+    #[serde(default)]
+    pub(crate) uncharges_after_exit: u64,
     /// Explanations not yet taken by [`Model::take_notes`].
     #[serde(skip)]
-    notes: Vec<String>,
+    notes: Vec<Note>,
+}
+
+/// How much a note matters to an operator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    /// Worth a line in the log: a VM's ordinary start or exit.
+    Info,
+    /// Something to act on or to doubt a figure by.
+    Warn,
+}
+
+/// An explanation of a divergence or a notable observation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Note {
+    pub level: Level,
+    pub text: String,
+}
+
+impl Note {
+    /// Logs the note at its level.
+    pub fn log(&self) {
+        match self.level {
+            Level::Info => tracing::info!("{}", self.text),
+            Level::Warn => tracing::warn!("{}", self.text),
+        }
+    }
+}
+
+impl std::fmt::Display for Note {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
 }
 
 /// A stretch of time in which events may have been lost.
@@ -165,6 +201,7 @@ impl Model {
             blind: Vec::new(),
             counters_ns: header.started_t_ns,
             truncated_scans: 0,
+            uncharges_after_exit: 0,
             events: 0,
             now: header.started_t_ns,
             notes: Vec::new(),
@@ -223,13 +260,17 @@ impl Model {
     }
 
     /// Explanations of divergences and notable observations since the last call.
-    pub fn take_notes(&mut self) -> Vec<String> {
+    pub fn take_notes(&mut self) -> Vec<Note> {
         std::mem::take(&mut self.notes)
     }
 
     fn note(&mut self, s: String) {
+        self.note_at(Level::Warn, s);
+    }
+
+    fn note_at(&mut self, level: Level, text: String) {
         if self.notes.len() < MAX_NOTES {
-            self.notes.push(s);
+            self.notes.push(Note { level, text });
         }
     }
 
@@ -667,11 +708,30 @@ impl Model {
     }
 
     fn lock_acct(&mut self, e: &Event, dma: Id, npage: i64, ret: i32) {
-        if ret != 0 {
+        if ret == -libc::ESRCH && npage < 0 {
+            // The process's mm is gone, and its locked_vm with it: a VMM
+            // that exits with mappings live releases its container after
+            // its mm (vfio_lock_acct finds no mm to uncharge). What the
+            // mapping had charged is released all the same.
+            self.uncharges_after_exit += 1;
+            self.note_at(
+                Level::Info,
+                format!(
+                    "{}[{}] exited with DMA mappings live: type1 released {} pages with no mm left to uncharge (locked_vm went with the process)",
+                    e.comm, e.tgid, -npage
+                ),
+            );
+        } else if ret == -libc::ENOMEM {
             self.refused(
                 e,
                 format!("vfio_lock_acct refused {npage} pages (error {ret})"),
             );
+            return;
+        } else if ret != 0 {
+            self.note(format!(
+                "{}[{}]: vfio_lock_acct failed to account {npage} pages (error {ret})",
+                e.comm, e.tgid
+            ));
             return;
         }
         if npage > 0 {

@@ -454,7 +454,7 @@ fn refused_maps_report_what_they_needed() {
     assert!(v.divergences.is_empty(), "{:?}", v.divergences);
     let notes = r.m.take_notes();
     assert!(
-        notes.iter().any(|n| n.contains("RLIMIT_MEMLOCK")),
+        notes.iter().any(|n| n.text.contains("RLIMIT_MEMLOCK")),
         "{notes:?}"
     );
 }
@@ -667,7 +667,11 @@ fn restart_gap_and_checkpoint_round_trip() {
         "{}",
         c.leak_reason
     );
-    assert!(m.take_notes().iter().any(|n| n.contains("not running")));
+    assert!(
+        m.take_notes()
+            .iter()
+            .any(|n| n.text.contains("not running"))
+    );
 }
 
 #[test]
@@ -711,4 +715,77 @@ fn nested_unpin_calls_count_once() {
     r.ev(unpin(UnpinFn::UnpinUserPage), None);
     r.ev(unpin(UnpinFn::UnpinUserPage), None);
     assert_eq!(r.container().huge_zero_page_pins_live, -2);
+}
+
+/// A VMM that exits with its mappings live: the mm goes first, then the
+/// container's release unpins and type1's uncharge finds no mm (-ESRCH).
+/// That is the ordinary VM exit, not a memlock refusal: both locked_vm
+/// columns end at 0, no divergence, and the note is for the info log.
+#[test]
+fn a_vmm_exiting_with_mappings_live_releases_everything() {
+    let mut r = Run::new("6.12.117", None);
+    for _ in 0..4 {
+        r.charge(4, 1);
+        r.pin(4, 1, PageClass::Other);
+    }
+    let alive = r.m.verdicts();
+    assert_eq!(alive.processes[0].locked_vm_bytes_kernel, 4 * 4096);
+    r.ev(What::ContainerRelease, None);
+    r.ev(What::RemoveDma { dma: 4 }, None);
+    r.ev(
+        What::Type1Unpin {
+            dma: 4,
+            iova: 0,
+            npage: 4,
+            do_accounting: true,
+            unlocked: 4,
+            base: PageClass::Other,
+        },
+        None,
+    );
+    r.ev(
+        What::LockAcct {
+            dma: 4,
+            npage: -4,
+            is_async: true,
+            ret: -libc::ESRCH,
+        },
+        None,
+    );
+    let v = r.m.verdicts();
+    let c = r.container();
+    assert!(!c.open);
+    assert_eq!(c.pinned_pages.total(), 0);
+    assert_eq!((c.locked_vm_pages_kernel, c.locked_vm_pages_model), (0, 0));
+    let p = &v.processes[0];
+    assert_eq!((p.locked_vm_bytes_kernel, p.refusals), (0, 0));
+    assert!(v.divergences.is_empty(), "{:?}", v.divergences);
+    assert_eq!(r.m.uncharges_after_exit, 1);
+    let notes = r.m.take_notes();
+    assert!(
+        notes
+            .iter()
+            .all(|n| n.level == Level::Info && !n.text.contains("RLIMIT_MEMLOCK")),
+        "{notes:?}"
+    );
+    assert_eq!(notes.len(), 1, "{notes:?}");
+}
+
+/// Only ENOMEM is a limit refusal; another error is said as what it is.
+#[test]
+fn a_lock_acct_error_other_than_enomem_is_no_refusal() {
+    let mut r = Run::new("6.12.117", None);
+    r.ev(
+        What::LockAcct {
+            dma: 4,
+            npage: 1,
+            is_async: false,
+            ret: -libc::EINTR,
+        },
+        None,
+    );
+    assert_eq!(r.m.procs[&PID].refusals, 0);
+    let notes = r.m.take_notes();
+    assert!(notes[0].text.contains("error -4"), "{notes:?}");
+    assert_eq!(notes[0].level, Level::Warn);
 }

@@ -57,6 +57,10 @@ pub struct Host {
     pub headroom_pins: Option<i64>,
     pub leak_rate_pins_per_s: f64,
     pub overflow_eta_s: Option<f64>,
+    /// Uncharges type1 made after their process's mm was gone: VMMs that
+    /// exited with mappings live (their locked_vm went with the mm).
+    #[serde(default)]
+    pub uncharges_after_exit: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -448,6 +452,7 @@ impl Model {
                 headroom_pins: headroom,
                 leak_rate_pins_per_s: rate,
                 overflow_eta_s: headroom.filter(|_| rate > 0.0).map(|h| h as f64 / rate),
+                uncharges_after_exit: self.uncharges_after_exit,
             },
             containers,
             processes: procs,
