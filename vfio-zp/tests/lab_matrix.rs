@@ -62,7 +62,7 @@ fn behaviour(kernel: &str) -> Behaviour {
             gup_refcounts_zero_page: true,
             type1_unpins_zero_page: false,
         },
-        "6.1" | "6.12" => Behaviour {
+        "6.1" | "6.12" | "6.18" | "7.3" => Behaviour {
             gup_refcounts_zero_page: false,
             type1_unpins_zero_page: true,
         },
@@ -426,16 +426,17 @@ fn check_kernel(kernel: &str, dir: &Path) -> Vec<String> {
                     s.lock_acct_net
                 ));
             }
-            if kernel == "6.12" {
+            // From 6.2 read-only long-term pins unshare (84209e87c696).
+            if common::unshares(kernel) {
                 if s.gup_zero_pins != 0 {
                     bad.push(format!(
-                        "{ctx}: 6.12 unshares, yet GUP pinned {} zero pages",
+                        "{ctx}: {kernel} unshares, yet GUP pinned {} zero pages",
                         s.gup_zero_pins
                     ));
                 }
                 if run.map_flags == 1 && run.map_error.is_none() && s.charged != run.pages as i64 {
                     bad.push(format!(
-                        "{ctx}: 6.12 charged {} pages for {} mapped",
+                        "{ctx}: {kernel} charged {} pages for {} mapped",
                         s.charged, run.pages
                     ));
                 }
@@ -510,8 +511,8 @@ fn lab_recordings_match_kernel_truth() {
         eprintln!("SKIPPED: VFIO_ZP_LAB_OUT not set; run `cargo xtask test` for the VM matrix");
         return;
     };
-    let kernels =
-        std::env::var("VFIO_ZP_LAB_KERNELS").unwrap_or_else(|_| "5.10,6.1,6.12,5.10-leaky".into());
+    let kernels = std::env::var("VFIO_ZP_LAB_KERNELS")
+        .unwrap_or_else(|_| "5.10,5.10-leaky,6.1,6.12,6.18,7.3".into());
     let mut bad = Vec::new();
     for k in kernels.split(',') {
         let dir = Path::new(&out).join(k);
@@ -521,6 +522,7 @@ fn lab_recordings_match_kernel_truth() {
         bad.extend(common::hardening::check(k, &dir));
         bad.extend(common::restart::check(k, &dir));
         bad.extend(common::flood::check(k, &dir));
+        bad.extend(common::vmm::check(k, &dir));
     }
     assert!(
         bad.is_empty(),

@@ -20,9 +20,9 @@ fn snapshot(dir: &Path, f: &str) -> Result<Snapshot, String> {
 }
 
 pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
-    // 6.12 unshares read-only long-term pins (no zero page is pinned);
-    // the 5.10 kernels and 6.1 pin it; only 5.10-leaky leaks it.
-    let zero_pins_expected = kernel != "6.12";
+    // 6.12 and later unshare read-only long-term pins (no zero page is
+    // pinned); the 5.10 kernels and 6.1 pin it; only 5.10-leaky leaks it.
+    let zero_pins_expected = !super::unshares(kernel);
     let leaky = kernel == "5.10-leaky";
     let mut bad = Vec::new();
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();

@@ -7,23 +7,33 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser};
-use workload::scenarios::{self, SCENARIOS};
+use workload::{
+    scenarios::{self, SCENARIOS},
+    vmm::{self, VMM_SCENARIOS},
+};
 
 /// Drive a VFIO type1 scenario and record the kernel's own truth.
 #[derive(Parser)]
 struct Cli {
     /// VFIO group node, e.g. /dev/vfio/3.
-    #[arg(long, env = "VFIO_GROUP", required_unless_present = "list_scenarios")]
+    #[arg(long, env = "VFIO_GROUP", required_unless_present_any = ["list_scenarios", "list_vmm_scenarios"])]
     group: Option<String>,
     /// A second VFIO group, for scenarios that run two containers at once.
     #[arg(long, env = "VFIO_GROUP2")]
     group2: Option<String>,
-    /// Scenario to run.
-    #[arg(long, required_unless_present = "list_scenarios")]
+    /// Scenario to run: a type1 scenario driven by this program, or a VMM
+    /// scenario (a real QEMU as the VFIO client).
+    #[arg(long, required_unless_present_any = ["list_scenarios", "list_vmm_scenarios"])]
     scenario: Option<String>,
-    /// Print the scenario names, one per line, and exit.
+    /// Print the type1 scenario names, one per line, and exit.
     #[arg(long)]
     list_scenarios: bool,
+    /// Print the VMM scenario names, one per line, and exit.
+    #[arg(long)]
+    list_vmm_scenarios: bool,
+    /// VMM scenarios: a shell command run while every VM lives.
+    #[arg(long, value_name = "COMMAND")]
+    while_alive: Option<String>,
     /// Write the truth as JSON here.
     #[arg(long)]
     truth: Option<PathBuf>,
@@ -46,15 +56,57 @@ struct Cli {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    if cli.list_scenarios {
-        for s in &SCENARIOS {
-            println!("{}", s.name);
+    if cli.list_scenarios || cli.list_vmm_scenarios {
+        let names = SCENARIOS
+            .iter()
+            .map(|s| s.name)
+            .filter(|_| cli.list_scenarios);
+        for n in names.chain(
+            VMM_SCENARIOS
+                .iter()
+                .map(|s| s.name)
+                .filter(|_| cli.list_vmm_scenarios),
+        ) {
+            println!("{n}");
         }
         return Ok(());
     }
     let (Some(group), Some(name)) = (cli.group, cli.scenario) else {
         unreachable!("clap requires both")
     };
+    if let Some(s) = vmm::find(&name) {
+        let groups: Vec<String> = std::iter::once(group)
+            .chain(cli.group2.filter(|g| !g.is_empty()))
+            .collect();
+        let truth = vmm::run(s, &groups, cli.while_alive.as_deref())?;
+        for v in &truth.vms {
+            println!(
+                "workload: {} {} pid {} on {}: VmLck {:?} kB VmPin {:?} kB while alive; {}; errors {:?}",
+                s.name,
+                v.name,
+                v.pid,
+                v.device,
+                v.vmlck_kb_alive,
+                v.vmpin_kb_alive,
+                v.exit,
+                v.errors
+            );
+        }
+        println!(
+            "workload: {}: zero page refcount {:?} -> {:?} (all alive) -> {:?}",
+            s.name, truth.refcount_before, truth.refcount_alive, truth.refcount_after
+        );
+        if let Some(p) = cli.truth {
+            std::fs::write(&p, serde_json::to_string_pretty(&truth)?)
+                .with_context(|| format!("writing {}", p.display()))?;
+        }
+        anyhow::ensure!(
+            truth.vms.iter().all(|v| v.errors.is_empty()),
+            "{}: a VM failed",
+            s.name
+        );
+        return Ok(());
+    }
     let s = scenarios::find(&name)
         .with_context(|| format!("unknown scenario `{name}` (see --list-scenarios)"))?;
     if let Some(cg) = &cli.cgroup {
@@ -105,8 +157,14 @@ fn main() -> ExitCode {
         .iter()
         .map(|s| format!("  {:<20} {}\n", s.name, s.about))
         .collect();
+    let vmm_help: String = VMM_SCENARIOS
+        .iter()
+        .map(|s| format!("  {:<20} {}\n", s.name, s.about))
+        .collect();
     let matches = Cli::command()
-        .after_help(format!("Scenarios:\n{help}"))
+        .after_help(format!(
+            "Scenarios:\n{help}\nVMM scenarios (QEMU on the group's device; --group2 for a second VM):\n{vmm_help}"
+        ))
         .get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(c) => c,

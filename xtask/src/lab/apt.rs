@@ -60,7 +60,7 @@ impl Suite {
         let list = root.join("sources.list");
         let uri = archive_uri()?;
         let mut text = format!("deb {uri} {suite} main\n");
-        if suite != "trixie" {
+        if suite != "trixie" && !suite.ends_with("-backports") {
             // Security updates carry the newest kernel ABIs of old suites.
             text.push_str(&format!("deb {uri}-security {suite}-security main\n"));
         }

@@ -24,15 +24,20 @@ pub struct Spec {
     pub series: (&'static str, &'static str),
     /// Rebuild vfio_iommu_type1.ko without the zero-page unpin (873aefb).
     pub leaky: bool,
+    /// The image is `linux-binary-*` (the kernel under
+    /// usr/lib/modules/<release>/vmlinuz) and its modules come in
+    /// `linux-modules-*` of the same version: Debian's split from 7.x.
+    pub split_modules: bool,
 }
 
-pub const SPECS: [Spec; 4] = [
+pub const SPECS: [Spec; 6] = [
     Spec {
         name: "5.10",
         suite: "bullseye",
         package: "linux-image-5.10.0-32-amd64-unsigned",
         series: ("linux-image-5.10.0-", "-amd64-unsigned"),
         leaky: false,
+        split_modules: false,
     },
     Spec {
         name: "5.10-leaky",
@@ -40,6 +45,7 @@ pub const SPECS: [Spec; 4] = [
         package: "linux-image-5.10.0-32-amd64-unsigned",
         series: ("linux-image-5.10.0-", "-amd64-unsigned"),
         leaky: true,
+        split_modules: false,
     },
     Spec {
         name: "6.1",
@@ -47,6 +53,7 @@ pub const SPECS: [Spec; 4] = [
         package: "linux-image-6.1.0-56-amd64-unsigned",
         series: ("linux-image-6.1.0-", "-amd64-unsigned"),
         leaky: false,
+        split_modules: false,
     },
     Spec {
         name: "6.12",
@@ -54,10 +61,30 @@ pub const SPECS: [Spec; 4] = [
         package: "linux-image-6.12.117+deb13-amd64-unsigned",
         series: ("linux-image-6.12.", "+deb13-amd64-unsigned"),
         leaky: false,
+        split_modules: false,
+    },
+    // Backports carry only the signed image; QEMU boots it as is.
+    Spec {
+        name: "6.18",
+        suite: "trixie-backports",
+        package: "linux-image-6.18.15+deb13-amd64",
+        series: ("linux-image-6.18.", "+deb13-amd64"),
+        leaky: false,
+        split_modules: false,
+    },
+    Spec {
+        name: "7.3",
+        suite: "trixie-backports",
+        package: "linux-binary-7.3.4+deb13-amd64",
+        series: ("linux-binary-7.3.", "+deb13-amd64"),
+        leaky: false,
+        split_modules: true,
     },
 ];
 
-pub const DEFAULT_MATRIX: [&str; 4] = ["5.10", "6.1", "6.12", "5.10-leaky"];
+/// Slowest first: the matrix runs two guests at once, and the leaky and
+/// oldest kernels take the longest.
+pub const DEFAULT_MATRIX: [&str; 6] = ["5.10", "5.10-leaky", "6.1", "6.12", "6.18", "7.3"];
 
 pub fn spec(name: &str) -> anyhow::Result<Spec> {
     SPECS
@@ -86,6 +113,11 @@ pub struct Kernel {
     pub leaky_module: Option<PathBuf>,
     #[serde(default)]
     pub leaky_sha256: Option<String>,
+    /// The `linux-modules-*` package of a split image.
+    #[serde(default)]
+    pub modules_package: Option<String>,
+    #[serde(default)]
+    pub modules_deb_sha256: Option<String>,
 }
 
 pub fn cache_dir() -> PathBuf {
@@ -173,6 +205,14 @@ pub fn prepare(name: &str) -> anyhow::Result<Kernel> {
     let deb = suite.download(&package, &dir.join("debs"))?;
     let tree = dir.join("tree");
     cmd::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree))?;
+    let modules = if spec.split_modules {
+        let name = package.replacen("linux-binary-", "linux-modules-", 1);
+        let mdeb = suite.download(&name, &dir.join("debs"))?;
+        cmd::run(Command::new("dpkg-deb").arg("-x").arg(&mdeb).arg(&tree))?;
+        Some((name, sha256(&mdeb)?))
+    } else {
+        None
+    };
     // trixie ships modules under usr/lib; depmod -b and modprobe -d look in lib/.
     if !tree.join("lib/modules").exists() && tree.join("usr/lib/modules").exists() {
         std::os::unix::fs::symlink("usr/lib", tree.join("lib"))?;
@@ -183,12 +223,14 @@ pub fn prepare(name: &str) -> anyhow::Result<Kernel> {
         .next()
         .context("package has no lib/modules/<release>")?;
     cmd::run(Command::new("depmod").arg("-b").arg(&tree).arg(&release))?;
-    let vmlinuz = tree.join("boot").join(format!("vmlinuz-{release}"));
-    anyhow::ensure!(
-        vmlinuz.exists(),
-        "{} missing from {package}",
-        vmlinuz.display()
-    );
+    // From 7.x the image sits beside its modules.
+    let vmlinuz = [
+        tree.join("boot").join(format!("vmlinuz-{release}")),
+        tree.join("lib/modules").join(&release).join("vmlinuz"),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .with_context(|| format!("no vmlinuz for {release} in {package}"))?;
     let mut k = Kernel {
         name: name.into(),
         release,
@@ -198,6 +240,8 @@ pub fn prepare(name: &str) -> anyhow::Result<Kernel> {
         vmlinuz,
         leaky_module: None,
         leaky_sha256: None,
+        modules_deb_sha256: modules.as_ref().map(|m| m.1.clone()),
+        modules_package: modules.map(|m| m.0),
     };
     if spec.leaky {
         let ko = super::leaky::build(&suite, &deb, &k, &dir)?;
@@ -220,7 +264,22 @@ fn verified(manifest: &Path) -> Option<Kernel> {
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with(&format!("{}_", k.package)))
         })?;
-    let ok = sha256(&deb).ok()? == k.deb_sha256
+    let modules_ok = match (&k.modules_package, &k.modules_deb_sha256) {
+        (Some(name), Some(h)) => fs::read_dir(manifest.parent()?.join("debs"))
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{name}_")))
+            })
+            .is_some_and(|p| sha256(&p).ok().as_ref() == Some(h)),
+        (None, None) => true,
+        _ => false,
+    };
+    let ok = modules_ok
+        && sha256(&deb).ok()? == k.deb_sha256
         && k.vmlinuz.exists()
         && k.tree
             .join("lib/modules")

@@ -292,12 +292,36 @@ pub fn guest_script(scenarios: &[String], pages: u64) -> anyhow::Result<String> 
             bin.display()
         ));
     }
+    body.push_str(&vmm_script(&vmm_scenarios()?)?);
     with_recorder(
         "$RESULTS/recording.jsonl",
         false,
         &body,
         &(flood_script(pages)? + &restart_script(pages)?),
     )
+}
+
+/// A real QEMU as the VFIO client, under the recorder: each VMM scenario
+/// writes its kernel truth to `vmm-<s>.json` and, while its VMs live, the
+/// agent's snapshot to `vmm-<s>-alive.json`. A failed scenario does not fail
+/// the guest: the lab check reports it with the rest.
+fn vmm_script(scenarios: &[String]) -> anyhow::Result<String> {
+    let bin = bin_dir()?;
+    let mut s = String::from("# Real VMMs (QEMU on the vfio-pci devices).\n");
+    for n in scenarios {
+        s.push_str(&format!(
+            "\"{bin}/vfio-zp-workload\" --scenario {n} --truth \"$RESULTS/vmm-{n}.json\" --while-alive \"busybox wget -q -O $RESULTS/vmm-{n}-alive.json http://127.0.0.1:10983/api/v1/snapshot\" > \"$RESULTS/vmm-{n}.txt\" 2>&1 || {{ echo \"lab: VMM scenario {n} failed\"; tail -n 5 \"$RESULTS/vmm-{n}.txt\"; }}\n",
+            bin = bin.display()
+        ));
+    }
+    Ok(s)
+}
+
+pub fn vmm_scenarios() -> anyhow::Result<Vec<String>> {
+    let out = crate::cmd::output(
+        std::process::Command::new(bin_dir()?.join("vfio-zp-workload")).arg("--list-vmm-scenarios"),
+    )?;
+    Ok(out.lines().map(str::to_string).collect())
 }
 
 pub fn scenarios() -> anyhow::Result<Vec<String>> {
@@ -307,30 +331,61 @@ pub fn scenarios() -> anyhow::Result<Vec<String>> {
     Ok(out.lines().map(str::to_string).collect())
 }
 
-/// Runs the matrix; results land in `out/<kernel>/`.
+/// Guests run at once: one per host core (each guest has one vCPU, a host
+/// thread under TCG), at most `VFIO_ZP_LAB_JOBS` when that is set.
+pub fn jobs() -> usize {
+    std::env::var("VFIO_ZP_LAB_JOBS")
+        .ok()
+        .and_then(|j| j.parse().ok())
+        .filter(|j: &usize| *j > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Runs the matrix, [`jobs`] guests at once, in the order given (slowest
+/// first keeps the last guest short); results land in `out/<kernel>/`.
+/// Kernels are prepared (downloaded) one by one first.
 pub fn run(names: &[String], out: &Path, pages: u64, timeout: Duration) -> anyhow::Result<()> {
     let scenarios = scenarios()?;
+    let kernels = names
+        .iter()
+        .map(|n| kernels::prepare(n))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let script = guest_script(&scenarios, pages)?;
+    let queue = std::sync::Mutex::new(
+        kernels
+            .into_iter()
+            .collect::<std::collections::VecDeque<_>>(),
+    );
+    let results = std::sync::Mutex::new(Vec::new());
+    let started = std::time::Instant::now();
+    let jobs = jobs().min(names.len()).max(1);
+    eprintln!(
+        "lab: {} kernels, {jobs} guest(s) at once, {} scenarios each",
+        names.len(),
+        scenarios.len()
+    );
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| {
+                while let Some(k) = queue.lock().map(|mut q| q.pop_front()).ok().flatten() {
+                    let r = one(&k, out, &script, timeout);
+                    if let Ok(mut v) = results.lock() {
+                        v.push((k.name.clone(), r));
+                    }
+                }
+            });
+        }
+    });
     let mut failed = Vec::new();
-    for name in names {
-        let k = kernels::prepare(name)?;
-        let dir = out.join(name);
-        let _ = std::fs::remove_dir_all(&dir);
-        eprintln!(
-            "lab: {name}: booting {} for {} scenarios",
-            k.release,
-            scenarios.len()
-        );
-        let r = qemu::run(&k, &dir, &guest_script(&scenarios, pages)?, timeout, false)
-            .with_context(|| format!("lab kernel {name}"))?;
-        match r.exit_code {
-            Some(0) => eprintln!("lab: {name}: done in {:.0?}", r.elapsed),
-            code => {
-                eprintln!(
-                    "lab: {name}: guest command failed ({code:?}); console: {}",
-                    dir.join("console.log").display()
-                );
-                tail(&dir.join("console.log"), 30);
-                failed.push(name.clone());
+    let mut results = results.into_inner().unwrap_or_default();
+    results.sort_by_key(|(n, _)| names.iter().position(|x| x == n));
+    eprintln!("lab: matrix done in {:.0?}:", started.elapsed());
+    for (name, r) in results {
+        match r {
+            Ok(t) => eprintln!("lab:   {name:<11} ok in {t:.0?}"),
+            Err(e) => {
+                eprintln!("lab:   {name:<11} FAILED: {e:#}");
+                failed.push(name);
             }
         }
     }
@@ -340,6 +395,35 @@ pub fn run(names: &[String], out: &Path, pages: u64, timeout: Duration) -> anyho
         failed.join(", ")
     );
     Ok(())
+}
+
+/// One kernel's guest; its time, or why it failed.
+fn one(
+    k: &kernels::Kernel,
+    out: &Path,
+    script: &str,
+    timeout: Duration,
+) -> anyhow::Result<Duration> {
+    let name = &k.name;
+    let dir = out.join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!("lab: {name}: booting {}", k.release);
+    let r =
+        qemu::run(k, &dir, script, timeout, false).with_context(|| format!("lab kernel {name}"))?;
+    match r.exit_code {
+        Some(0) => {
+            eprintln!("lab: {name}: done in {:.0?}", r.elapsed);
+            Ok(r.elapsed)
+        }
+        code => {
+            eprintln!(
+                "lab: {name}: guest command failed ({code:?}); console: {}",
+                dir.join("console.log").display()
+            );
+            tail(&dir.join("console.log"), 30);
+            anyhow::bail!("guest command failed ({code:?}) after {:.0?}", r.elapsed)
+        }
+    }
 }
 
 pub fn tail(path: &Path, n: usize) {

@@ -105,7 +105,8 @@ pub struct ZeroPageTruth {
 
 impl ZeroPageTruth {
     pub fn open() -> anyhow::Result<ZeroPageTruth> {
-        let syms = kallsyms(&["zero_pfn", "vmemmap_base", "huge_zero_pfn"])?;
+        // 7.2 renamed the zero page's pfn variable to zero_page_pfn.
+        let syms = kallsyms(&["zero_pfn", "zero_page_pfn", "vmemmap_base", "huge_zero_pfn"])?;
         let sym = |n: &str| {
             syms.get(n)
                 .copied()
@@ -113,7 +114,7 @@ impl ZeroPageTruth {
                 .with_context(|| format!("{n} not in /proc/kallsyms"))
         };
         let kcore = Kcore::open()?;
-        let zero_pfn = kcore.u64(sym("zero_pfn")?)?;
+        let zero_pfn = kcore.u64(sym("zero_pfn").or_else(|_| sym("zero_page_pfn"))?)?;
         let vmemmap = kcore.u64(sym("vmemmap_base")?)?;
         let (size, off) = page_layout()?;
         Ok(ZeroPageTruth {

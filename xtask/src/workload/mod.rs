@@ -4,3 +4,4 @@ pub mod kcore;
 pub mod pagemap;
 pub mod scenarios;
 pub mod vfio;
+pub mod vmm;

@@ -1,0 +1,263 @@
+//! Real VMMs (QEMU on the guest's vfio-pci devices, libvirt-shaped cgroups)
+//! under the recorder, checked against the kernel's own truth written by
+//! the workload (`vmm-<scenario>.json`): VmLck and VmPin while the VM
+//! lived, the zero page's `_refcount` before, during and after. What must
+//! hold on every kernel: each VM is named, its container closed, nothing
+//! left pinned or charged once it exited (the mm went first: type1's
+//! uncharge found none), and the leak, where there is one, is exactly the
+//! refcount's growth.
+use std::path::Path;
+
+use serde::Deserialize;
+use vfio_zp::{
+    event::{Event, What},
+    model::verdict::{ContainerVerdict, Verdicts},
+    record::{Line, read_path},
+    snapshot::Snapshot,
+};
+
+const PIN_BIAS: i64 = 1024;
+const ESRCH: i32 = 3;
+
+/// VMM scenarios the lab runs (the workload's `--list-vmm-scenarios`).
+const SCENARIOS: usize = 3;
+
+#[derive(Debug, Deserialize)]
+pub struct VmmTruth {
+    pub scenario: String,
+    pub refcount_before: Option<i32>,
+    pub refcount_alive: Option<i32>,
+    pub refcount_after: Option<i32>,
+    pub vms: Vec<VmTruth>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct VmTruth {
+    pub name: String,
+    pub pid: u32,
+    pub vmlck_kb_alive: Option<u64>,
+    pub vmpin_kb_alive: Option<u64>,
+    pub exit: String,
+    pub errors: Vec<String>,
+}
+
+/// Every `vmm-<scenario>.json` in `dir`.
+fn truths(dir: &Path) -> Result<Vec<VmmTruth>, String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(|e| e.to_string())?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("vmm-") && name.ends_with(".json") && !name.ends_with("-alive.json") {
+            let text = std::fs::read_to_string(e.path()).map_err(|e| format!("{name}: {e}"))?;
+            out.push(serde_json::from_str(&text).map_err(|e| format!("{name}: {e}"))?);
+        }
+    }
+    out.sort_by(|a: &VmmTruth, b| a.scenario.cmp(&b.scenario));
+    Ok(out)
+}
+
+/// A process's type1 charges: (pages charged, pages uncharged, pages
+/// released with no mm left, those calls).
+fn charges(events: &[&Event], pid: u32) -> (i64, i64, i64, usize) {
+    let mut c = (0, 0, 0, 0);
+    for e in events.iter().filter(|e| e.tgid == pid) {
+        if let What::LockAcct { npage, ret, .. } = e.what {
+            match ret {
+                0 if npage > 0 => c.0 += npage,
+                0 => c.1 -= npage,
+                r if r == -ESRCH && npage < 0 => {
+                    c.2 -= npage;
+                    c.3 += 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    c
+}
+
+fn of_pid(containers: &[ContainerVerdict], pid: u32) -> Vec<&ContainerVerdict> {
+    containers.iter().filter(|c| c.tgid == pid).collect()
+}
+
+pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
+    let mut bad = Vec::new();
+    let truths = match truths(dir) {
+        Ok(t) => t,
+        Err(e) => return vec![format!("{kernel}: VMM truths: {e}")],
+    };
+    if truths.len() < SCENARIOS {
+        bad.push(format!(
+            "{kernel}: only {} of {SCENARIOS} VMM scenario truths (see vmm-*.txt)",
+            truths.len()
+        ));
+    }
+    let rec = match read_path(&dir.join("recording.jsonl")) {
+        Ok(r) => r,
+        Err(e) => return vec![format!("{kernel}: {e}")],
+    };
+    let events: Vec<&Event> = rec
+        .lines
+        .iter()
+        .filter_map(|l| match l {
+            Line::Event(e) => Some(e),
+            _ => None,
+        })
+        .collect();
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+    let v: Verdicts = match serde_json::from_str(&read("verdicts.json")) {
+        Ok(v) => v,
+        Err(e) => return vec![format!("{kernel}: verdicts.json: {e}")],
+    };
+    let leaky = kernel == "5.10-leaky";
+    let mut vms = 0;
+    for t in &truths {
+        let ctx = format!("{kernel}/{}", t.scenario);
+        let alive: Option<Snapshot> =
+            serde_json::from_str(&read(&format!("vmm-{}-alive.json", t.scenario))).ok();
+        let mut leaked = 0;
+        for vm in &t.vms {
+            vms += 1;
+            let ctx = format!("{ctx}/{} (pid {})", vm.name, vm.pid);
+            if !vm.errors.is_empty() {
+                bad.push(format!("{ctx}: the VM failed: {:?}", vm.errors));
+                continue;
+            }
+            let (charged, uncharged, released, exits) = charges(&events, vm.pid);
+            println!(
+                "  {ctx}: VmLck {:?} kB VmPin {:?} kB alive; charged {charged}, uncharged {uncharged}, released with no mm {released} in {exits} calls; {}",
+                vm.vmlck_kb_alive, vm.vmpin_kb_alive, vm.exit
+            );
+            // The kernel's locked_vm while the VM lived is what type1 charged.
+            match vm.vmlck_kb_alive {
+                Some(kb) if kb as i64 == charged * 4 && charged > 0 => {}
+                other => bad.push(format!(
+                    "{ctx}: VmLck {other:?} kB while alive, type1 charged {charged} pages"
+                )),
+            }
+            // type1 charges locked_vm only; pinned_vm (VmPin) is iommufd's.
+            if vm.vmpin_kb_alive != Some(0) {
+                bad.push(format!(
+                    "{ctx}: VmPin {:?} kB under type1",
+                    vm.vmpin_kb_alive
+                ));
+            }
+            // It exited with its mappings live: the uncharge found no mm.
+            if exits == 0 || charged != uncharged + released {
+                bad.push(format!(
+                    "{ctx}: charged {charged} pages, released {uncharged} + {released} with no mm ({exits} calls)"
+                ));
+            }
+            // The agent's live figures while the VM ran, from its snapshot.
+            match &alive {
+                Some(s) => {
+                    let cs = of_pid(&s.verdicts.containers, vm.pid);
+                    let kernel_kb: i64 = cs.iter().map(|c| c.locked_vm_pages_kernel * 4).sum();
+                    if cs.is_empty() || cs.iter().any(|c| c.name != vm.name || !c.open) {
+                        bad.push(format!(
+                            "{ctx}: live snapshot containers {:?}",
+                            cs.iter().map(|c| (&c.name, c.open)).collect::<Vec<_>>()
+                        ));
+                    }
+                    if Some(kernel_kb) != vm.vmlck_kb_alive.map(|k| k as i64) {
+                        bad.push(format!(
+                            "{ctx}: the live snapshot's locked_vm {kernel_kb} kB, VmLck {:?} kB",
+                            vm.vmlck_kb_alive
+                        ));
+                    }
+                }
+                None => bad.push(format!("{ctx}: no live snapshot")),
+            }
+            // After the exit: named, closed, nothing pinned or charged.
+            let cs = of_pid(&v.containers, vm.pid);
+            if cs.is_empty() {
+                bad.push(format!("{ctx}: no container in the final verdicts"));
+            }
+            for c in &cs {
+                if c.name != vm.name
+                    || c.open
+                    || c.pinned_pages.total() != 0
+                    || c.locked_vm_pages_kernel != 0
+                    || c.locked_vm_pages_model != 0
+                {
+                    bad.push(format!(
+                        "{ctx}: after exit container {} is {:?} open {} pinned {} locked_vm kernel {} model {}",
+                        c.id,
+                        c.name,
+                        c.open,
+                        c.pinned_pages.total(),
+                        c.locked_vm_pages_kernel,
+                        c.locked_vm_pages_model
+                    ));
+                }
+                leaked += c.zero_page_pins_leaked;
+            }
+            if let Some(p) = v.processes.iter().find(|p| p.tgid == vm.pid)
+                && (p.locked_vm_bytes_kernel != 0 || p.refusals != 0)
+            {
+                bad.push(format!(
+                    "{ctx}: after exit the process shows locked_vm {} bytes and {} refusals",
+                    p.locked_vm_bytes_kernel, p.refusals
+                ));
+            }
+        }
+        // The zero page: what the VMs leaked is exactly its growth.
+        let (Some(before), Some(alive), Some(after)) =
+            (t.refcount_before, t.refcount_alive, t.refcount_after)
+        else {
+            bad.push(format!("{ctx}: no refcount truth"));
+            continue;
+        };
+        let growth = (after - before) as i64;
+        println!(
+            "  {ctx}: zero page refcount {before} -> {alive} -> {after}; the VMs' leaked pins {leaked} (x 1024 = {})",
+            leaked * PIN_BIAS
+        );
+        if growth != leaked * PIN_BIAS {
+            bad.push(format!(
+                "{ctx}: refcount grew {growth}, the verdicts' leaked pins explain {}",
+                leaked * PIN_BIAS
+            ));
+        }
+        if leaky && leaked == 0 {
+            bad.push(format!(
+                "{ctx}: a real QEMU leaked nothing on the leaky kernel"
+            ));
+        }
+        // Leaked references stay after the exit; nothing else moved.
+        if (alive - before) as i64 != growth {
+            bad.push(format!(
+                "{ctx}: refcount moved {} while the VMs lived, {growth} for good",
+                alive - before
+            ));
+        }
+    }
+    // The exits are counted, and never taken for a memlock refusal.
+    let metrics = super::surfaces::parse_metrics(&read("metrics.txt"));
+    let exits = metrics
+        .get("vfio_zp_uncharges_after_exit_total")
+        .copied()
+        .unwrap_or(0.0);
+    if (exits as usize) < vms {
+        bad.push(format!(
+            "{kernel}: vfio_zp_uncharges_after_exit_total {exits} for {vms} VM exits"
+        ));
+    }
+    let log = read("recorder.log");
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.contains("WARN") && (l.contains("vfio_lock_acct") || l.contains("RLIMIT_MEMLOCK"))
+        })
+        .collect();
+    let vm_pids: Vec<String> = truths
+        .iter()
+        .flat_map(|t| &t.vms)
+        .map(|vm| format!("[{}]", vm.pid))
+        .collect();
+    for l in warned {
+        if vm_pids.iter().any(|p| l.contains(p.as_str())) {
+            bad.push(format!("{kernel}: a VM's exit logged as a warning: {l}"));
+        }
+    }
+    bad
+}
