@@ -148,6 +148,9 @@ pub struct Process {
     /// Pages pinned by read-only long-term type1 pins (GUP without FOLL_WRITE).
     pub ro_longterm_pinned: i64,
     pub refusals: u64,
+    /// Its mm was gone when type1 uncharged its mappings: it exited.
+    #[serde(default)]
+    pub exited: bool,
 }
 
 impl Process {
@@ -164,6 +167,7 @@ impl Process {
             peak_if_charged: 0,
             ro_longterm_pinned: 0,
             refusals: 0,
+            exited: false,
         }
     }
 

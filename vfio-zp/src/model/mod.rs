@@ -714,13 +714,15 @@ impl Model {
             // its mm (vfio_lock_acct finds no mm to uncharge). What the
             // mapping had charged is released all the same.
             self.uncharges_after_exit += 1;
-            self.note_at(
-                Level::Info,
-                format!(
-                    "{}[{}] exited with DMA mappings live: type1 released {} pages with no mm left to uncharge (locked_vm went with the process)",
-                    e.comm, e.tgid, -npage
-                ),
-            );
+            if !std::mem::replace(&mut self.process(e).exited, true) {
+                self.note_at(
+                    Level::Info,
+                    format!(
+                        "{}[{}] exited with DMA mappings live: type1 releases them with no mm left to uncharge (its locked_vm went with it)",
+                        e.comm, e.tgid
+                    ),
+                );
+            }
         } else if ret == -libc::ENOMEM {
             self.refused(
                 e,
