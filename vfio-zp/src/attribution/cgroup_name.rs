@@ -122,10 +122,17 @@ pub fn classify(path: &str) -> Workload {
     }
 }
 
-/// `machine-qemu\x2d3\x2dmy\x2dvm.scope` -> `my-vm` (libvirt >= 2 names
-/// machines `qemu-ID-NAME`; older ones `qemu-NAME`).
+/// `machine-qemu\x2d3\x2dmy\x2dvm.scope` (systemd-machined) or
+/// `qemu-3-my-vm.libvirt-qemu` (libvirt's own cgroups, under `machine/`,
+/// when there is no machined) -> `my-vm`. libvirt >= 2 names machines
+/// `qemu-ID-NAME`; older ones `qemu-NAME`.
 fn libvirt_domain(part: &str) -> Option<String> {
-    let inner = unescape(part.strip_prefix("machine-")?.strip_suffix(".scope")?);
+    let inner = match part.strip_suffix(".libvirt-qemu") {
+        // virCgroupPartitionEscape prefixes a name that could clash with a
+        // controller's files with `_`.
+        Some(own) => own.strip_prefix('_').unwrap_or(own).to_string(),
+        None => unescape(part.strip_prefix("machine-")?.strip_suffix(".scope")?),
+    };
     let rest = inner.strip_prefix("qemu-")?;
     let name = match rest.split_once('-') {
         Some((id, name)) if !id.is_empty() && id.bytes().all(|c| c.is_ascii_digit()) => name,
@@ -186,6 +193,18 @@ mod tests {
         assert_eq!(
             name(r"machine.slice/machine-qemu\x2d4\x2d2024.scope"),
             "2024"
+        );
+        // libvirt's own layout, without systemd-machined.
+        assert_eq!(name("machine/qemu-1-vm1.libvirt-qemu"), "vm1");
+        assert_eq!(
+            name("machine/qemu-7-web-front-01.libvirt-qemu/emulator"),
+            "web-front-01"
+        );
+        assert_eq!(name("machine/qemu-2-x.libvirt-qemu/vcpu0"), "x");
+        // Not a domain: other drivers' and look-alike names.
+        assert_eq!(
+            name("machine/lxc-1-c1.libvirt-lxc"),
+            "machine/lxc-1-c1.libvirt-lxc"
         );
     }
 
