@@ -89,6 +89,10 @@ enum Cmd {
         /// recording (as `agent` does).
         #[arg(long, value_name = "ADDR:PORT")]
         listen: Option<std::net::SocketAddr>,
+        /// With --listen: forget closed containers' metric series after
+        /// this long (as `agent --expire-after`).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "10m", requires = "listen")]
+        expire_after: Duration,
         #[command(flatten)]
         probes: ProbeArgs,
     },
@@ -372,10 +376,11 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             print,
             verdicts,
             listen,
+            expire_after,
             probes,
         } => {
             let publish = match listen {
-                Some(addr) => Some(listen_on(addr, Duration::from_secs(600)).await?),
+                Some(addr) => Some(listen_on(addr, expire_after).await?),
                 None => None,
             };
             let out: Box<dyn Write> = if output.as_os_str() == "-" {
