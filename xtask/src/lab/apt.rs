@@ -124,15 +124,19 @@ impl Suite {
         c.args(["download", "-q", pkg]).current_dir(dir);
         cmd::run(&mut c).with_context(|| format!("downloading {pkg} from {}", self.name))?;
         let name = pkg.split('=').next().unwrap_or(pkg);
-        let deb = fs::read_dir(dir)?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&format!("{name}_")) && n.ends_with(".deb"))
-            })
-            .with_context(|| format!("{pkg}: no .deb after download"))?;
-        Ok(deb)
+        deb_in(dir, name).with_context(|| format!("{pkg}: no .deb after download"))
     }
+}
+
+/// The downloaded `.deb` of `package` in `dir` (`<package>_<version>_<arch>.deb`).
+pub fn deb_in(dir: &Path, package: &str) -> Option<PathBuf> {
+    fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
+        })
 }

@@ -255,42 +255,29 @@ pub fn prepare(name: &str) -> anyhow::Result<Kernel> {
 /// The cached kernel, if its manifest is there and every file still matches.
 fn verified(manifest: &Path) -> Option<Kernel> {
     let k: Kernel = serde_json::from_str(&fs::read_to_string(manifest).ok()?).ok()?;
-    let deb = fs::read_dir(manifest.parent()?.join("debs"))
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{}_", k.package)))
-        })?;
-    let modules_ok = match (&k.modules_package, &k.modules_deb_sha256) {
-        (Some(name), Some(h)) => fs::read_dir(manifest.parent()?.join("debs"))
-            .ok()?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&format!("{name}_")))
-            })
-            .is_some_and(|p| sha256(&p).ok().as_ref() == Some(h)),
-        (None, None) => true,
-        _ => false,
+    let debs = manifest.parent()?.join("debs");
+    let same = |file: Option<PathBuf>, hash: &str| {
+        file.and_then(|f| sha256(&f).ok()).as_deref() == Some(hash)
     };
-    let ok = modules_ok
-        && sha256(&deb).ok()? == k.deb_sha256
+    // Each optional part is there with its hash, or absent with none.
+    let part = |file: Option<PathBuf>, hash: &Option<String>| match hash {
+        Some(h) => same(file, h),
+        None => file.is_none(),
+    };
+    let ok = same(super::apt::deb_in(&debs, &k.package), &k.deb_sha256)
+        && part(
+            k.modules_package
+                .as_deref()
+                .and_then(|m| super::apt::deb_in(&debs, m)),
+            &k.modules_deb_sha256,
+        )
+        && part(k.leaky_module.clone(), &k.leaky_sha256)
         && k.vmlinuz.exists()
         && k.tree
             .join("lib/modules")
             .join(&k.release)
             .join("modules.dep")
-            .exists()
-        && match (&k.leaky_module, &k.leaky_sha256) {
-            (Some(m), Some(h)) => sha256(m).ok().as_ref() == Some(h),
-            (None, None) => true,
-            _ => false,
-        };
+            .exists();
     if !ok {
         eprintln!(
             "lab: cached kernel {} failed verification; rebuilding it",
