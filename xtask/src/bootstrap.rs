@@ -8,8 +8,12 @@ use crate::cmd;
 
 /// Debian packages: QEMU for the lab, busybox for its initramfs, kmod for
 /// depmod/modprobe, cpio/xz for images, gcc/make for the leaky module.
-const APT_PACKAGES: [&str; 10] = [
+const APT_PACKAGES: [&str; 13] = [
     "qemu-system-x86",
+    // libvirt manages VMs in the guests (its daemon, QEMU driver, virsh).
+    "libvirt-daemon",
+    "libvirt-daemon-driver-qemu",
+    "libvirt-clients",
     // Loads the agent's /metrics endpoint in the guests while workloads run.
     "wrk",
     // `vfio-zp top` is tested in a real terminal in the guests.
@@ -23,6 +27,8 @@ const APT_PACKAGES: [&str; 10] = [
     "gcc",
     "make",
 ];
+
+const LIBVIRT_DIRS: [&str; 3] = ["/var/lib/libvirt", "/var/cache/libvirt", "/var/log/libvirt"];
 
 fn apt_installed(pkg: &str) -> bool {
     cmd::output(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
@@ -65,6 +71,15 @@ pub fn run() -> anyhow::Result<()> {
         did += 1;
     }
     did += apt(&APT_PACKAGES)? as u32;
+    // The guests mount tmpfs over libvirt's state directories, which the
+    // packages create only with the daemon's configuration package.
+    for d in LIBVIRT_DIRS {
+        if !std::path::Path::new(d).is_dir() {
+            eprintln!("bootstrap: creating {d} (libvirt's state, a tmpfs in the guests)");
+            std::fs::create_dir_all(d).with_context(|| d.to_string())?;
+            did += 1;
+        }
+    }
     if did == 0 {
         eprintln!("bootstrap: everything is in place, nothing to do");
     }

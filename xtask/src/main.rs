@@ -68,7 +68,7 @@ enum Cmd {
         #[arg(long, default_value = "lab-out")]
         out: PathBuf,
         /// Seconds per kernel.
-        #[arg(long, default_value_t = 1200)]
+        #[arg(long, default_value_t = 1800)]
         timeout: u64,
         /// Pages per mapping (256 = 1 MiB, the size kernel-facts.md measured).
         #[arg(long, default_value_t = 256)]
@@ -210,7 +210,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &kernels,
                 std::path::Path::new("vfio-zp/tests/fixtures"),
                 pages,
-                Duration::from_secs(1200),
+                Duration::from_secs(1800),
             )
         }
         Cmd::Run { kernel, lab } => {
@@ -270,7 +270,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             build_binaries()?;
             let out = std::fs::canonicalize(".")?.join("lab-out");
-            lab::matrix::run(&kernels, &out, 256, Duration::from_secs(1200))?;
+            lab::matrix::run(&kernels, &out, 256, Duration::from_secs(1800))?;
             cmd::run(
                 cargo()
                     .args([

@@ -81,14 +81,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         let truth = vmm::run(s, &groups, cli.while_alive.as_deref())?;
         for v in &truth.vms {
             println!(
-                "workload: {} {} pid {} on {}: VmLck {:?} kB VmPin {:?} kB while alive; {}; errors {:?}",
+                "workload: {} {} pid {} on {}: VmLck {:?} kB VmPin {:?} kB while alive, memlock {:?}; {}; refused {:?}; errors {:?}",
                 s.name,
                 v.name,
                 v.pid,
                 v.device,
                 v.vmlck_kb_alive,
                 v.vmpin_kb_alive,
+                v.memlock_limit,
                 v.exit,
+                v.refused,
                 v.errors
             );
         }

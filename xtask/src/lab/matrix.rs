@@ -53,7 +53,9 @@ REC={recording}
 rm -f "$REC"
 busybox ip link set lo up 2>/dev/null || busybox ifconfig lo 127.0.0.1 up
 "$BIN/vfio-zp" check > "$RESULTS/check.txt" 2>&1; echo $? > "$RESULTS/check-exit"
-"$BIN/vfio-zp" record -o "$REC" --verdicts "$RESULTS/verdicts.json" --listen 127.0.0.1:10983 --no-wait{print}{log} &
+# Closed containers stay in the series for the whole run: the surfaces are
+# checked against the final verdicts.
+"$BIN/vfio-zp" record -o "$REC" --verdicts "$RESULTS/verdicts.json" --listen 127.0.0.1:10983 --expire-after 2h --no-wait{print}{log} &
 RP=$!
 i=0
 while [ ! -s "$REC" ]; do
@@ -301,19 +303,49 @@ pub fn guest_script(scenarios: &[String], pages: u64) -> anyhow::Result<String> 
     )
 }
 
-/// A real QEMU as the VFIO client, under the recorder: each VMM scenario
-/// writes its kernel truth to `vmm-<s>.json` and, while its VMs live, the
-/// agent's snapshot to `vmm-<s>-alive.json`. A failed scenario does not fail
-/// the guest: the lab check reports it with the rest.
+/// libvirtd in the guest, as the notes on the lab found it runs: no
+/// systemd, dbus or virtlogd; its state on tmpfs over the host's (empty,
+/// read-only) directories; a writable /etc/libvirt with a qemu.conf that
+/// runs QEMU as an unprivileged `libvirt-qemu` (so its memlock limit
+/// holds) without relabelling or namespaces; the memory, cpu and pids
+/// controllers enabled for its cgroups.
+const LIBVIRT_UP: &str = r#"libvirt_up() {
+  for d in /var/lib/libvirt /var/cache/libvirt /var/log/libvirt; do mount -t tmpfs libvirt $d || return 1; done
+  mkdir -p /run/libvirt-etc && cp -a /etc/libvirt/. /run/libvirt-etc/ && mount --bind /run/libvirt-etc /etc/libvirt || return 1
+  printf 'user = "libvirt-qemu"\ngroup = "libvirt-qemu"\ndynamic_ownership = 0\nremember_owner = 0\nnamespaces = [ ]\nstdio_handler = "file"\n' > /etc/libvirt/qemu.conf
+  cp /etc/passwd /run/passwd && echo 'libvirt-qemu:x:64055:64055::/var/lib/libvirt:/usr/sbin/nologin' >> /run/passwd && mount --bind /run/passwd /etc/passwd || return 1
+  cp /etc/group /run/group && printf 'libvirt-qemu:x:64055:\nkvm:x:64056:\n' >> /run/group && mount --bind /run/group /etc/group || return 1
+  chmod 0666 /dev/vfio/*
+  echo "+memory +cpu +pids" > /sys/fs/cgroup/cgroup.subtree_control || return 1
+  # Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK: libvirt's
+  # cgroup v2 device filter (a BPF map) needs more than the default 64 KiB.
+  prlimit --memlock=67108864:67108864 libvirtd > "$RESULTS/libvirtd.log" 2>&1 &
+  LVP=$!
+  i=0
+  until virsh -c qemu:///system version > /dev/null 2>&1; do
+    sleep 1; i=$((i+1)); [ $i -gt 120 ] && return 1
+  done
+  echo "lab: libvirtd up after ${i}s"
+}
+LVP=
+libvirt_up || echo "lab: libvirtd did not start (see libvirtd.log)"
+"#;
+
+/// Real VMMs as VFIO clients, under the recorder: QEMU started directly and
+/// by libvirt. Each VMM scenario writes its kernel truth to
+/// `vmm-<s>.json` and, while its VMs live, the agent's snapshot to
+/// `vmm-<s>-alive.json`. A failed scenario does not fail the guest: the lab
+/// check reports it with the rest.
 fn vmm_script(scenarios: &[String]) -> anyhow::Result<String> {
     let bin = bin_dir()?;
-    let mut s = String::from("# Real VMMs (QEMU on the vfio-pci devices).\n");
+    let mut s = format!("# Real VMMs (QEMU, libvirt) on the vfio-pci devices.\n{LIBVIRT_UP}");
     for n in scenarios {
         s.push_str(&format!(
             "\"{bin}/vfio-zp-workload\" --scenario {n} --truth \"$RESULTS/vmm-{n}.json\" --while-alive \"busybox wget -q -O $RESULTS/vmm-{n}-alive.json http://127.0.0.1:10983/api/v1/snapshot\" > \"$RESULTS/vmm-{n}.txt\" 2>&1 || {{ echo \"lab: VMM scenario {n} failed\"; tail -n 5 \"$RESULTS/vmm-{n}.txt\"; }}\n",
             bin = bin.display()
         ));
     }
+    s.push_str("[ -n \"$LVP\" ] && kill $LVP\n");
     Ok(s)
 }
 

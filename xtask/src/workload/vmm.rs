@@ -1,6 +1,7 @@
 //! A real VMM as the VFIO client: QEMU started on the guest's vfio-pci
-//! devices, each VM in a cgroup shaped like libvirt's, then stopped the
-//! way VMs stop (its monitor's `quit`, SIGTERM, SIGKILL). QEMU maps all
+//! devices, directly (each VM in a cgroup shaped like systemd-machined's)
+//! or by libvirt (see [`super::libvirt`]), then stopped the way VMs stop
+//! (its monitor's `quit`, SIGTERM, SIGKILL, `virsh destroy`). QEMU maps all
 //! its RAM read-write and its ROMs read-only at realize, and exits with
 //! those mappings live: the container is released after the mm is gone.
 //! The truth around it comes from the kernel alone: the zero page's
@@ -29,38 +30,99 @@ pub enum Stop {
     Kill,
 }
 
+/// Who starts the VMM.
+#[derive(Clone, Copy, Debug)]
+pub enum Client {
+    /// QEMU started here, `vms` at once, each on its own device.
+    Qemu {
+        machine: &'static str,
+        vms: usize,
+        stop: Stop,
+        /// RLIMIT_MEMLOCK in MiB, with CAP_IPC_LOCK dropped (as libvirt
+        /// runs QEMU): `None` keeps root's (type1 then never refuses).
+        memlock_mib: Option<u64>,
+    },
+    /// A libvirt domain (`virsh start --paused`, `virsh destroy`).
+    Libvirt {
+        /// The hostdev is attached to the running domain (`attach-device`)
+        /// rather than given at start.
+        attach: bool,
+        /// `<memtune><hard_limit>`: libvirt's RLIMIT_MEMLOCK and the
+        /// domain cgroup's memory.max at once.
+        hard_limit_mib: Option<u64>,
+    },
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct VmmScenario {
     pub name: &'static str,
     pub about: &'static str,
-    /// QEMU machine type.
-    machine: &'static str,
-    /// VMs started at once, each on its own device.
-    vms: usize,
-    stop: Stop,
+    pub client: Client,
+    /// The VM does not get to run: type1 refuses the map (memlock), or the
+    /// domain's memory cgroup kills QEMU first. Its end is the truth kept.
+    pub refused: bool,
 }
 
-pub const VMM_SCENARIOS: [VmmScenario; 3] = [
+const fn qemu(machine: &'static str, vms: usize, stop: Stop, memlock_mib: Option<u64>) -> Client {
+    Client::Qemu {
+        machine,
+        vms,
+        stop,
+        memlock_mib,
+    }
+}
+
+pub const VMM_SCENARIOS: [VmmScenario; 7] = [
     VmmScenario {
         name: "qemu-pc-quit",
         about: "one QEMU (-M pc) on a vfio-pci device, stopped by `quit` on its monitor",
-        machine: "pc",
-        vms: 1,
-        stop: Stop::Quit,
+        client: qemu("pc", 1, Stop::Quit, None),
+        refused: false,
     },
     VmmScenario {
         name: "qemu-q35-term",
-        about: "one QEMU (-M q35) on a vfio-pci device, stopped by SIGTERM",
-        machine: "q35",
-        vms: 1,
-        stop: Stop::Term,
+        about: "one QEMU (-M q35) without CAP_IPC_LOCK under RLIMIT_MEMLOCK twice its RAM (as libvirt runs it), stopped by SIGTERM",
+        client: qemu("q35", 1, Stop::Term, Some(2 * RAM_MIB)),
+        refused: false,
     },
     VmmScenario {
         name: "qemu-two-kill",
         about: "two QEMUs (-M pc) at once, each on its own device, both killed (SIGKILL)",
-        machine: "pc",
-        vms: 2,
-        stop: Stop::Kill,
+        client: qemu("pc", 2, Stop::Kill, None),
+        refused: false,
+    },
+    VmmScenario {
+        name: "qemu-memlock-tight",
+        about: "QEMU without CAP_IPC_LOCK, RLIMIT_MEMLOCK half its RAM: type1 refuses the map",
+        client: qemu("pc", 1, Stop::Quit, Some(RAM_MIB / 2)),
+        refused: true,
+    },
+    VmmScenario {
+        name: "libvirt-destroy",
+        about: "a libvirt domain with a <hostdev> and a <hard_limit> that fits, started paused, destroyed",
+        client: Client::Libvirt {
+            attach: false,
+            hard_limit_mib: Some(super::libvirt::FITS_MIB),
+        },
+        refused: false,
+    },
+    VmmScenario {
+        name: "libvirt-attach",
+        about: "a libvirt domain started without devices, a <hostdev> attached live (attach-device), destroyed",
+        client: Client::Libvirt {
+            attach: true,
+            hard_limit_mib: None,
+        },
+        refused: false,
+    },
+    VmmScenario {
+        name: "libvirt-hard-limit-tight",
+        about: "a libvirt domain whose <hard_limit> is half its RAM: its memory cgroup kills QEMU while it maps",
+        client: Client::Libvirt {
+            attach: false,
+            hard_limit_mib: Some(RAM_MIB / 2),
+        },
+        refused: true,
     },
 ];
 
@@ -69,7 +131,7 @@ pub fn find(name: &str) -> Option<&'static VmmScenario> {
 }
 
 /// Guest RAM of each VM, MiB: small, so a nested TCG QEMU starts quickly.
-const RAM_MIB: u64 = 32;
+pub const RAM_MIB: u64 = 16;
 
 /// One VM's name and the libvirt-shaped cgroup it runs in: systemd-machined's
 /// `machine-qemu\x2dN\x2dNAME.scope`, dashes of the name escaped as `\x2d`.
@@ -92,15 +154,23 @@ pub struct VmTruth {
     /// /proc/<pid>/status once the VM was realized (its mappings made).
     pub vmlck_kb_alive: Option<u64>,
     pub vmpin_kb_alive: Option<u64>,
+    /// RLIMIT_MEMLOCK set for it, bytes (None: root's, unchecked).
+    pub memlock_limit: Option<u64>,
     /// How the process ended, as wait(2) reported it.
     pub exit: String,
+    /// For a scenario that must not start: what its VMM said.
+    pub refused: Option<String>,
     pub errors: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct VmmTruth {
     pub scenario: String,
+    /// `qemu` or `libvirt`.
+    pub client: String,
+    /// How QEMU was stopped (libvirt: `virsh destroy`).
     pub stop: Option<Stop>,
+    pub refused: bool,
     pub kernel_release: String,
     /// Zero page `_refcount` before the first VM started, while all ran,
     /// and after the last one exited.
@@ -136,7 +206,13 @@ pub fn device_of(group: &str) -> anyhow::Result<String> {
     }
 }
 
-fn start(s: &VmmScenario, i: usize, group: &str) -> anyhow::Result<Vm> {
+fn start(
+    s: &VmmScenario,
+    machine: &str,
+    memlock_mib: Option<u64>,
+    i: usize,
+    group: &str,
+) -> anyhow::Result<Vm> {
     let name = format!("{}-{}", s.name.trim_start_matches("qemu-"), i + 1);
     let cgroup = cgroup_for(10 + i, &name);
     let device = device_of(group)?;
@@ -144,13 +220,25 @@ fn start(s: &VmmScenario, i: usize, group: &str) -> anyhow::Result<Vm> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating cgroup {dir}"))?;
     // The shell enters the cgroup and becomes QEMU, so QEMU's first VFIO
     // call is already attributed to the VM.
-    let mut child = Command::new("sh")
-        .arg("-c")
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
         .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#)
         .arg("sh")
-        .arg(&dir)
+        .arg(&dir);
+    let memlock_limit = memlock_mib.map(|m| m << 20);
+    if let Some(b) = memlock_limit {
+        // As libvirt runs QEMU: a memlock limit, and no CAP_IPC_LOCK to
+        // exceed it (root's capabilities come back at exec unless the
+        // bounding set lacks them).
+        cmd.arg("prlimit").arg(format!("--memlock={b}:{b}")).args([
+            "setpriv",
+            "--bounding-set",
+            "-ipc_lock",
+        ]);
+    }
+    let mut child = cmd
         .arg("qemu-system-x86_64")
-        .args(["-M", s.machine, "-accel", "tcg", "-m", &RAM_MIB.to_string()])
+        .args(["-M", machine, "-accel", "tcg", "-m", &RAM_MIB.to_string()])
         .args(["-nodefaults", "-display", "none", "-S", "-monitor", "stdio"])
         .args(["-name", &name])
         .args(["-device", &format!("vfio-pci,host={device},id=hostdev0")])
@@ -180,9 +268,10 @@ fn start(s: &VmmScenario, i: usize, group: &str) -> anyhow::Result<Vm> {
         truth: VmTruth {
             name,
             cgroup,
-            machine: s.machine.into(),
+            machine: machine.into(),
             device,
             pid: child.id(),
+            memlock_limit,
             ..Default::default()
         },
         monitor: child.stdin.take(),
@@ -261,7 +350,7 @@ impl Vm {
     }
 }
 
-fn status_kb(pid: u32, field: &str) -> Option<u64> {
+pub fn status_kb(pid: u32, field: &str) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()?
         .lines()
@@ -279,17 +368,10 @@ pub fn run(
     groups: &[String],
     while_alive: Option<&str>,
 ) -> anyhow::Result<VmmTruth> {
-    anyhow::ensure!(
-        groups.len() >= s.vms,
-        "{} needs {} VFIO groups, {} given",
-        s.name,
-        s.vms,
-        groups.len()
-    );
     let zp = ZeroPageTruth::open()?;
     let mut t = VmmTruth {
         scenario: s.name.into(),
-        stop: Some(s.stop),
+        refused: s.refused,
         kernel_release: std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .unwrap_or_default()
             .trim()
@@ -297,32 +379,90 @@ pub fn run(
         refcount_before: zp.refcount().ok(),
         ..Default::default()
     };
-    let mut vms = Vec::new();
-    for (i, g) in groups.iter().take(s.vms).enumerate() {
-        vms.push(start(s, i, g)?);
+    let alive = |t: &mut VmmTruth, running: bool| {
+        t.refcount_alive = zp.refcount().ok();
+        if running && let Some(cmd) = while_alive {
+            // The agent publishes at its counters' pace.
+            std::thread::sleep(Duration::from_millis(1500));
+            match Command::new("sh").arg("-c").arg(cmd).status() {
+                Ok(st) if st.success() => {}
+                other => eprintln!("vfio-zp-workload: --while-alive `{cmd}`: {other:?}"),
+            }
+        }
+    };
+    match s.client {
+        Client::Qemu {
+            machine,
+            vms,
+            stop,
+            memlock_mib,
+        } => {
+            t.client = "qemu".into();
+            t.stop = Some(stop);
+            run_qemu(s, &mut t, groups, (machine, vms, stop, memlock_mib), alive)?;
+        }
+        Client::Libvirt {
+            attach,
+            hard_limit_mib,
+        } => {
+            t.client = "libvirt".into();
+            let group = groups.first().context("no VFIO group")?;
+            let vm = super::libvirt::run(s, group, attach, hard_limit_mib, || {
+                alive(&mut t, !s.refused)
+            })?;
+            t.vms.push(vm);
+        }
     }
-    let mut failed = None;
+    // The container's release runs in the exiting task before wait returns;
+    // give any deferred work a moment anyway.
+    std::thread::sleep(Duration::from_millis(500));
+    t.refcount_after = zp.refcount().ok();
+    Ok(t)
+}
+
+fn run_qemu(
+    s: &VmmScenario,
+    t: &mut VmmTruth,
+    groups: &[String],
+    (machine, n, stop, memlock_mib): (&str, usize, Stop, Option<u64>),
+    alive: impl FnOnce(&mut VmmTruth, bool),
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        groups.len() >= n,
+        "{} needs {n} VFIO groups, {} given",
+        s.name,
+        groups.len()
+    );
+    let mut vms = Vec::new();
+    for (i, g) in groups.iter().take(n).enumerate() {
+        vms.push(start(s, machine, memlock_mib, i, g)?);
+    }
+    let mut running = true;
     for vm in &mut vms {
-        if let Err(e) = vm.wait_realized(Duration::from_secs(300)) {
-            vm.truth.errors.push(format!("{e:#}"));
-            failed = Some(e);
+        match vm.wait_realized(Duration::from_secs(300)) {
+            Err(e) if s.refused => {
+                vm.truth.refused = Some(format!("{e:#}"));
+                running = false;
+            }
+            Err(e) => {
+                vm.truth.errors.push(format!("{e:#}"));
+                running = false;
+            }
+            Ok(()) if s.refused => vm
+                .truth
+                .errors
+                .push("started, though its memlock limit is below its RAM".into()),
+            Ok(()) => {}
         }
         vm.truth.vmlck_kb_alive = status_kb(vm.truth.pid, "VmLck:");
         vm.truth.vmpin_kb_alive = status_kb(vm.truth.pid, "VmPin:");
     }
-    t.refcount_alive = zp.refcount().ok();
-    if failed.is_none()
-        && let Some(cmd) = while_alive
-    {
-        // The agent publishes at its counters' pace.
-        std::thread::sleep(Duration::from_millis(1500));
-        let ok = Command::new("sh").arg("-c").arg(cmd).status()?.success();
-        if !ok {
-            eprintln!("vfio-zp-workload: --while-alive command failed: {cmd}");
-        }
-    }
+    alive(t, running);
     for vm in &mut vms {
-        if let Err(e) = vm.stop(s.stop) {
+        if vm.truth.refused.is_some() {
+            continue;
+        }
+        if let Err(e) = vm.stop(stop) {
             vm.truth.errors.push(format!("stopping: {e:#}"));
             let _ = vm.child.kill();
         }
@@ -337,11 +477,7 @@ pub fn run(
         drop(vm.monitor.take());
         t.vms.push(vm.truth);
     }
-    // The container's release runs in the exiting task before wait returns;
-    // give any deferred work a moment anyway.
-    std::thread::sleep(Duration::from_millis(500));
-    t.refcount_after = zp.refcount().ok();
-    Ok(t)
+    Ok(())
 }
 
 #[cfg(test)]
