@@ -73,6 +73,15 @@ pub fn refcounts_after(dir: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// How the agent should report a limit the workload read (u64::MAX: unlimited).
+fn memlock(limit: u64) -> Memlock {
+    if limit == u64::MAX {
+        Memlock::Unlimited
+    } else {
+        Memlock::Bytes(limit)
+    }
+}
+
 /// A process's type1 charges: (pages charged, pages uncharged, pages
 /// released with no mm left, those calls).
 fn charges(events: &[&Event], pid: u32) -> (i64, i64, i64, usize) {
@@ -157,9 +166,7 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
                     // type1 refused the map: reported, with the limit and the shortfall.
                     (Some(_), "qemu", Some(a))
                         if a.refusals > 0
-                            && vm
-                                .memlock_limit
-                                .is_some_and(|l| a.memlock == Memlock::Bytes(l))
+                            && vm.memlock_limit.is_some_and(|l| a.memlock == memlock(l))
                             && a.shortfall_bytes > 0 => {}
                     // libvirt's hard_limit is memory.max too: the memory
                     // cgroup kills QEMU, which is no memlock refusal.
@@ -201,7 +208,7 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
                 }
                 // The limit it ran under, as the agent read it, and no refusal.
                 if let Some(l) = vm.memlock_limit
-                    && !adv.is_some_and(|a| a.memlock == Memlock::Bytes(l) && a.refusals == 0)
+                    && !adv.is_some_and(|a| a.memlock == memlock(l) && a.refusals == 0)
                 {
                     bad.push(format!(
                         "{ctx}: RLIMIT_MEMLOCK {l}, the agent's advice {:?}",

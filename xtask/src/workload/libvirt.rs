@@ -7,7 +7,10 @@ use std::{path::Path, process::Command, time::Duration};
 
 use anyhow::Context;
 
-use super::vmm::{RAM_MIB, VmTruth, VmmScenario, device_of, status_kb};
+use super::{
+    status_kb,
+    vmm::{RAM_MIB, VmTruth, VmmScenario, device_of},
+};
 
 const URI: &str = "qemu:///system";
 
@@ -63,15 +66,18 @@ pub fn domain_xml(name: &str, hard_limit_mib: Option<u64>, hostdev: Option<&str>
     )
 }
 
+/// The soft RLIMIT_MEMLOCK in /proc/<pid>/limits; `unlimited` is u64::MAX.
 fn limits_memlock(pid: u32) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/limits"))
-        .ok()?
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let soft = text
         .lines()
         .find_map(|l| l.strip_prefix("Max locked memory"))?
         .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+        .next()?;
+    match soft {
+        "unlimited" => Some(u64::MAX),
+        n => n.parse().ok(),
+    }
 }
 
 /// The kernel's own word on a memory cgroup OOM kill in the domain's cgroup.

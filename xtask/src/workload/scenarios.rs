@@ -231,14 +231,7 @@ fn cgroup_id() -> Option<u64> {
 }
 
 fn vmlck_kb() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmLck:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
+    super::status_kb(std::process::id(), "VmLck:")
 }
 
 /// Holds processes that run at once until all are ready to map, so their

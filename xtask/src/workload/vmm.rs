@@ -17,7 +17,7 @@ use std::{
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-use super::kcore::ZeroPageTruth;
+use super::{kcore::ZeroPageTruth, status_kb};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -154,7 +154,8 @@ pub struct VmTruth {
     /// /proc/<pid>/status once the VM was realized (its mappings made).
     pub vmlck_kb_alive: Option<u64>,
     pub vmpin_kb_alive: Option<u64>,
-    /// RLIMIT_MEMLOCK set for it, bytes (None: root's, unchecked).
+    /// RLIMIT_MEMLOCK it ran under, bytes (u64::MAX: unlimited; None:
+    /// root's, not read).
     pub memlock_limit: Option<u64>,
     /// How the process ended, as wait(2) reported it.
     pub exit: String,
@@ -348,17 +349,6 @@ impl Vm {
         }
         Ok(())
     }
-}
-
-pub fn status_kb(pid: u32, field: &str) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix(field))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 /// Runs `s` on `groups` (one per VM); `while_alive` is a shell command run
