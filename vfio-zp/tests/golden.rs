@@ -29,3 +29,16 @@ fn golden_recordings_replay_to_their_live_verdicts_and_the_truth() {
         bad.join("\n")
     );
 }
+
+/// Live verdicts are compared with replayed ones through their JSON: a
+/// float must read back to the same bits (serde_json's default parser is
+/// off by one ulp on some, as on this overflow ETA from a 5.10-leaky run).
+#[test]
+fn json_floats_read_back_to_the_same_bits() {
+    let eta = 2090971.0_f64 / 1.05;
+    let text = serde_json::to_string(&eta).unwrap();
+    let back: f64 = serde_json::from_str(&text).unwrap();
+    assert_eq!(back.to_bits(), eta.to_bits(), "{text}");
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(value.as_f64().map(f64::to_bits), Some(eta.to_bits()));
+}
