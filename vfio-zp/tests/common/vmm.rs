@@ -6,6 +6,7 @@
 //! how a VM that must not start ended. What must hold on every kernel:
 //! each VM is named, its container closed, nothing left pinned or charged
 //! once it exited (the mm went first: type1's uncharge found none), a
+//! device unplugged from a running VM released at once (its mm alive), a
 //! refused map reported with its limit and shortfall, and the leak, where
 //! there is one, exactly the refcount's growth.
 use std::path::Path;
@@ -22,7 +23,7 @@ const PIN_BIAS: i64 = 1024;
 const ESRCH: i32 = 3;
 
 /// VMM scenarios the lab runs (the workload's `--list-vmm-scenarios`).
-const SCENARIOS: usize = 7;
+const SCENARIOS: usize = 8;
 
 #[derive(Debug, Deserialize)]
 pub struct VmmTruth {
@@ -41,6 +42,12 @@ pub struct VmmTruth {
 pub struct VmTruth {
     pub name: String,
     pub pid: u32,
+    /// Hot-plug: VmLck as first plugged and once unplugged (`alive` is
+    /// then after the device was plugged again).
+    #[serde(default)]
+    pub vmlck_kb_first: Option<u64>,
+    #[serde(default)]
+    pub vmlck_kb_unplugged: Option<u64>,
     pub vmlck_kb_alive: Option<u64>,
     pub vmpin_kb_alive: Option<u64>,
     pub memlock_limit: Option<u64>,
@@ -54,7 +61,8 @@ fn truths(dir: &Path) -> Result<Vec<VmmTruth>, String> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).map_err(|e| e.to_string())?.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with("vmm-") && name.ends_with(".json") && !name.ends_with("-alive.json") {
+        let snapshot = name.ends_with("-alive.json") || name.ends_with("-unplugged.json");
+        if name.starts_with("vmm-") && name.ends_with(".json") && !snapshot {
             let text = std::fs::read_to_string(e.path()).map_err(|e| format!("{name}: {e}"))?;
             out.push(serde_json::from_str(&text).map_err(|e| format!("{name}: {e}"))?);
         }
@@ -110,6 +118,28 @@ fn of_vm<'a>(containers: &'a [ContainerVerdict], vm: &VmTruth) -> Vec<&'a Contai
         .collect()
 }
 
+/// A container the VM is done with: its name, closed, nothing pinned or
+/// charged in the kernel's column or the model's.
+fn done_with(c: &ContainerVerdict, vm: &VmTruth) -> bool {
+    c.name == vm.name
+        && !c.open
+        && c.pinned_pages.total() == 0
+        && c.locked_vm_pages_kernel == 0
+        && c.locked_vm_pages_model == 0
+}
+
+fn state(c: &ContainerVerdict) -> String {
+    format!(
+        "container {} {:?} open {} pinned {} locked_vm kernel {} model {}",
+        c.id,
+        c.name,
+        c.open,
+        c.pinned_pages.total(),
+        c.locked_vm_pages_kernel,
+        c.locked_vm_pages_model
+    )
+}
+
 fn advice<'a>(v: &'a Verdicts, vm: &VmTruth) -> Option<&'a MemlockAdvice> {
     v.processes
         .iter()
@@ -149,8 +179,10 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
     let mut vms = 0;
     for t in &truths {
         let ctx = format!("{kernel}/{}", t.scenario);
-        let alive: Option<Snapshot> =
-            serde_json::from_str(&read(&format!("vmm-{}-alive.json", t.scenario))).ok();
+        let snap = |phase: &str| -> Option<Snapshot> {
+            serde_json::from_str(&read(&format!("vmm-{}-{phase}.json", t.scenario))).ok()
+        };
+        let (alive, unplugged) = (snap("alive"), snap("unplugged"));
         let mut leaked = 0;
         for vm in &t.vms {
             vms += !t.refused as usize;
@@ -200,6 +232,31 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
                         vm.vmpin_kb_alive
                     ));
                 }
+                // Hot-plug: the unplug released what the first plug charged,
+                // with the mm alive, and the agent saw the container close.
+                if t.scenario.ends_with("-hotplug") && vm.vmlck_kb_unplugged.is_none() {
+                    bad.push(format!(
+                        "{ctx}: a hot-plug scenario without its unplugged reading"
+                    ));
+                }
+                if let Some(out) = vm.vmlck_kb_unplugged {
+                    let first = vm.vmlck_kb_first.unwrap_or(0);
+                    if out != 0 || first == 0 || uncharged * 4 != first as i64 {
+                        bad.push(format!(
+                            "{ctx}: VmLck {first} kB plugged, {out} kB unplugged; type1 uncharged {uncharged} pages with the mm alive"
+                        ));
+                    }
+                    match &unplugged {
+                        Some(s) => {
+                            let cs = of_vm(&s.verdicts.containers, vm);
+                            if cs.is_empty() || cs.iter().any(|c| !done_with(c, vm)) {
+                                let cs: Vec<_> = cs.iter().map(|c| state(c)).collect();
+                                bad.push(format!("{ctx}: unplugged, the snapshot shows {cs:?}"));
+                            }
+                        }
+                        None => bad.push(format!("{ctx}: no snapshot while unplugged")),
+                    }
+                }
                 // It exited with its mappings live: the uncharge found no mm.
                 if exits == 0 || charged != uncharged + released {
                     bad.push(format!(
@@ -220,7 +277,12 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
                     Some(s) => {
                         let cs = of_vm(&s.verdicts.containers, vm);
                         let kernel_kb: i64 = cs.iter().map(|c| c.locked_vm_pages_kernel * 4).sum();
-                        if cs.is_empty() || cs.iter().any(|c| c.name != vm.name || !c.open) {
+                        // Open now; a hot-plugged VM's first container closed.
+                        let open = cs.iter().filter(|c| c.open).count();
+                        let closed_ok = cs.iter().filter(|c| !c.open).all(|c| {
+                            vm.vmlck_kb_unplugged.is_some() && c.pinned_pages.total() == 0
+                        });
+                        if open != 1 || !closed_ok || cs.iter().any(|c| c.name != vm.name) {
                             bad.push(format!(
                                 "{ctx}: live snapshot containers {:?}",
                                 cs.iter().map(|c| (&c.name, c.open)).collect::<Vec<_>>()
@@ -243,21 +305,8 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
                 bad.push(format!("{ctx}: no container in the final verdicts"));
             }
             for c in &cs {
-                if c.name != vm.name
-                    || c.open
-                    || c.pinned_pages.total() != 0
-                    || c.locked_vm_pages_kernel != 0
-                    || c.locked_vm_pages_model != 0
-                {
-                    bad.push(format!(
-                        "{ctx}: after exit container {} is {:?} open {} pinned {} locked_vm kernel {} model {}",
-                        c.id,
-                        c.name,
-                        c.open,
-                        c.pinned_pages.total(),
-                        c.locked_vm_pages_kernel,
-                        c.locked_vm_pages_model
-                    ));
+                if !done_with(c, vm) {
+                    bad.push(format!("{ctx}: after exit {}", state(c)));
                 }
                 leaked += c.zero_page_pins_leaked;
             }

@@ -31,7 +31,9 @@ struct Cli {
     /// Print the VMM scenario names, one per line, and exit.
     #[arg(long)]
     list_vmm_scenarios: bool,
-    /// VMM scenarios: a shell command run while every VM lives.
+    /// VMM scenarios: a shell command run while every VM lives, with
+    /// VFIO_ZP_PHASE=alive in its environment (and once more, with
+    /// VFIO_ZP_PHASE=unplugged, while a hot-plugged device is out).
     #[arg(long, value_name = "COMMAND")]
     while_alive: Option<String>,
     /// Write the truth as JSON here.
@@ -81,12 +83,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         let truth = vmm::run(s, &groups, cli.while_alive.as_deref())?;
         for v in &truth.vms {
             println!(
-                "workload: {} {} pid {} on {}: VmLck {:?} kB VmPin {:?} kB while alive, memlock {:?}; {}; refused {:?}; errors {:?}",
+                "workload: {} {} pid {} on {}: VmLck {:?} kB (hot-plug: {:?} kB, {:?} kB unplugged) VmPin {:?} kB while alive, memlock {:?}; {}; refused {:?}; errors {:?}",
                 s.name,
                 v.name,
                 v.pid,
                 v.device,
                 v.vmlck_kb_alive,
+                v.vmlck_kb_first,
+                v.vmlck_kb_unplugged,
                 v.vmpin_kb_alive,
                 v.memlock_limit,
                 v.exit,

@@ -334,14 +334,15 @@ libvirt_up || echo "lab: libvirtd did not start (see libvirtd.log)"
 /// Real VMMs as VFIO clients, under the recorder: QEMU started directly and
 /// by libvirt. Each VMM scenario writes its kernel truth to
 /// `vmm-<s>.json` and, while its VMs live, the agent's snapshot to
-/// `vmm-<s>-alive.json`. A failed scenario does not fail the guest: the lab
+/// `vmm-<s>-alive.json` (and `vmm-<s>-unplugged.json` while a hot-plugged
+/// device is out). A failed scenario does not fail the guest: the lab
 /// check reports it with the rest.
 fn vmm_script(scenarios: &[String]) -> anyhow::Result<String> {
     let bin = bin_dir()?;
     let mut s = format!("# Real VMMs (QEMU, libvirt) on the vfio-pci devices.\n{LIBVIRT_UP}");
     for n in scenarios {
         s.push_str(&format!(
-            "\"{bin}/vfio-zp-workload\" --scenario {n} --truth \"$RESULTS/vmm-{n}.json\" --while-alive \"busybox wget -q -O $RESULTS/vmm-{n}-alive.json http://127.0.0.1:10983/api/v1/snapshot\" > \"$RESULTS/vmm-{n}.txt\" 2>&1 || {{ echo \"lab: VMM scenario {n} failed\"; tail -n 5 \"$RESULTS/vmm-{n}.txt\"; }}\n",
+            "\"{bin}/vfio-zp-workload\" --scenario {n} --truth \"$RESULTS/vmm-{n}.json\" --while-alive \"busybox wget -q -O $RESULTS/vmm-{n}-\\$VFIO_ZP_PHASE.json http://127.0.0.1:10983/api/v1/snapshot\" > \"$RESULTS/vmm-{n}.txt\" 2>&1 || {{ echo \"lab: VMM scenario {n} failed\"; tail -n 5 \"$RESULTS/vmm-{n}.txt\"; }}\n",
             bin = bin.display()
         ));
     }

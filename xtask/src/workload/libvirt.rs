@@ -1,15 +1,15 @@
 //! libvirt as the VMM's manager: a domain on the guest's vfio-pci device,
-//! started and destroyed with virsh, so the QEMU command line, the process
-//! tree, the cgroup (`machine/qemu-N-NAME.libvirt-qemu` without
-//! systemd-machined) and RLIMIT_MEMLOCK are libvirt's own. The lab starts
-//! libvirtd in the guest first (see the matrix's VMM script).
+//! started, hot-plugged and stopped with virsh, so the QEMU command line,
+//! the process tree, the cgroup (`machine/qemu-N-NAME.libvirt-qemu`
+//! without systemd-machined) and RLIMIT_MEMLOCK are libvirt's own. The lab
+//! starts libvirtd in the guest first (see the matrix's VMM script).
 use std::{path::Path, process::Command, time::Duration};
 
 use anyhow::Context;
 
 use super::{
-    status_kb,
-    vmm::{RAM_MIB, VmTruth, VmmScenario, device_of},
+    guest_rom, status_kb,
+    vmm::{RAM_MIB, RUN_DIR, VmTruth, VmmScenario, device_of},
 };
 
 const URI: &str = "qemu:///system";
@@ -25,6 +25,29 @@ fn virsh(args: &[&str]) -> anyhow::Result<std::process::Output> {
         .args(args)
         .output()
         .context("cannot run virsh (libvirt-clients)")
+}
+
+/// virsh, given `limit`: libvirt waits on QEMU's monitor without end, and
+/// a QEMU stuck in its memory cgroup's reclaim never answers.
+fn virsh_within(args: &[&str], limit: Duration) -> anyhow::Result<std::process::Output> {
+    let mut child = Command::new("virsh")
+        .arg("-c")
+        .arg(URI)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot run virsh (libvirt-clients)")?;
+    let start = std::time::Instant::now();
+    while child.try_wait()?.is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("virsh {} did not return within {limit:?}", args.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(child.wait_with_output()?)
 }
 
 fn virsh_ok(args: &[&str]) -> anyhow::Result<()> {
@@ -51,19 +74,53 @@ fn hostdev_xml(bdf: &str) -> anyhow::Result<String> {
 }
 
 /// A small paused-at-start domain: no USB, no balloon, nothing but the
-/// hostdev; ACPI on, which PCI hot-plug on `-M pc`'s bus needs.
-pub fn domain_xml(name: &str, hard_limit_mib: Option<u64>, hostdev: Option<&str>) -> String {
+/// hostdev; ACPI on, which PCI hot-plug on `-M pc`'s bus needs; `rom`, the
+/// lab's guest (it acks hot-unplug and powers off) instead of SeaBIOS.
+pub fn domain_xml(
+    name: &str,
+    hard_limit_mib: Option<u64>,
+    hostdev: Option<&str>,
+    rom: Option<&Path>,
+) -> String {
     let memtune = hard_limit_mib
         .map(|m| format!("<memtune><hard_limit unit='MiB'>{m}</hard_limit></memtune>"))
         .unwrap_or_default();
+    let loader = rom
+        .map(|r| format!("<loader type='rom'>{}</loader>", r.display()))
+        .unwrap_or_default();
     format!(
         "<domain type='qemu'><name>{name}</name><memory unit='MiB'>{RAM_MIB}</memory>\
-         <vcpu>1</vcpu>{memtune}<os><type arch='x86_64' machine='pc'>hvm</type></os>\
+         <vcpu>1</vcpu>{memtune}<os><type arch='x86_64' machine='pc'>hvm</type>{loader}</os>\
          <features><acpi/></features>\
          <devices><emulator>/usr/bin/qemu-system-x86_64</emulator>\
          <controller type='usb' model='none'/><memballoon model='none'/>{}</devices></domain>\n",
         hostdev.unwrap_or("")
     )
+}
+
+/// Polls VmLck until `done` holds (a detach completes when the guest has
+/// acked it, which virsh may not wait for).
+fn vmlck_until(pid: u32, done: impl Fn(u64) -> bool) -> Option<u64> {
+    for _ in 0..300 {
+        match status_kb(pid, "VmLck:") {
+            Some(kb) if done(kb) => return Some(kb),
+            None => return None,
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    status_kb(pid, "VmLck:")
+}
+
+/// Waits for a domain's QEMU to be gone; says how it went.
+fn wait_gone(pid: u32, how: &str) -> String {
+    let proc_dir = format!("/proc/{pid}");
+    for _ in 0..600 {
+        if !Path::new(&proc_dir).exists() {
+            return how.into();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    format!("still running 60s after virsh {how}")
 }
 
 /// The soft RLIMIT_MEMLOCK in /proc/<pid>/limits; `unlimited` is u64::MAX.
@@ -90,24 +147,35 @@ fn oom_kill(name: &str) -> Option<String> {
         .map(|l| l.trim().to_string())
 }
 
-/// Runs one libvirt scenario on `group`; `alive` runs while the domain does.
+/// Runs one libvirt scenario on `group`; `phase` runs while the domain
+/// does: `alive`, and with `hotplug` also `unplugged` while its hostdev is
+/// detached.
 pub fn run(
     s: &VmmScenario,
     group: &str,
-    attach: bool,
+    hotplug: bool,
     hard_limit_mib: Option<u64>,
-    alive: impl FnOnce(),
+    mut phase: impl FnMut(&str),
 ) -> anyhow::Result<VmTruth> {
     let name = format!("lv-{}", s.name.trim_start_matches("libvirt-"));
     let device = device_of(group)?;
     let hostdev = hostdev_xml(&device)?;
-    let dir = Path::new("/run/vfio-zp-lab");
+    let dir = Path::new(RUN_DIR);
     std::fs::create_dir_all(dir)?;
+    let rom = match hotplug {
+        true => Some(guest_rom::build(dir)?),
+        false => None,
+    };
     let xml = dir.join(format!("{name}.xml"));
     let dev_xml = dir.join(format!("{name}-hostdev.xml"));
     std::fs::write(
         &xml,
-        domain_xml(&name, hard_limit_mib, (!attach).then_some(&*hostdev)),
+        domain_xml(
+            &name,
+            hard_limit_mib,
+            (!hotplug).then_some(&*hostdev),
+            rom.as_deref(),
+        ),
     )?;
     std::fs::write(&dev_xml, &hostdev)?;
     let (xml, dev_xml) = (xml.display().to_string(), dev_xml.display().to_string());
@@ -118,7 +186,15 @@ pub fn run(
         ..Default::default()
     };
     virsh_ok(&["define", &xml])?;
-    let started = virsh(&["start", &name, "--paused"])?;
+    let started = match virsh_within(&["start", &name, "--paused"], Duration::from_secs(180)) {
+        Ok(o) => o,
+        Err(e) => {
+            t.errors.push(format!("{e:#}"));
+            let _ = virsh(&["destroy", &name]);
+            let _ = virsh(&["undefine", &name]);
+            return Ok(t);
+        }
+    };
     if !started.status.success() {
         let why = String::from_utf8_lossy(&started.stderr).trim().to_string();
         if s.refused {
@@ -129,7 +205,7 @@ pub fn run(
         } else {
             t.errors.push(format!("virsh start: {why}"));
         }
-        alive();
+        phase("alive");
         let _ = virsh(&["undefine", &name]);
         return Ok(t);
     }
@@ -143,8 +219,8 @@ pub fn run(
         .trim()
         .parse()
         .with_context(|| pid_file.clone())?;
-    if attach && let Err(e) = virsh_ok(&["attach-device", &name, &dev_xml, "--live"]) {
-        t.errors.push(format!("{e:#}"));
+    if hotplug && let Err(e) = replug(&mut t, &name, &dev_xml, &mut phase) {
+        t.errors.push(format!("hot-plug: {e:#}"));
     }
     t.cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", t.pid))
         .unwrap_or_default()
@@ -154,27 +230,35 @@ pub fn run(
     t.vmlck_kb_alive = status_kb(t.pid, "VmLck:");
     t.vmpin_kb_alive = status_kb(t.pid, "VmPin:");
     t.memlock_limit = limits_memlock(t.pid);
-    alive();
-    // destroy: SIGTERM, then SIGKILL after a grace period, as on a host.
-    // (detach-device cannot complete here: PCI hot-unplug waits for the
-    // guest OS to release the device, and this guest never runs.)
-    if let Err(e) = virsh_ok(&["destroy", &name]) {
+    phase("alive");
+    // shutdown: the guest powers off (ACPI), libvirt reaps QEMU. destroy:
+    // SIGTERM, then SIGKILL after a grace period, as on a host.
+    let how = if hotplug { "shutdown" } else { "destroy" };
+    if let Err(e) = virsh_ok(&[how, &name]) {
         t.errors.push(format!("{e:#}"));
     }
-    let proc_dir = format!("/proc/{}", t.pid);
-    for _ in 0..600 {
-        if !Path::new(&proc_dir).exists() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    t.exit = if Path::new(&proc_dir).exists() {
-        "still running after virsh destroy".into()
-    } else {
-        "destroyed".into()
-    };
+    t.exit = wait_gone(t.pid, how);
     let _ = virsh(&["undefine", &name]);
     Ok(t)
+}
+
+/// The hostdev attached to the paused domain, the domain resumed (its
+/// guest runs), the hostdev detached and attached again; VmLck read at
+/// each step, `phase("unplugged")` while it is out.
+fn replug(
+    t: &mut VmTruth,
+    name: &str,
+    dev_xml: &str,
+    phase: &mut impl FnMut(&str),
+) -> anyhow::Result<()> {
+    virsh_ok(&["attach-device", name, dev_xml, "--live"])?;
+    t.vmlck_kb_first = vmlck_until(t.pid, |kb| kb > 0);
+    virsh_ok(&["resume", name])?;
+    virsh_ok(&["detach-device", name, dev_xml, "--live"])?;
+    t.vmlck_kb_unplugged = vmlck_until(t.pid, |kb| kb == 0);
+    phase("unplugged");
+    virsh_ok(&["attach-device", name, dev_xml, "--live"])?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -193,12 +277,17 @@ mod tests {
 
     #[test]
     fn a_domain_has_the_limit_and_device_asked_for() {
-        let x = domain_xml("lv-a", Some(96), Some("<hostdev/>"));
+        let x = domain_xml("lv-a", Some(96), Some("<hostdev/>"), None);
         assert!(x.contains("<hard_limit unit='MiB'>96</hard_limit>"), "{x}");
         assert!(x.contains("<hostdev/></devices>"), "{x}");
-        let bare = domain_xml("lv-b", None, None);
+        assert!(!x.contains("loader"), "{x}");
+        let bare = domain_xml("lv-b", None, None, Some(Path::new("/r/guest.rom")));
         assert!(
             !bare.contains("memtune") && !bare.contains("hostdev"),
+            "{bare}"
+        );
+        assert!(
+            bare.contains("hvm</type><loader type='rom'>/r/guest.rom</loader></os>"),
             "{bare}"
         );
     }

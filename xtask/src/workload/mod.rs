@@ -1,8 +1,10 @@
 //! The lab workload: drives VFIO type1 in a guest and records the kernel's
 //! own truth around each step.
+pub mod guest_rom;
 pub mod kcore;
 pub mod libvirt;
 pub mod pagemap;
+pub mod qmp;
 pub mod scenarios;
 pub mod vfio;
 pub mod vmm;

@@ -1,9 +1,13 @@
 //! A real VMM as the VFIO client: QEMU started on the guest's vfio-pci
 //! devices, directly (each VM in a cgroup shaped like systemd-machined's)
 //! or by libvirt (see [`super::libvirt`]), then stopped the way VMs stop
-//! (its monitor's `quit`, SIGTERM, SIGKILL, `virsh destroy`). QEMU maps all
-//! its RAM read-write and its ROMs read-only at realize, and exits with
-//! those mappings live: the container is released after the mm is gone.
+//! (its monitor's `quit`, SIGTERM, SIGKILL, the guest's own poweroff,
+//! `virsh destroy` and `shutdown`). QEMU maps all its RAM read-write and
+//! its ROMs read-only at realize, and exits with those mappings live: the
+//! container is released after the mm is gone. A device unplugged from a
+//! running VM (QMP `device_del`, `virsh detach-device`) is unmapped with the
+//! mm alive; one plugged again is mapped in a new container. The VM's guest
+//! is [`super::guest_rom`], which acks the unplug and powers off.
 //! The truth around it comes from the kernel alone: the zero page's
 //! `_refcount` (kcore), VmLck and VmPin while the VMM lives.
 use std::{
@@ -17,7 +21,7 @@ use std::{
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-use super::{kcore::ZeroPageTruth, status_kb};
+use super::{guest_rom, kcore::ZeroPageTruth, qmp, status_kb};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -28,6 +32,9 @@ pub enum Stop {
     Term,
     /// SIGKILL: a VMM killed outright (OOM killer, `destroy` escalating).
     Kill,
+    /// QMP `system_powerdown`: the guest powers itself off (ACPI S5) and
+    /// QEMU exits, mappings live, as after `virsh shutdown`.
+    Powerdown,
 }
 
 /// Who starts the VMM.
@@ -41,12 +48,16 @@ pub enum Client {
         /// RLIMIT_MEMLOCK in MiB, with CAP_IPC_LOCK dropped (as libvirt
         /// runs QEMU): `None` keeps root's (type1 then never refuses).
         memlock_mib: Option<u64>,
+        /// The VM runs; its device is unplugged (`device_del`) and plugged
+        /// again (`device_add`) over QMP before it stops.
+        hotplug: bool,
     },
     /// A libvirt domain (`virsh start --paused`, `virsh destroy`).
     Libvirt {
-        /// The hostdev is attached to the running domain (`attach-device`)
-        /// rather than given at start.
-        attach: bool,
+        /// Started without devices: the hostdev is attached live, the VM
+        /// resumed, the hostdev detached and attached again, the domain
+        /// shut down (`virsh shutdown`) rather than destroyed.
+        hotplug: bool,
         /// `<memtune><hard_limit>`: libvirt's RLIMIT_MEMLOCK and the
         /// domain cgroup's memory.max at once.
         hard_limit_mib: Option<u64>,
@@ -69,10 +80,11 @@ const fn qemu(machine: &'static str, vms: usize, stop: Stop, memlock_mib: Option
         vms,
         stop,
         memlock_mib,
+        hotplug: false,
     }
 }
 
-pub const VMM_SCENARIOS: [VmmScenario; 7] = [
+pub const VMM_SCENARIOS: [VmmScenario; 8] = [
     VmmScenario {
         name: "qemu-pc-quit",
         about: "one QEMU (-M pc) on a vfio-pci device, stopped by `quit` on its monitor",
@@ -92,6 +104,18 @@ pub const VMM_SCENARIOS: [VmmScenario; 7] = [
         refused: false,
     },
     VmmScenario {
+        name: "qemu-hotplug",
+        about: "one running QEMU (-M pc): its device unplugged (QMP device_del) and plugged again (device_add), then the guest powers off (system_powerdown)",
+        client: Client::Qemu {
+            machine: "pc",
+            vms: 1,
+            stop: Stop::Powerdown,
+            memlock_mib: None,
+            hotplug: true,
+        },
+        refused: false,
+    },
+    VmmScenario {
         name: "qemu-memlock-tight",
         about: "QEMU without CAP_IPC_LOCK, RLIMIT_MEMLOCK half its RAM: type1 refuses the map",
         client: qemu("pc", 1, Stop::Quit, Some(RAM_MIB / 2)),
@@ -101,26 +125,29 @@ pub const VMM_SCENARIOS: [VmmScenario; 7] = [
         name: "libvirt-destroy",
         about: "a libvirt domain with a <hostdev> and a <hard_limit> that fits, started paused, destroyed",
         client: Client::Libvirt {
-            attach: false,
+            hotplug: false,
             hard_limit_mib: Some(super::libvirt::FITS_MIB),
         },
         refused: false,
     },
     VmmScenario {
-        name: "libvirt-attach",
-        about: "a libvirt domain started without devices, a <hostdev> attached live (attach-device), destroyed",
+        name: "libvirt-hotplug",
+        about: "a libvirt domain started without devices, a <hostdev> attached live (attach-device), detached (detach-device) and attached again while it runs, shut down (virsh shutdown)",
         client: Client::Libvirt {
-            attach: true,
+            hotplug: true,
             hard_limit_mib: None,
         },
         refused: false,
     },
     VmmScenario {
         name: "libvirt-hard-limit-tight",
-        about: "a libvirt domain whose <hard_limit> is half its RAM: its memory cgroup kills QEMU while it maps",
+        about: "a libvirt domain whose <hard_limit> is far below its RAM: its memory cgroup kills QEMU as it starts",
         client: Client::Libvirt {
-            attach: false,
-            hard_limit_mib: Some(RAM_MIB / 2),
+            hotplug: false,
+            // Far below QEMU's own anonymous memory: near the limit, the
+            // cgroup can thrash on QEMU's file pages (the lab's root is 9p)
+            // for many minutes instead of OOM-killing it.
+            hard_limit_mib: Some(2),
         },
         refused: true,
     },
@@ -151,6 +178,10 @@ pub struct VmTruth {
     /// The vfio-pci device it was given.
     pub device: String,
     pub pid: u32,
+    /// Hot-plug: VmLck with the device first plugged, and once it was
+    /// unplugged; `vmlck_kb_alive` is then read after it was plugged again.
+    pub vmlck_kb_first: Option<u64>,
+    pub vmlck_kb_unplugged: Option<u64>,
     /// /proc/<pid>/status once the VM was realized (its mappings made).
     pub vmlck_kb_alive: Option<u64>,
     pub vmpin_kb_alive: Option<u64>,
@@ -207,10 +238,19 @@ pub fn device_of(group: &str) -> anyhow::Result<String> {
     }
 }
 
+/// Where the lab keeps its files in the guest (tmpfs, readable by libvirt's
+/// unprivileged QEMU).
+pub const RUN_DIR: &str = "/run/vfio-zp-lab";
+
+fn qmp_path(name: &str) -> String {
+    format!("{RUN_DIR}/{name}.qmp")
+}
+
 fn start(
     s: &VmmScenario,
     machine: &str,
     memlock_mib: Option<u64>,
+    guest: Option<&Path>,
     i: usize,
     group: &str,
 ) -> anyhow::Result<Vm> {
@@ -237,12 +277,20 @@ fn start(
             "-ipc_lock",
         ]);
     }
-    let mut child = cmd
-        .arg("qemu-system-x86_64")
+    cmd.arg("qemu-system-x86_64")
         .args(["-M", machine, "-accel", "tcg", "-m", &RAM_MIB.to_string()])
         .args(["-nodefaults", "-display", "none", "-S", "-monitor", "stdio"])
         .args(["-name", &name])
-        .args(["-device", &format!("vfio-pci,host={device},id=hostdev0")])
+        .args(["-device", &format!("vfio-pci,host={device},id=hostdev0")]);
+    if let Some(rom) = guest {
+        // A guest that runs, and QMP to drive it (wait=off: the monitor
+        // on stdio still says when the machine is realized).
+        cmd.arg("-bios").arg(rom).args([
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", qmp_path(&name)),
+        ]);
+    }
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -337,6 +385,11 @@ impl Vm {
                 m.write_all(b"quit\n")?;
                 m.flush()?;
             }
+            Stop::Powerdown => {
+                let mut q = qmp::connect(&qmp_path(&self.truth.name))?;
+                q.execute(&qapi::qmp::system_powerdown {})
+                    .context("system_powerdown")?;
+            }
             Stop::Term | Stop::Kill => {
                 let sig = if how == Stop::Term { "-TERM" } else { "-KILL" };
                 let ok = Command::new("kill")
@@ -348,6 +401,64 @@ impl Vm {
             }
         }
         Ok(())
+    }
+}
+
+impl Vm {
+    /// With the VM running, its device unplugged and plugged again over
+    /// QMP, VmLck read at each step; `while_alive` runs while it is out.
+    fn replug(&mut self, while_alive: Option<&str>) -> anyhow::Result<()> {
+        let mut q = qmp::connect(&qmp_path(&self.truth.name))?;
+        let pid = self.truth.pid;
+        self.truth.vmlck_kb_first = status_kb(pid, "VmLck:");
+        q.execute(&qapi::qmp::cont {}).context("cont")?;
+        q.execute(&qapi::qmp::device_del {
+            id: "hostdev0".into(),
+        })
+        .context("device_del")?;
+        qmp::wait_deleted(&mut q, "hostdev0", Duration::from_secs(60))?;
+        self.truth.vmlck_kb_unplugged = status_kb(pid, "VmLck:");
+        snapshot(while_alive, "unplugged");
+        let mut host = qapi::Dictionary::new();
+        host.insert("host".into(), self.truth.device.clone().into());
+        q.execute(&qapi::qmp::device_add {
+            driver: "vfio-pci".into(),
+            id: Some("hostdev1".into()),
+            bus: None,
+            arguments: host,
+        })
+        .context("device_add")?;
+        Ok(())
+    }
+
+    /// Waits for the process to end after a stop that the guest carries out.
+    fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        while self.child.try_wait()?.is_none() {
+            if start.elapsed() > timeout {
+                bail!("still running {timeout:?} after the stop");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+}
+
+/// Runs the lab's `--while-alive` command (it snapshots the agent) at a
+/// moment of a VM's life, named in `VFIO_ZP_PHASE`: `alive`, or
+/// `unplugged` while a hot-plugged device is out.
+pub fn snapshot(cmd: Option<&str>, phase: &str) {
+    let Some(cmd) = cmd else { return };
+    // The agent publishes at its counters' pace.
+    std::thread::sleep(Duration::from_millis(1500));
+    match Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .env("VFIO_ZP_PHASE", phase)
+        .status()
+    {
+        Ok(st) if st.success() => {}
+        other => eprintln!("vfio-zp-workload: --while-alive `{cmd}` ({phase}): {other:?}"),
     }
 }
 
@@ -371,13 +482,8 @@ pub fn run(
     };
     let alive = |t: &mut VmmTruth, running: bool| {
         t.refcount_alive = zp.refcount().ok();
-        if running && let Some(cmd) = while_alive {
-            // The agent publishes at its counters' pace.
-            std::thread::sleep(Duration::from_millis(1500));
-            match Command::new("sh").arg("-c").arg(cmd).status() {
-                Ok(st) if st.success() => {}
-                other => eprintln!("vfio-zp-workload: --while-alive `{cmd}`: {other:?}"),
-            }
+        if running {
+            snapshot(while_alive, "alive");
         }
     };
     match s.client {
@@ -386,19 +492,37 @@ pub fn run(
             vms,
             stop,
             memlock_mib,
+            hotplug,
         } => {
             t.client = "qemu".into();
             t.stop = Some(stop);
-            run_qemu(s, &mut t, groups, (machine, vms, stop, memlock_mib), alive)?;
+            let guest = match stop == Stop::Powerdown || hotplug {
+                true => Some(guest_rom::build(Path::new(RUN_DIR))?),
+                false => None,
+            };
+            let q = QemuRun {
+                machine,
+                n: vms,
+                stop,
+                memlock_mib,
+                hotplug,
+                guest: guest.as_deref(),
+                while_alive,
+            };
+            run_qemu(s, &mut t, groups, &q, alive)?;
         }
         Client::Libvirt {
-            attach,
+            hotplug,
             hard_limit_mib,
         } => {
             t.client = "libvirt".into();
             let group = groups.first().context("no VFIO group")?;
-            let vm = super::libvirt::run(s, group, attach, hard_limit_mib, || {
-                alive(&mut t, !s.refused)
+            let mut alive = Some(alive);
+            let vm = super::libvirt::run(s, group, hotplug, hard_limit_mib, |phase| {
+                match alive.take_if(|_| phase == "alive") {
+                    Some(f) => f(&mut t, !s.refused),
+                    None => snapshot(while_alive, phase),
+                }
             })?;
             t.vms.push(vm);
         }
@@ -410,13 +534,24 @@ pub fn run(
     Ok(t)
 }
 
+struct QemuRun<'a> {
+    machine: &'a str,
+    n: usize,
+    stop: Stop,
+    memlock_mib: Option<u64>,
+    hotplug: bool,
+    guest: Option<&'a Path>,
+    while_alive: Option<&'a str>,
+}
+
 fn run_qemu(
     s: &VmmScenario,
     t: &mut VmmTruth,
     groups: &[String],
-    (machine, n, stop, memlock_mib): (&str, usize, Stop, Option<u64>),
+    q: &QemuRun,
     alive: impl FnOnce(&mut VmmTruth, bool),
 ) -> anyhow::Result<()> {
+    let n = q.n;
     anyhow::ensure!(
         groups.len() >= n,
         "{} needs {n} VFIO groups, {} given",
@@ -425,7 +560,7 @@ fn run_qemu(
     );
     let mut vms = Vec::new();
     for (i, g) in groups.iter().take(n).enumerate() {
-        vms.push(start(s, machine, memlock_mib, i, g)?);
+        vms.push(start(s, q.machine, q.memlock_mib, q.guest, i, g)?);
     }
     let mut running = true;
     for vm in &mut vms {
@@ -444,6 +579,12 @@ fn run_qemu(
                 .push("started, though its memlock limit is below its RAM".into()),
             Ok(()) => {}
         }
+        if q.hotplug
+            && running
+            && let Err(e) = vm.replug(q.while_alive)
+        {
+            vm.truth.errors.push(format!("hot-plug: {e:#}"));
+        }
         vm.truth.vmlck_kb_alive = status_kb(vm.truth.pid, "VmLck:");
         vm.truth.vmpin_kb_alive = status_kb(vm.truth.pid, "VmPin:");
     }
@@ -452,7 +593,12 @@ fn run_qemu(
         if vm.truth.refused.is_some() {
             continue;
         }
-        if let Err(e) = vm.stop(stop) {
+        let stopped = vm.stop(q.stop).and_then(|()| match q.stop {
+            // The guest powers off: QEMU exits on its own.
+            Stop::Powerdown => vm.wait_exit(Duration::from_secs(60)),
+            _ => Ok(()),
+        });
+        if let Err(e) = stopped {
             vm.truth.errors.push(format!("stopping: {e:#}"));
             let _ = vm.child.kill();
         }
