@@ -24,7 +24,8 @@ enum Cmd {
     /// Install what is missing (nightly rust-src, bpf-linker, QEMU, busybox, kmod...).
     Bootstrap,
     /// The main job: live zero-page events, on this host if it can, else in
-    /// the VM lab (a real QEMU VM leaking on 5.10-leaky, named after its VM).
+    /// the VM lab (a libvirt domain, QEMU on a vfio-pci hostdev, leaking on
+    /// 5.10-leaky, named after the domain).
     Run {
         /// Lab kernel to boot when this host cannot run the probes itself.
         #[arg(long, default_value = "5.10-leaky")]
@@ -232,11 +233,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "run: this host cannot probe VFIO here; booting the VM lab ({kernel}) to show live events"
             );
             let k = lab::kernels::prepare(&kernel)?;
-            // A real QEMU on a vfio-pci device, named as libvirt would name
-            // it; its read-only ROM pins take the leak path on 5.10-leaky.
+            // A libvirt domain with the vfio-pci device as its <hostdev>
+            // (QEMU alone, named as libvirt would name it, should libvirtd
+            // not start); its read-only ROM pins take the leak path on
+            // 5.10-leaky.
             let body = format!(
-                "\"{}/vfio-zp-workload\" --scenario qemu-pc-quit || status=1\n",
-                bin.display()
+                "{up}if [ -n \"$LV_OK\" ]; then\n  \"{bin}/vfio-zp-workload\" --scenario libvirt-destroy || status=1\n  kill $LVP\nelse\n  \"{bin}/vfio-zp-workload\" --scenario qemu-pc-quit || status=1\nfi\n",
+                up = lab::matrix::LIBVIRT_UP,
+                bin = bin.display()
             );
             let script = lab::matrix::with_recorder("$RESULTS/demo.jsonl", true, &body, "")?;
             let out = PathBuf::from("lab-out/demo");

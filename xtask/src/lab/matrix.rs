@@ -309,7 +309,7 @@ pub fn guest_script(scenarios: &[String], pages: u64) -> anyhow::Result<String> 
 /// runs QEMU as an unprivileged `libvirt-qemu` (so its memlock limit
 /// holds) without relabelling or namespaces; the memory, cpu and pids
 /// controllers enabled for its cgroups.
-const LIBVIRT_UP: &str = r#"libvirt_up() {
+pub const LIBVIRT_UP: &str = r#"libvirt_up() {
   for d in /var/lib/libvirt /var/cache/libvirt /var/log/libvirt; do mount -t tmpfs libvirt $d || return 1; done
   mkdir -p /run/libvirt-etc && cp -a /etc/libvirt/. /run/libvirt-etc/ && mount --bind /run/libvirt-etc /etc/libvirt || return 1
   printf 'user = "libvirt-qemu"\ngroup = "libvirt-qemu"\ndynamic_ownership = 0\nremember_owner = 0\nnamespaces = [ ]\nstdio_handler = "file"\n' > /etc/libvirt/qemu.conf
@@ -328,7 +328,8 @@ const LIBVIRT_UP: &str = r#"libvirt_up() {
   echo "lab: libvirtd up after ${i}s"
 }
 LVP=
-libvirt_up || echo "lab: libvirtd did not start (see libvirtd.log)"
+LV_OK=
+if libvirt_up; then LV_OK=1; else echo "lab: libvirtd did not start (see libvirtd.log)"; fi
 "#;
 
 /// Real VMMs as VFIO clients, under the recorder: QEMU started directly and
