@@ -2,55 +2,93 @@
 //! to paths, and a process's memlock limit. The results travel as recording
 //! lines, so replay names things exactly as the live agent did.
 use std::collections::{HashMap, HashSet};
+use std::fs::File;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use super::cgroup_id;
 use crate::record::format::{CgroupInfo, Memlock, ProcessInfo};
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-/// A miss rescans the hierarchy at most this often (hosts with thousands
-/// of pods have thousands of cgroups).
+/// Where a lookup by id is not possible, a miss rescans the hierarchy at
+/// most this often (hosts with thousands of pods have thousands of cgroups).
 const RESCAN_EVERY: Duration = Duration::from_secs(1);
 
-/// Emits each cgroup and process once, before the first event that needs it.
+/// Emits each cgroup's line before the first event that needs it, and once
+/// more, with its path, when an id first sent without one is found later.
 pub struct Resolver {
     root: std::path::PathBuf,
+    /// The cgroup v2 mount, for lookups by id; None when `root` is not one.
+    root_dir: Option<File>,
+    /// Every path learned, kept after its cgroup is removed.
     by_id: HashMap<u64, String>,
     scanned: Option<Instant>,
-    cgroups_sent: HashSet<u64>,
+    rescan_every: Duration,
+    /// Ids sent with their path: never again.
+    named: HashSet<u64>,
+    /// Ids sent without one: looked up again at each of their events.
+    unnamed: HashSet<u64>,
     procs_sent: HashSet<u32>,
 }
 
 impl Default for Resolver {
     fn default() -> Self {
-        Resolver::new(CGROUP_ROOT)
+        Resolver::new(cgroup_id::cgroup2_root().unwrap_or_else(|| CGROUP_ROOT.into()))
     }
 }
 
 impl Resolver {
     pub fn new(root: impl AsRef<Path>) -> Resolver {
+        let root = root.as_ref();
         Resolver {
-            root: root.as_ref().into(),
+            root: root.into(),
+            root_dir: cgroup_id::is_cgroup2(root)
+                .then(|| File::open(root).ok())
+                .flatten(),
             by_id: HashMap::new(),
             scanned: None,
-            cgroups_sent: HashSet::new(),
+            rescan_every: RESCAN_EVERY,
+            named: HashSet::new(),
+            unnamed: HashSet::new(),
             procs_sent: HashSet::new(),
         }
     }
 
-    /// The cgroup line for `id` the first time it is asked for.
+    /// The cgroup line for `id`: the first time it is asked for, and again
+    /// when an id that had no path then has one now. A cgroup created a
+    /// moment ago is found by id at once; one removed keeps its name in
+    /// the recording (the model never forgets a name).
     pub fn cgroup(&mut self, id: u64) -> Option<CgroupInfo> {
-        if !self.cgroups_sent.insert(id) {
+        if self.named.contains(&id) {
             return None;
         }
-        if !self.by_id.contains_key(&id) && self.scanned.is_none_or(|t| t.elapsed() >= RESCAN_EVERY)
+        let path = self.lookup(id);
+        if path.is_some() {
+            self.unnamed.remove(&id);
+            self.named.insert(id);
+        } else if !self.unnamed.insert(id) {
+            return None;
+        }
+        Some(CgroupInfo { id, path })
+    }
+
+    fn lookup(&mut self, id: u64) -> Option<String> {
+        if let Some(p) = self.by_id.get(&id) {
+            return Some(p.clone());
+        }
+        if let Some(dir) = &self.root_dir
+            && let Some(p) = cgroup_id::path_of(dir, &self.root, id)
+        {
+            self.by_id.insert(id, p.clone());
+            return Some(p);
+        }
+        if self
+            .scanned
+            .is_none_or(|t| t.elapsed() >= self.rescan_every)
         {
             self.scan();
         }
-        Some(CgroupInfo {
-            id,
-            path: self.by_id.get(&id).cloned(),
-        })
+        self.by_id.get(&id).cloned()
     }
 
     /// The process line for `tgid` the first time it is seen.
@@ -164,10 +202,77 @@ Max address space         unlimited            unlimited            bytes
         );
         assert_eq!(r.cgroup(ino), None, "sent once");
         assert_eq!(r.cgroup(u64::MAX).unwrap().path, None);
+        assert_eq!(r.cgroup(u64::MAX), None, "a miss is said once");
         // Our own process: a live /proc entry with a readable limit.
         let me = r.process(std::process::id(), "test").unwrap();
         assert_ne!(me.memlock, Memlock::Unknown);
         assert!(r.process(std::process::id(), "test").is_none());
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// A directory created after the last walk, asked for before the next
+    /// one may run: said without a path, then named once it is found (it
+    /// was never named before: the first miss marked it sent for good).
+    #[test]
+    fn an_id_missed_is_named_when_found_later() {
+        use std::os::unix::fs::MetadataExt;
+        let root = std::env::temp_dir().join(format!("vfio-zp-cg-late-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("first")).unwrap();
+        let mut r = Resolver::new(&root);
+        r.rescan_every = Duration::from_secs(3600);
+        let first = std::fs::metadata(root.join("first")).unwrap().ino();
+        assert_eq!(r.cgroup(first).unwrap().path.as_deref(), Some("first"));
+        std::fs::create_dir_all(root.join("second")).unwrap();
+        let second = std::fs::metadata(root.join("second")).unwrap().ino();
+        assert_eq!(
+            r.cgroup(second).unwrap().path,
+            None,
+            "no walk within the hour"
+        );
+        assert_eq!(r.cgroup(second), None, "the miss is said once");
+        r.rescan_every = Duration::ZERO;
+        assert_eq!(r.cgroup(second).unwrap().path.as_deref(), Some("second"));
+        assert_eq!(r.cgroup(second), None);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// Real cgroups, created milliseconds apart and removed at once: each
+    /// is named by its id (no walk: the second comes within RESCAN_EVERY
+    /// of the first), and a removed one by the name it had.
+    #[test]
+    fn cgroups_created_moments_apart_are_named_by_id() {
+        use std::os::unix::fs::MetadataExt;
+        let Some(root) = cgroup_id::cgroup2_root() else {
+            eprintln!("SKIPPED: no cgroup v2 mount here");
+            return;
+        };
+        if !crate::kernel::preflight::is_root() {
+            eprintln!("SKIPPED: creating cgroups needs root");
+            return;
+        }
+        let mut r = Resolver::new(&root);
+        let name = |i: usize| format!("vfio-zp-test-{}-{i}", std::process::id());
+        let create = |i: usize| {
+            std::fs::create_dir(root.join(name(i))).unwrap();
+            std::fs::metadata(root.join(name(i))).unwrap().ino()
+        };
+        // Each asked for as soon as it exists, the second a moment after
+        // the first (a walk would wait RESCAN_EVERY), then removed.
+        let mut ids = Vec::new();
+        for i in 0..2 {
+            let id = create(i);
+            ids.push(id);
+            let got = r.cgroup(id).map(|c| c.path);
+            std::fs::remove_dir(root.join(name(i))).unwrap();
+            assert_eq!(got, Some(Some(name(i))));
+        }
+        assert!(r.scanned.is_none(), "found by id, without a walk");
+        // Gone before it was ever asked for: no name to give.
+        let gone = create(2);
+        std::fs::remove_dir(root.join(name(2))).unwrap();
+        assert_eq!(r.cgroup(gone).unwrap().path, None);
+        // Removed after they were named: nothing more to say about them.
+        assert_eq!(r.cgroup(ids[0]), None);
+        assert_eq!(r.cgroup(ids[1]), None);
     }
 }
