@@ -160,7 +160,18 @@ pub fn run(load: bool) -> Report {
             "zero page refcount (kcore)",
             ZeroRefcount::open(*pfn, cfg.vmemmap_base_addr, cfg.vmemmap_const, *l)
                 .and_then(|z| z.read())
-                .map(|r| format!("_refcount {r}"))
+                .map(|r| {
+                    // With no agent's record to explain them, every pin's
+                    // worth above the base is unexplained here.
+                    let above = (i64::from(r) - 1).max(0) / 1024;
+                    if above > 0 {
+                        format!(
+                            "_refcount {r}: {above} pins' worth above its base (held now, or leaked before: the agent's vfio_zp_zero_page_unexplained_pins counts those nobody it saw took)"
+                        )
+                    } else {
+                        format!("_refcount {r}: nothing held above its base")
+                    }
+                })
                 .map_err(|e| format!("{e:#}: the refcount comes from the probes' readings only")),
             Level::Degraded,
         );

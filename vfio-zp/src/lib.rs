@@ -17,4 +17,5 @@ pub mod serve;
 pub mod session;
 pub mod snapshot;
 pub mod state;
+pub mod testing;
 pub mod top;

@@ -471,6 +471,8 @@ struct Live {
     /// (fed the journaled id steps), checkpointed together with the model.
     kept: Option<(vfio_zp::state::State, vfio_zp::ingest::Decoder)>,
     continuity: Option<vfio_zp::snapshot::Continuity>,
+    /// Whether the first refcount reading's unexplained pins were judged.
+    unexplained_judged: bool,
 }
 
 /// Opens the state directory; trouble there costs continuity, never the agent.
@@ -509,6 +511,7 @@ impl Live {
             counters: None,
             kept: None,
             continuity: None,
+            unexplained_judged: false,
         }
     }
 
@@ -595,6 +598,23 @@ impl Live {
             }
             let v = self.model.verdicts();
             self.publish(v.clone(), counters);
+            if let (false, Some(n)) = (self.unexplained_judged, v.host.unexplained_pins) {
+                self.unexplained_judged = true;
+                if n > 0 {
+                    let leak = v
+                        .behaviour
+                        .iter()
+                        .any(|t| t.name == "gup_pins_zero_page" && t.value);
+                    tracing::warn!(
+                        "the zero page holds {n} pins' worth of references nobody vfio-zp saw take{}",
+                        if leak {
+                            ": on this kernel, most likely pins leaked before the agent started (vfio_zp_zero_page_unexplained_pins)"
+                        } else {
+                            " (another kernel user: this kernel's GUP takes no reference on it)"
+                        }
+                    );
+                }
+            }
             let now: Vec<_> = v.behaviour.iter().map(|t| (t.value, t.source)).collect();
             if now != self.behaviour {
                 for (i, t) in v.behaviour.iter().enumerate() {

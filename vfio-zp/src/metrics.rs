@@ -153,9 +153,20 @@ pub fn render(s: &Snapshot) -> String {
         "Zero-page pins left before its _refcount overflows.",
         &[],
     );
+    let unexplained = gauge(
+        &r,
+        "vfio_zp_zero_page_unexplained_pins",
+        "Pins' worth of the zero page's references held by nobody the agent saw: \
+         references beyond 1 + 1024 x the live pins seen, / 1024, never negative. \
+         On a kernel whose GUP refcounts the zero page: a leak from before the agent started.",
+        &[],
+    );
     if let (Some(rc), Some(h)) = (v.host.zero_page_refcount, v.host.headroom_pins) {
         refcount.with_label_values::<&str>(&[]).set(rc);
         headroom.with_label_values::<&str>(&[]).set(h);
+    }
+    if let Some(u) = v.host.unexplained_pins {
+        unexplained.with_label_values::<&str>(&[]).set(u);
     }
     let flag = |name: &str| {
         v.behaviour

@@ -65,6 +65,8 @@ fn leaky_kernel_metrics_follow_the_contract_and_the_truth() {
         .sum();
     let rc = m["vfio_zp_zero_page_refcount"];
     assert_eq!(rc, 1.0 + 1024.0 * leaked);
+    // The agent ran from boot: every reference is one it saw taken.
+    assert_eq!(m["vfio_zp_zero_page_unexplained_pins"], 0.0);
     assert_eq!(
         m["vfio_zp_zero_page_refcount_headroom_pins"],
         ((i32::MAX as f64 - rc) / 1024.0).floor()

@@ -42,7 +42,7 @@ impl Drop for Bpffs {
 #[test]
 fn pinned_counters_survive_a_reload_and_stale_builds_go() {
     if !preflight::is_root() {
-        eprintln!("SKIPPED: pinned-map test needs root (bpffs mount, BPF_OBJ_PIN)");
+        vfio_zp::testing::skip("pinned-maps", "needs root (bpffs mount, BPF_OBJ_PIN)");
         return;
     }
     assert!(

@@ -5,7 +5,7 @@ use vfio_zp::kernel::{preflight, probe_points::POINTS, programs};
 #[test]
 fn every_program_loads_on_this_kernel() {
     if !preflight::is_root() {
-        eprintln!("SKIPPED: verifier test needs root (BPF_PROG_LOAD)");
+        vfio_zp::testing::skip("verifier", "needs root (BPF_PROG_LOAD)");
         return;
     }
     if programs::OBJECT.is_empty() {

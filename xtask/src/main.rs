@@ -3,9 +3,10 @@ mod bootstrap;
 mod cmd;
 mod fuzz;
 mod lab;
+mod skip;
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, ExitCode},
     time::Duration,
 };
@@ -40,9 +41,16 @@ enum Cmd {
         /// (VFIO_ZP_LAB_JOBS to change).
         #[arg(long, value_delimiter = ',', default_values_t = lab::kernels::DEFAULT_MATRIX.map(String::from))]
         kernels: Vec<String>,
-        /// Skip the VM matrix (says so loudly).
+        /// Skip the VM matrix (said loudly, and listed as the skip
+        /// `vm-matrix`).
         #[arg(long)]
         no_vm: bool,
+        /// Checks allowed to skip where they cannot run (comma-separated
+        /// names, as a failing skip prints them: e.g. `verifier` when not
+        /// root). Any other check that cannot run fails the command; the
+        /// summary lists every skip.
+        #[arg(long, value_delimiter = ',', value_name = "NAME")]
+        allow_skip: Vec<String>,
     },
     /// Download (or verify the cached) lab kernels and build the leaky module.
     Kernels {
@@ -260,44 +268,75 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 c => anyhow::bail!("the demo failed in the guest ({c:?})"),
             }
         }
-        Cmd::Test { kernels, no_vm } => {
+        Cmd::Test {
+            kernels,
+            no_vm,
+            mut allow_skip,
+        } => {
             bootstrap::run()?;
             cmd::run(cargo().args(["fmt", "--all", "--", "--check"]))?;
             cmd::run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
-            cmd::run(cargo().args(["test", "--workspace"]))?;
-            alert_rules()?;
             if no_vm {
-                eprintln!(
-                    "test: WARNING: --no-vm: the VM matrix was SKIPPED; attach and kernel-truth checks did not run"
-                );
-                return Ok(());
+                allow_skip.push("vm-matrix".into());
             }
-            build_binaries()?;
-            let out = std::fs::canonicalize(".")?.join("lab-out");
-            lab::matrix::run(&kernels, &out, 256, Duration::from_secs(1800))?;
-            cmd::run(
-                cargo()
-                    .args([
-                        "test",
-                        "-p",
-                        "vfio-zp",
-                        "--test",
-                        "lab_matrix",
-                        "--",
-                        "--nocapture",
-                    ])
-                    .env("VFIO_ZP_LAB_OUT", &out)
-                    .env("VFIO_ZP_LAB_KERNELS", kernels.join(",")),
-            )
+            let log = std::fs::canonicalize(".")?.join("target/vfio-zp-skips.txt");
+            let _ = std::fs::remove_file(&log);
+            let r = test(&kernels, no_vm, &allow_skip, &log);
+            match skip::summary(&log).as_slice() {
+                [] => eprintln!("test: skipped: none"),
+                skips => eprintln!("test: skipped ({}):\n  {}", skips.len(), skips.join("\n  ")),
+            }
+            r
         }
     }
 }
 
-/// The Prometheus alert rules: valid, and their unit tests pass.
-fn alert_rules() -> anyhow::Result<()> {
-    if !cmd::succeeds(Command::new("promtool").arg("--version")) {
-        eprintln!("test: WARNING: promtool not installed: the alert rules were NOT checked");
+/// The tests after fmt and clippy: every test strict about skips (see
+/// skip.rs), then the VM matrix and its check against the kernel's truth.
+fn test(kernels: &[String], no_vm: bool, allow: &[String], log: &Path) -> anyhow::Result<()> {
+    let strict = |mut c: Command| {
+        c.env(skip::STRICT, "1")
+            .env(skip::LOG, log)
+            .env(skip::ALLOW, allow.join(","));
+        c
+    };
+    let mut unit = strict(cargo());
+    unit.args(["test", "--workspace"]);
+    if !no_vm {
+        // lab_matrix's check runs below, once the matrix has run.
+        unit.env("VFIO_ZP_LAB_LATER", "1");
+    }
+    cmd::run(&mut unit)?;
+    alert_rules(log, allow)?;
+    if no_vm {
+        eprintln!(
+            "test: WARNING: --no-vm: the VM matrix was SKIPPED; attach and kernel-truth checks did not run"
+        );
         return Ok(());
+    }
+    build_binaries()?;
+    let out = std::fs::canonicalize(".")?.join("lab-out");
+    lab::matrix::run(kernels, &out, 256, Duration::from_secs(1800))?;
+    cmd::run(
+        strict(cargo())
+            .args([
+                "test",
+                "-p",
+                "vfio-zp",
+                "--test",
+                "lab_matrix",
+                "--",
+                "--nocapture",
+            ])
+            .env("VFIO_ZP_LAB_OUT", &out)
+            .env("VFIO_ZP_LAB_KERNELS", kernels.join(",")),
+    )
+}
+
+/// The Prometheus alert rules: valid, and their unit tests pass.
+fn alert_rules(log: &Path, allow: &[String]) -> anyhow::Result<()> {
+    if !cmd::succeeds(Command::new("promtool").arg("--version")) {
+        return skip::runner_skip(log, allow, "alert-rules", "promtool not installed");
     }
     cmd::run(Command::new("promtool").args(["check", "rules", "deploy/prometheus/alerts.yml"]))?;
     cmd::run(

@@ -26,8 +26,10 @@ pub struct Resolver {
     rescan_every: Duration,
     /// Ids sent with their path: never again.
     named: HashSet<u64>,
-    /// Ids sent without one: looked up again at each of their events.
-    unnamed: HashSet<u64>,
+    /// Ids sent without one, with when they were last looked up: looked up
+    /// again at their events, at most once per `rescan_every` each (a
+    /// busy unnamed cgroup must not cost a syscall per event).
+    unnamed: HashMap<u64, Instant>,
     procs_sent: HashSet<u32>,
 }
 
@@ -49,7 +51,7 @@ impl Resolver {
             scanned: None,
             rescan_every: RESCAN_EVERY,
             named: HashSet::new(),
-            unnamed: HashSet::new(),
+            unnamed: HashMap::new(),
             procs_sent: HashSet::new(),
         }
     }
@@ -59,14 +61,19 @@ impl Resolver {
     /// moment ago is found by id at once; one removed keeps its name in
     /// the recording (the model never forgets a name).
     pub fn cgroup(&mut self, id: u64) -> Option<CgroupInfo> {
-        if self.named.contains(&id) {
+        if self.named.contains(&id)
+            || self
+                .unnamed
+                .get(&id)
+                .is_some_and(|t| t.elapsed() < self.rescan_every)
+        {
             return None;
         }
         let path = self.lookup(id);
         if path.is_some() {
             self.unnamed.remove(&id);
             self.named.insert(id);
-        } else if !self.unnamed.insert(id) {
+        } else if self.unnamed.insert(id, Instant::now()).is_some() {
             return None;
         }
         Some(CgroupInfo { id, path })
@@ -229,7 +236,13 @@ Max address space         unlimited            unlimited            bytes
             None,
             "no walk within the hour"
         );
+        // Asked again at once: not looked up (a walk would be due now).
+        r.scanned = None;
         assert_eq!(r.cgroup(second), None, "the miss is said once");
+        assert!(
+            r.scanned.is_none(),
+            "an unnamed id is retried at most once per rescan_every"
+        );
         r.rescan_every = Duration::ZERO;
         assert_eq!(r.cgroup(second).unwrap().path.as_deref(), Some("second"));
         assert_eq!(r.cgroup(second), None);
@@ -243,11 +256,11 @@ Max address space         unlimited            unlimited            bytes
     fn cgroups_created_moments_apart_are_named_by_id() {
         use std::os::unix::fs::MetadataExt;
         let Some(root) = cgroup_id::cgroup2_root() else {
-            eprintln!("SKIPPED: no cgroup v2 mount here");
+            crate::testing::skip("cgroup-by-id", "no cgroup v2 mount here");
             return;
         };
         if !crate::kernel::preflight::is_root() {
-            eprintln!("SKIPPED: creating cgroups needs root");
+            crate::testing::skip("cgroup-by-id", "creating cgroups needs root");
             return;
         }
         let mut r = Resolver::new(&root);

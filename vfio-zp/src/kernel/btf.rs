@@ -93,7 +93,7 @@ mod tests {
     #[test]
     fn host_struct_page_layout_is_sane() {
         if !std::path::Path::new(VMLINUX_BTF).exists() {
-            eprintln!("SKIPPED: {VMLINUX_BTF} missing on this host");
+            crate::testing::skip("host-btf", &format!("{VMLINUX_BTF} missing on this host"));
             return;
         }
         let l = read_page_layout().unwrap();

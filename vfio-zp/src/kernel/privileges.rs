@@ -150,7 +150,7 @@ mod tests {
     #[test]
     fn a_thread_keeps_exactly_what_it_asked_for() {
         if !caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {
-            eprintln!("SKIPPED: needs root (CAP_SETPCAP) to drop capabilities");
+            crate::testing::skip("cap-drop", "needs root (CAP_SETPCAP) to drop capabilities");
             return;
         }
         let keep = keep();

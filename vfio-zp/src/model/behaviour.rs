@@ -137,6 +137,10 @@ impl std::fmt::Display for KernelVersion {
 pub struct Votes {
     pub yes: u64,
     pub no: u64,
+    /// Observations from calls whose records may be incomplete (events
+    /// lost meanwhile, the agent not running): set aside, never counted.
+    #[serde(default)]
+    pub set_aside: u64,
 }
 
 /// Priors and observations for every trait.
@@ -165,9 +169,17 @@ pub struct TraitReport {
     pub prior: Option<bool>,
     pub observed_yes: u64,
     pub observed_no: u64,
+    /// Observations not counted because their calls' records may be
+    /// incomplete (absent when none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub set_aside: u64,
     pub evidence: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contradiction: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Behaviour {
@@ -181,6 +193,20 @@ impl Behaviour {
     pub fn observe(&mut self, t: Trait, yes: bool) {
         let v = &mut self.votes[t as usize];
         if yes { v.yes += 1 } else { v.no += 1 }
+    }
+
+    /// Takes back `n` observations made before the stream showed they may
+    /// be incomplete (losses are counted at the next counters line).
+    pub fn withdraw(&mut self, t: Trait, yes: bool, n: u64) {
+        let v = &mut self.votes[t as usize];
+        let count = if yes { &mut v.yes } else { &mut v.no };
+        *count = count.saturating_sub(n);
+        v.set_aside += n;
+    }
+
+    /// An observation not counted: its call may be missing records.
+    pub fn set_aside(&mut self, t: Trait) {
+        self.votes[t as usize].set_aside += 1;
     }
 
     pub fn prior(&self, t: Trait) -> Option<bool> {
@@ -209,6 +235,12 @@ impl Behaviour {
         self.decide(t).0
     }
 
+    /// Whether the value rests on an observation or the version's history
+    /// (not merely assumed).
+    pub fn known(&self, t: Trait) -> bool {
+        self.decide(t).1 != Source::Assumed
+    }
+
     pub fn report(&self, t: Trait) -> TraitReport {
         let (value, source) = self.decide(t);
         let v = self.votes[t as usize];
@@ -219,17 +251,27 @@ impl Behaviour {
             parts.push(format!("{} {yes_words}", v.yes));
         }
         parts.push(format!("{} {no_words}", v.no));
+        let aside = (v.set_aside > 0).then(|| {
+            format!(
+                "{} set aside (calls whose records may be incomplete: events lost or the agent not running)",
+                v.set_aside
+            )
+        });
         let version = self
             .version
             .map(|v| v.to_string())
             .unwrap_or_else(|| "unknown".into());
-        let evidence = match source {
+        let mut evidence = match source {
             Source::Observed => parts.join("; "),
             Source::Prior => format!("no observation yet; prior from kernel {version}"),
             Source::Assumed => format!(
                 "no observation yet and kernel {version} does not settle it; assumed {value}"
             ),
         };
+        if let Some(a) = aside {
+            evidence.push_str("; ");
+            evidence.push_str(&a);
+        }
         let contradiction = if v.yes > 0 && v.no > 0 && t != Trait::RoLongtermUnshares {
             Some(format!("observations disagree: {}", parts.join("; ")))
         } else {
@@ -248,6 +290,7 @@ impl Behaviour {
             prior,
             observed_yes: v.yes,
             observed_no: v.no,
+            set_aside: v.set_aside,
             evidence,
             contradiction,
         }

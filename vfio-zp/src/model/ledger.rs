@@ -82,6 +82,10 @@ pub struct PinCall {
     /// When it last took GUP zero-page pins (event time).
     #[serde(default)]
     pub zero_pinned_ns: u64,
+    /// Its first GUP call (event time): a blind window since then may
+    /// have hidden some of its records.
+    #[serde(default)]
+    pub started_ns: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -100,6 +104,10 @@ pub struct Container {
     pub zero_pins_released: u64,
     /// Pins that outlived the type1 call that took them.
     pub zero_pins_survived: i64,
+    /// Pins' worth of refcount growth across its type1 zero-page pins
+    /// that no GUP pin seen explains (a path not probed, lost records).
+    #[serde(default)]
+    pub unseen_pins: i64,
     pub huge_zero_pins_live: i64,
     pub locked_model: i64,
     pub locked_kernel: i64,
@@ -121,6 +129,7 @@ impl Container {
             zero_pins_taken: 0,
             zero_pins_released: 0,
             zero_pins_survived: 0,
+            unseen_pins: 0,
             huge_zero_pins_live: 0,
             locked_model: 0,
             locked_kernel: 0,

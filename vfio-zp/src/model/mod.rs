@@ -58,15 +58,19 @@ pub enum Divergence {
     /// Unpin or charge of a mapping the model never saw pinned (e.g. made
     /// before the agent started).
     UnknownMapping,
+    /// A settled refcount reading below what the pins the model counted
+    /// hold: the count is too high (records lost, a path unprobed).
+    RefcountBound,
 }
 
 /// Every kind, for exporting zeros before the first one happens.
-pub const DIVERGENCES: [Divergence; 5] = [
+pub const DIVERGENCES: [Divergence; 6] = [
     Divergence::ZeroRefcount,
     Divergence::LockAcctCharge,
     Divergence::UnpinUnlocked,
     Divergence::LockedVm,
     Divergence::UnknownMapping,
+    Divergence::RefcountBound,
 ];
 
 impl Divergence {
@@ -77,6 +81,7 @@ impl Divergence {
             Divergence::UnpinUnlocked => "unpin_unlocked",
             Divergence::LockedVm => "locked_vm",
             Divergence::UnknownMapping => "unknown_mapping",
+            Divergence::RefcountBound => "refcount_bound",
         }
     }
 }
@@ -114,6 +119,15 @@ pub struct Model {
     pub(crate) blind: Vec<Blind>,
     /// The last counters line's time: losses it shows happened after it.
     counters_ns: u64,
+    /// Trait observations made since that line, [trait][no, yes]:
+    /// withdrawn if the next one shows losses (they may rest on incomplete
+    /// records).
+    #[serde(default)]
+    pending_votes: [[u64; 2]; 4],
+    /// Whether the latest settled refcount reading could not hold the
+    /// count: a divergence is counted once per such stretch.
+    #[serde(default)]
+    overclaimed: bool,
     pub(crate) truncated_scans: u64,
     pub(crate) events: u64,
     pub(crate) now: u64,
@@ -200,6 +214,8 @@ impl Model {
             events_lost: 0,
             blind: Vec::new(),
             counters_ns: header.started_t_ns,
+            pending_votes: Default::default(),
+            overclaimed: false,
             truncated_scans: 0,
             uncharges_after_exit: 0,
             events: 0,
@@ -274,6 +290,19 @@ impl Model {
         }
     }
 
+    /// Counts an observation of `t` from records that began at `from_ns`,
+    /// unless a blind window has overlapped them since: evidence that may
+    /// be missing a record never decides a trait (nor overrides a prior).
+    /// Losses not yet counted withdraw it at the next counters line.
+    fn vote(&mut self, t: Trait, yes: bool, from_ns: u64) {
+        if self.blind.iter().any(|w| w.to_ns >= from_ns) {
+            self.behaviour.set_aside(t);
+            return;
+        }
+        self.behaviour.observe(t, yes);
+        self.pending_votes[t as usize][yes as usize] += 1;
+    }
+
     fn diverge(&mut self, kind: Divergence, why: String) {
         let d = self.divergences.entry(kind).or_default();
         d.count += 1;
@@ -289,7 +318,14 @@ impl Model {
                 self.now = self.now.max(c.t_ns);
                 let since = std::mem::replace(&mut self.counters_ns, c.t_ns);
                 let lost = c.drops.values().sum::<u64>() + c.misses.values().sum::<u64>();
+                let votes = std::mem::take(&mut self.pending_votes);
                 if lost > self.events_lost {
+                    for t in behaviour::TRAITS {
+                        for yes in [false, true] {
+                            self.behaviour
+                                .withdraw(t, yes, votes[t as usize][yes as usize]);
+                        }
+                    }
                     self.blind_window(Blind {
                         from_ns: since,
                         to_ns: c.t_ns,
@@ -356,9 +392,16 @@ impl Model {
         if self.racing(e.pid, t_ns) {
             return;
         }
+        // Pins lost in between would skew the comparison: it rests on the
+        // records since the previous probe reading (all of them for a level).
+        let since = self
+            .zero
+            .last
+            .filter(|r| r.source == ReadingSource::Probe)
+            .map_or(0, |r| r.t_ns);
         match self.zero.vote(value) {
-            Vote::Pins => self.behaviour.observe(Trait::GupPinsZeroPage, true),
-            Vote::Ignores => self.behaviour.observe(Trait::GupPinsZeroPage, false),
+            Vote::Pins => self.vote(Trait::GupPinsZeroPage, true, since),
+            Vote::Ignores => self.vote(Trait::GupPinsZeroPage, false, since),
             Vote::None | Vote::Neither => {}
         }
         if let Some(expect) = self.zero.expected(self.per_pin())
@@ -373,6 +416,21 @@ impl Model {
             );
         }
         self.zero.record(value, t_ns, ReadingSource::Probe);
+        self.check_bound(t_ns);
+    }
+
+    /// Counts a divergence when the reading just taken is settled and
+    /// cannot hold the pins the model counts, once per such stretch (a
+    /// kcore reading every tick would count it again and again).
+    fn check_bound(&mut self, t_ns: u64) {
+        if self.zero.settled.is_none_or(|r| r.t_ns != t_ns) {
+            return;
+        }
+        let over = self.zero.overclaim(self.per_pin());
+        if let (Some(o), false) = (over, self.overclaimed) {
+            self.diverge(Divergence::RefcountBound, o.to_string());
+        }
+        self.overclaimed = over.is_some();
     }
 
     /// kcore readings race with events in flight, so they only re-anchor
@@ -392,6 +450,7 @@ impl Model {
             );
         }
         self.zero.record(value, t_ns, ReadingSource::Kcore);
+        self.check_bound(t_ns);
     }
 
     fn process(&mut self, e: &Event) -> &mut Process {
@@ -457,9 +516,12 @@ impl Model {
                 if *in_type1 {
                     let read_only = gup_flags & FOLL_WRITE == 0;
                     if read_only && zero > 0 {
-                        self.behaviour.observe(Trait::RoLongtermUnshares, false);
+                        self.vote(Trait::RoLongtermUnshares, false, e.t_ns);
                     }
-                    let call = self.in_flight.entry(e.pid).or_default();
+                    let call = self.in_flight.entry(e.pid).or_insert_with(|| PinCall {
+                        started_ns: e.t_ns,
+                        ..Default::default()
+                    });
                     call.container = call.container.or(e.container);
                     call.zero_pinned += zero;
                     if zero > 0 {
@@ -521,9 +583,7 @@ impl Model {
                 page: PageClass::Zero,
                 released,
                 ..
-            } => self
-                .behaviour
-                .observe(Trait::PutPfnSkipsReserved, !released),
+            } => self.vote(Trait::PutPfnSkipsReserved, !released, e.t_ns),
             What::PutPfn { .. } => {}
             What::Type1Pin {
                 dma,
@@ -595,13 +655,24 @@ impl Model {
             .or(call.container)
             .or_else(|| self.dmas.get(&dma).map(|d| d.container))
             .unwrap_or(UNATTRIBUTED);
+        // Growth no GUP pin seen explains, attributed to the container
+        // whose zero-page pin it coincided with (issue 15: a pin path not
+        // probed left every container `none`).
+        // Only where GUP's refcounting of the zero page is known: an assumed
+        // 1024 per pin would turn seen pins and unpins into false rises.
+        if let Some(r) = e.zero_refcount
+            && self.behaviour.known(Trait::GupPinsZeroPage)
+            && let Some(rise) = self.zero.type1_reading(r.value as i64, self.per_pin(), id)
+        {
+            self.container(rise.container, e).unseen_pins += rise.pins;
+        }
         // The call's GUP zero-page pins: unpinned in the call (873aefb) or kept.
         if call.zero_pinned > 0 {
             let kept = call.zero_pinned - call.zero_unpinned;
             if call.zero_unpinned > 0 {
-                self.behaviour.observe(Trait::Type1UnpinsZeroPage, true);
+                self.vote(Trait::Type1UnpinsZeroPage, true, call.started_ns);
             } else if kept > 0 && base == PageClass::Zero {
-                self.behaviour.observe(Trait::Type1UnpinsZeroPage, false);
+                self.vote(Trait::Type1UnpinsZeroPage, false, call.started_ns);
             }
         }
         let survived = call.zero_pinned - call.zero_unpinned;

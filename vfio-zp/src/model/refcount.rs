@@ -22,14 +22,81 @@ pub struct ZeroLedger {
     pub last: Option<Reading>,
     /// Whether any event changed `outstanding` since the last kcore reading.
     pub moved_since_kcore: bool,
+    /// The latest reading that races with no event: a probe's (taken in
+    /// the pin path), or kcore's with no pin or unpin since the previous
+    /// kcore reading. The bound on every claim.
+    #[serde(default)]
+    pub settled: Option<Reading>,
+    /// At the last type1 pin reading: the refcount less what the pins
+    /// seen hold. Only pins and unpins nobody saw move it.
+    #[serde(default)]
+    pub type1_unseen: Option<i64>,
+    /// A rise of that level at one container's pin, in pins, kept until
+    /// the next type1 reading shows it was not a race.
+    #[serde(default)]
+    pub rise: Option<Rise>,
 }
 
-#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Rise {
+    pub container: u32,
+    pub pins: i64,
+    pub level: i64,
+}
+
+impl ZeroLedger {
+    /// A type1 pin call's return reading `value`, for `container`. Returns
+    /// a rise confirmed by this reading: another thread's pin whose GUP
+    /// event had not arrived yet when the previous reading was taken
+    /// brings the level back down once it arrives, and cancels the rise.
+    pub fn type1_reading(&mut self, value: i64, per_pin: i64, container: u32) -> Option<Rise> {
+        let level = value - per_pin * self.outstanding;
+        let confirmed = self.rise.take().filter(|r| level >= r.level);
+        if let Some(prev) = self.type1_unseen
+            && level - prev >= PIN_BIAS
+        {
+            self.rise = Some(Rise {
+                container,
+                pins: (level - prev) / PIN_BIAS,
+                level,
+            });
+        }
+        self.type1_unseen = Some(level);
+        confirmed
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Reading {
     pub value: i64,
     pub outstanding: i64,
     pub t_ns: u64,
     pub source: ReadingSource,
+}
+
+/// A settled reading that cannot hold the pins the model counted then.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Overclaim {
+    pub reading: Reading,
+    /// Pins the reading holds above the zero page's base.
+    pub can_hold: i64,
+}
+
+impl std::fmt::Display for Overclaim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = &self.reading;
+        write!(
+            f,
+            "the zero page's refcount read {} ({}) can hold at most {} pins above its base, but the model counted {} outstanding then: records were lost or a path went unprobed",
+            r.value,
+            match r.source {
+                ReadingSource::Probe => "probe",
+                ReadingSource::Kcore => "kcore",
+            },
+            self.can_hold,
+            r.outstanding
+        )
+    }
 }
 
 /// What a new probe reading says about GUP's refcounting of the zero page.
@@ -80,15 +147,31 @@ impl ZeroLedger {
     }
 
     pub fn record(&mut self, value: i64, t_ns: u64, source: ReadingSource) {
-        if source == ReadingSource::Kcore {
-            self.moved_since_kcore = false;
-        }
-        self.last = Some(Reading {
+        let reading = Reading {
             value,
             outstanding: self.outstanding,
             t_ns,
             source,
-        });
+        };
+        if source == ReadingSource::Probe || !self.moved_since_kcore {
+            self.settled = Some(reading);
+        }
+        if source == ReadingSource::Kcore {
+            self.moved_since_kcore = false;
+        }
+        self.last = Some(reading);
+    }
+
+    /// How many pins the settled reading says the model over-counts: the
+    /// pins it held then, at `per_pin` references each, beyond what the
+    /// refcount held above its base. None when the reading bears them.
+    pub fn overclaim(&self, per_pin: i64) -> Option<Overclaim> {
+        let r = self.settled?;
+        let room = r.value - BASE_REFS;
+        (per_pin > 0 && per_pin * r.outstanding > room).then(|| Overclaim {
+            reading: r,
+            can_hold: (room / per_pin).max(0),
+        })
     }
 }
 
@@ -109,6 +192,53 @@ mod tests {
         assert_eq!(z.vote(1500), Vote::Neither);
         assert_eq!(z.expected(PIN_BIAS), Some(2049));
         assert_eq!(z.expected(0), Some(1025));
+    }
+
+    #[test]
+    fn only_settled_readings_bound_the_count() {
+        let mut z = ZeroLedger::default();
+        z.pinned(16);
+        z.record(1 + 16 * PIN_BIAS, 1, ReadingSource::Probe);
+        assert_eq!(z.overclaim(PIN_BIAS), None, "the reading bears 16 pins");
+        // A kcore reading with pins moved since the last: it may race.
+        z.record(1, 2, ReadingSource::Kcore);
+        assert_eq!(z.overclaim(PIN_BIAS), None);
+        // Nothing moved since: it holds nothing, the model counts 16.
+        z.record(1, 3, ReadingSource::Kcore);
+        let o = z.overclaim(PIN_BIAS).unwrap();
+        assert_eq!((o.can_hold, o.reading.outstanding), (0, 16));
+        assert!(o.to_string().contains("read 1 (kcore)"), "{o}");
+        assert_eq!(
+            z.overclaim(0),
+            None,
+            "no claim where GUP takes no reference"
+        );
+        // More held than seen (pins from before the agent): no overclaim.
+        z.record(1 + 20 * PIN_BIAS, 4, ReadingSource::Kcore);
+        assert_eq!(z.overclaim(PIN_BIAS), None);
+    }
+
+    /// Growth at type1 readings that no pin seen explains is a rise of the
+    /// level; the next reading confirms it, or cancels it when a pin event
+    /// that had not yet arrived brings the level back.
+    #[test]
+    fn unseen_growth_is_confirmed_by_the_next_reading() {
+        let mut z = ZeroLedger::default();
+        assert_eq!(z.type1_reading(1, PIN_BIAS, 1), None);
+        // Container 1's call: +2 pins' worth, no GUP pin seen.
+        assert_eq!(z.type1_reading(1 + 2 * PIN_BIAS, PIN_BIAS, 1), None);
+        // Container 2's: nothing more; the level holds, 1's rise stands.
+        let r = z.type1_reading(1 + 2 * PIN_BIAS, PIN_BIAS, 2).unwrap();
+        assert_eq!((r.container, r.pins), (1, 2));
+        // A rise at 2, then the GUP pin event it raced with arrives: the
+        // level falls back and the rise is cancelled.
+        assert_eq!(z.type1_reading(1 + 3 * PIN_BIAS, PIN_BIAS, 2), None);
+        z.pinned(1);
+        assert_eq!(z.type1_reading(1 + 3 * PIN_BIAS, PIN_BIAS, 1), None);
+        // Seen pins move the refcount and the count alike: no rise.
+        z.pinned(4);
+        assert_eq!(z.type1_reading(1 + 7 * PIN_BIAS, PIN_BIAS, 1), None);
+        assert_eq!(z.type1_reading(1 + 7 * PIN_BIAS, PIN_BIAS, 1), None);
     }
 
     #[test]

@@ -172,7 +172,11 @@ const LEAKY: (&str, Option<&str>) = ("5.10.0-32-amd64", Some("#1 SMP Debian 5.10
 
 /// 5.10 without 873aefb: three zero pages, the look-ahead re-pinned twice.
 fn leaky_map(r: &mut Run) {
-    let mut refs = 1;
+    leaky_map_from(r, 1);
+}
+
+/// The same, with the zero page's refcount at `refs` before it.
+fn leaky_map_from(r: &mut Run, mut refs: i32) {
     for i in 0..3 {
         let n = if i < 2 { 2 } else { 1 };
         for _ in 0..n {
@@ -566,12 +570,126 @@ fn a_missing_unpin_amid_lost_events_is_no_leak_where_type1_unpins() {
     assert!(amid.leak_reason.contains("1 events lost"));
     assert!(amid.leak_reason.contains("may be among the lost"));
 
+    // The leaky kernel: its first map's calls are seen whole (a counters
+    // line without losses follows them) and show type1 keeping its zero
+    // pages; the second map's calls overlap the losses and do not vote.
     let mut r = Run::new(LEAKY.0, LEAKY.1);
     leaky_map(&mut r);
+    let t_ns = r.t + 99;
+    r.m.apply(&Line::Counters(crate::record::Counters {
+        t_ns,
+        ..Default::default()
+    }));
+    leaky_map_from(&mut r, 1 + 5 * 1024);
     lost(&mut r);
     let c = r.container();
     assert_eq!(c.leak, Leak::Leaking, "{}", c.leak_reason);
     assert!(c.leak_reason.contains("at least that many"));
+    let t1 = &r.m.verdicts().behaviour[Trait::Type1UnpinsZeroPage as usize];
+    assert_eq!((t1.value, t1.observed_no, t1.set_aside), (false, 3, 3));
+}
+
+/// Issue 15, case 1: on a kernel whose GUP pins the zero page in batches
+/// and whose type1 unpins them (6.0), the folded unpin record of one
+/// batched map is lost to a full ring. That call alone must not flip the
+/// trait over its prior (it did, and the safeguard built on the trait
+/// fell with it: "Leaking 16"), and the refcount, which kcore then reads
+/// at 1, bounds the claim in any case.
+#[test]
+fn a_lost_unpin_record_on_a_batched_fixed_kernel_is_no_leak() {
+    let run = |kcore: bool| {
+        let mut r = Run::new("6.0.19", None);
+        // One batch of 16 zero pages, its folded unpin lost.
+        r.gup(16, 1 + 16 * 1024);
+        r.pin(1, 16, PageClass::Zero);
+        r.m.apply(&Line::Counters(crate::record::Counters {
+            t_ns: r.t + 1,
+            drops: [("gup_unpin_page".to_string(), 1)].into(),
+            ..Default::default()
+        }));
+        if kcore {
+            // Two readings with nothing moved in between: the second is settled.
+            for dt in [2, 3] {
+                r.m.apply(&Line::Counters(crate::record::Counters {
+                    t_ns: r.t + dt,
+                    drops: [("gup_unpin_page".to_string(), 1)].into(),
+                    zero_refcount: Some(1),
+                    ..Default::default()
+                }));
+            }
+        }
+        r
+    };
+    let r = run(false);
+    let v = r.m.verdicts();
+    let t1 = &v.behaviour[Trait::Type1UnpinsZeroPage as usize];
+    assert_eq!(
+        (t1.value, t1.source, t1.observed_no, t1.set_aside),
+        (true, behaviour::Source::Prior, 0, 1),
+        "{}",
+        t1.evidence
+    );
+    assert!(t1.evidence.contains("1 set aside"), "{}", t1.evidence);
+    let c = r.container();
+    assert_eq!((c.leak, c.zero_page_pins_leaked), (Leak::Uncertain, 0));
+    assert_eq!(v.host.zero_page_pins_leaked, 0);
+    assert_eq!(v.host.overflow_eta_s, None);
+
+    let r = run(true);
+    let v = r.m.verdicts();
+    let c = r.container();
+    assert_eq!((c.leak, c.zero_page_pins_leaked), (Leak::Uncertain, 0));
+    assert!(
+        c.leak_reason
+            .contains("read 1 (kcore) can hold at most 0 pins")
+            && c.leak_reason.contains("counted 16 outstanding"),
+        "{}",
+        c.leak_reason
+    );
+    assert!(v.host.overclaim.is_some());
+    assert_eq!(v.divergences["refcount_bound"].count, 1);
+}
+
+/// The refcount bounds the claim without any loss counted: a leak the
+/// kernel's settled reading cannot hold is uncertain, with both figures,
+/// and a divergence; once a reading bears the count again, it stands.
+#[test]
+fn a_leak_the_refcount_cannot_hold_is_uncertain() {
+    let mut r = Run::new(LEAKY.0, LEAKY.1);
+    leaky_map(&mut r);
+    assert_eq!(r.container().leak, Leak::Leaking);
+    let kcore = |r: &mut Run, value: i32| {
+        r.t += 1;
+        r.m.apply(&Line::Counters(crate::record::Counters {
+            t_ns: r.t,
+            zero_refcount: Some(value),
+            ..Default::default()
+        }));
+    };
+    // The first kcore reading may race with the pins before it.
+    kcore(&mut r, 1);
+    assert_eq!(r.container().leak, Leak::Leaking);
+    kcore(&mut r, 1 + 2 * 1024);
+    let c = r.container();
+    assert_eq!((c.leak, c.zero_page_pins_leaked), (Leak::Uncertain, 0));
+    assert!(
+        c.leak_reason.contains("at most 2 pins"),
+        "{}",
+        c.leak_reason
+    );
+    assert!(
+        c.leak_reason.contains("counted 5 outstanding"),
+        "{}",
+        c.leak_reason
+    );
+    assert_eq!(r.m.verdicts().divergences["refcount_bound"].count, 1);
+    // The same reading at the next tick: the same stretch, counted once.
+    kcore(&mut r, 1 + 2 * 1024);
+    assert_eq!(r.m.verdicts().divergences["refcount_bound"].count, 1);
+    kcore(&mut r, 1 + 5 * 1024);
+    let c = r.container();
+    assert_eq!((c.leak, c.zero_page_pins_leaked), (Leak::Leaking, 5));
+    assert_eq!(r.m.verdicts().host.overclaim, None);
 }
 
 /// Drops only make the containers active at the time uncertain: one

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::behaviour::{Source, TRAITS, Trait, TraitReport};
 use super::ledger::{Container, Pages};
-use super::refcount::{BASE_REFS, PIN_BIAS, REFCOUNT_MAX, ReadingSource};
+use super::refcount::{BASE_REFS, Overclaim, PIN_BIAS, REFCOUNT_MAX, ReadingSource};
 use super::{DivergenceCount, Model, UNATTRIBUTED};
 use crate::attribution::{Workload, classify};
 use crate::event::Id;
@@ -47,6 +47,11 @@ pub struct Host {
     /// The part the pins vfio-zp saw explain: 1 + 1024 per live pin.
     pub explained_refs: i64,
     pub unexplained_refs: Option<i64>,
+    /// Whole pins' worth of references held by nobody vfio-zp saw (pins
+    /// from before it started, or other kernel users): `unexplained_refs`
+    /// / 1024, rounded down, never negative.
+    #[serde(default)]
+    pub unexplained_pins: Option<i64>,
     pub unexplained_note: Option<String>,
     /// GUP pins of the zero page held right now, all holders seen.
     pub zero_page_pins_live: i64,
@@ -61,6 +66,10 @@ pub struct Host {
     /// exited with mappings live (their locked_vm went with the mm).
     #[serde(default)]
     pub uncharges_after_exit: u64,
+    /// Set when the latest settled refcount reading cannot hold the pins
+    /// the model counted then: no leak is claimed while it stands.
+    #[serde(default)]
+    pub overclaim: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,6 +112,10 @@ pub struct ContainerVerdict {
     pub zero_page_pins_live: i64,
     pub zero_page_pins_leaked: i64,
     pub huge_zero_page_pins_live: i64,
+    /// Pins' worth of refcount growth at its type1 zero-page pins that no
+    /// GUP pin seen explains.
+    #[serde(default)]
+    pub unseen_pins: i64,
     pub leak: Leak,
     pub leak_reason: String,
     pub leak_rate_pins_per_s: f64,
@@ -235,7 +248,12 @@ impl Model {
         (!why.is_empty()).then(|| why.join("; "))
     }
 
-    fn container_verdict(&self, c: &Container, missing: &Option<String>) -> ContainerVerdict {
+    fn container_verdict(
+        &self,
+        c: &Container,
+        missing: &Option<String>,
+        overclaim: &Option<Overclaim>,
+    ) -> ContainerVerdict {
         let blind = self.blind_for(c);
         let (name, workload, cgroup_path) = if c.id == UNATTRIBUTED {
             ("unattributed".into(), None, None)
@@ -247,12 +265,22 @@ impl Model {
         let live = if gup_pins { c.zero_pins_live() } else { 0 };
         let saw_zero = c.zero_pins_taken > 0 || c.pinned.zero > 0;
         let (leak, leak_reason) = if leaked > 0 {
-            match &blind {
+            match (&blind, overclaim) {
+                // The kernel's own count bounds every claim: a leak the
+                // refcount cannot hold is no alarm, only said with both
+                // figures.
+                (_, Some(o)) => {
+                    let reason = format!(
+                        "{leaked} zero-page pins seen outliving their type1 calls, but {o}"
+                    );
+                    leaked = 0;
+                    (Leak::Uncertain, reason)
+                }
                 // This kernel's type1 unpins them in the pin path, and the
                 // events of those unpins may be among the lost ones: a
                 // missing unpin is then no evidence of a leak.
                 // Not counted as leaked (no alarm), only said.
-                Some(b) if self.behaviour.get(Trait::Type1UnpinsZeroPage) => {
+                (Some(b), None) if self.behaviour.get(Trait::Type1UnpinsZeroPage) => {
                     let reason = format!(
                         "{leaked} zero-page pins seen outliving their type1 calls, but this kernel's type1 unpins them in the pin path and {b}: their unpins may be among the lost events"
                     );
@@ -275,6 +303,17 @@ impl Model {
                     (Leak::Leaking, reason)
                 }
             }
+        } else if c.unseen_pins > 0 {
+            // The kernel's count rose at its pins with no GUP pin seen: a
+            // path vfio-zp does not probe, or lost records. Never `none`.
+            let mut reason = format!(
+                "the zero page's refcount rose by {} pins' worth at its type1 zero-page pins, which no GUP pin seen explains (a pin path not probed, or lost records): it may be leaking",
+                c.unseen_pins
+            );
+            if let Some(b) = &blind {
+                reason.push_str(&format!("; {b}"));
+            }
+            (Leak::Uncertain, reason)
         } else if let Some(b) = &blind {
             // Lost events may have been its zero-page pins: no guessing.
             (Leak::Uncertain, b.clone())
@@ -316,6 +355,7 @@ impl Model {
             zero_page_pins_live: live,
             zero_page_pins_leaked: leaked,
             huge_zero_page_pins_live: c.huge_zero_pins_live,
+            unseen_pins: c.unseen_pins,
             leak,
             leak_reason,
             leak_rate_pins_per_s: if leaked > 0 { self.rate(c) } else { 0.0 },
@@ -385,16 +425,17 @@ impl Model {
     pub fn verdicts(&self) -> Verdicts {
         let uncertain = self.uncertainty();
         let missing = self.probes_missing();
-        let containers: Vec<ContainerVerdict> = self
-            .containers
-            .values()
-            .map(|c| self.container_verdict(c, &missing))
-            .collect();
         let per_pin = if self.behaviour.get(Trait::GupPinsZeroPage) {
             PIN_BIAS
         } else {
             0
         };
+        let overclaim = self.zero.overclaim(per_pin);
+        let containers: Vec<ContainerVerdict> = self
+            .containers
+            .values()
+            .map(|c| self.container_verdict(c, &missing, &overclaim))
+            .collect();
         let live = if per_pin > 0 {
             self.zero.outstanding
         } else {
@@ -445,6 +486,7 @@ impl Model {
                 refcount_read_at_ns: self.zero.last.map(|r| r.t_ns),
                 explained_refs: explained,
                 unexplained_refs: unexplained,
+                unexplained_pins: unexplained.map(|u| u.max(0) / PIN_BIAS),
                 unexplained_note,
                 zero_page_pins_live: live,
                 other_zero_page_pins_live: if per_pin > 0 { self.other_zero_pins } else { 0 },
@@ -453,6 +495,7 @@ impl Model {
                 leak_rate_pins_per_s: rate,
                 overflow_eta_s: headroom.filter(|_| rate > 0.0).map(|h| h as f64 / rate),
                 uncharges_after_exit: self.uncharges_after_exit,
+                overclaim: overclaim.map(|o| o.to_string()),
             },
             containers,
             processes: procs,
@@ -531,6 +574,9 @@ impl std::fmt::Display for Verdicts {
         }
         if let Some(n) = &h.unexplained_note {
             let _ = writeln!(s, "  ! {n}");
+        }
+        if let Some(o) = &h.overclaim {
+            let _ = writeln!(s, "  ! no leak claimed: {o}");
         }
         let _ = writeln!(
             s,

@@ -83,6 +83,7 @@ pub struct Header {
     pub behaviour: Vec<(String, bool, bool)>,
     pub refcount: Option<i64>,
     pub headroom_pins: Option<i64>,
+    pub unexplained_pins: Option<i64>,
     pub overflow_eta_s: Option<f64>,
     pub leak_rate: f64,
     pub probes_attached: usize,
@@ -115,6 +116,7 @@ pub fn header(s: &Snapshot) -> Header {
             .collect(),
         refcount: v.host.zero_page_refcount,
         headroom_pins: v.host.headroom_pins,
+        unexplained_pins: v.host.unexplained_pins,
         overflow_eta_s: v.host.overflow_eta_s,
         leak_rate: v.host.leak_rate_pins_per_s,
         probes_attached: s
@@ -232,9 +234,10 @@ pub fn text(h: &Header, rows: &[Row]) -> String {
     let _ = writeln!(s, "behaviour: {}", flags.join("  "));
     let _ = writeln!(
         s,
-        "zero page refcount {}  headroom {} pins  leak rate {:.2}/s{}",
+        "zero page refcount {}  headroom {} pins  held by nobody seen {} pins  leak rate {:.2}/s{}",
         h.refcount.map_or("?".into(), |r| r.to_string()),
         h.headroom_pins.map_or("?".into(), |r| r.to_string()),
+        h.unexplained_pins.map_or("?".into(), |r| r.to_string()),
         h.leak_rate,
         h.overflow_eta_s
             .map(|e| format!("  overflow in {}", crate::model::verdict::eta(e)))

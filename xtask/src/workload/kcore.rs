@@ -146,7 +146,12 @@ mod tests {
     fn host_zero_page_truth() {
         let t = match ZeroPageTruth::open() {
             Ok(t) => t,
-            Err(e) => return eprintln!("SKIPPED: kernel truth unreadable here: {e:#}"),
+            Err(e) => {
+                return vfio_zp::testing::skip(
+                    "workload-kcore",
+                    &format!("kernel truth unreadable here: {e:#}"),
+                );
+            }
         };
         assert!(t.refcount().unwrap() >= 1);
         let pm = super::super::pagemap::Region::zero_filled(1).unwrap();

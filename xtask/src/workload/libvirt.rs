@@ -4,6 +4,7 @@
 //! without systemd-machined) and RLIMIT_MEMLOCK are libvirt's own. The lab
 //! starts libvirtd in the guest first (see the matrix's VMM script).
 use std::{path::Path, process::Command, time::Duration};
+use wait_timeout::ChildExt;
 
 use anyhow::Context;
 
@@ -38,14 +39,11 @@ fn virsh_within(args: &[&str], limit: Duration) -> anyhow::Result<std::process::
         .stderr(std::process::Stdio::piped())
         .spawn()
         .context("cannot run virsh (libvirt-clients)")?;
-    let start = std::time::Instant::now();
-    while child.try_wait()?.is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            anyhow::bail!("virsh {} did not return within {limit:?}", args.join(" "));
-        }
-        std::thread::sleep(Duration::from_millis(200));
+    // virsh prints a few lines at most: the pipes cannot fill meanwhile.
+    if child.wait_timeout(limit)?.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        anyhow::bail!("virsh {} did not return within {limit:?}", args.join(" "));
     }
     Ok(child.wait_with_output()?)
 }

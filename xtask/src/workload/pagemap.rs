@@ -140,7 +140,7 @@ mod tests {
         r.write_touch();
         let written = r.pfns().unwrap();
         if zero[0] == Some(0) {
-            return eprintln!("SKIPPED: pagemap hides pfns (not root)");
+            return vfio_zp::testing::skip("workload-pagemap", "pagemap hides pfns (not root)");
         }
         assert!(
             zero.iter().all(|p| *p == zero[0]),
