@@ -108,3 +108,24 @@ fn a_leak_through_an_unprobed_pin_path_is_never_none() {
         assert_eq!(b.unseen_pins, 0, "{}: {}", b.name, b.leak_reason);
     }
 }
+
+/// Issue 15: a flooded ring, committed. The lab's flood (six workloads
+/// mapping at once into a 4 KiB ring buffer) on 5.10-leaky and 6.1: the
+/// recorder's live verdicts are what its recording replays to, the exact
+/// counters match the workloads' kernel truth, and no flooded container
+/// gets a verdict that guesses (tests/common/flood.rs, as in the lab).
+#[test]
+fn flooded_rings_replay_to_their_live_verdicts_and_the_truth() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut bad = Vec::new();
+    for k in ["5.10-leaky", "6.1"] {
+        let dir = root.join(k).join("flood");
+        assert!(
+            dir.join("flood.jsonl").exists(),
+            "missing fixture {}",
+            dir.display()
+        );
+        bad.extend(common::flood::check(k, &dir));
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}

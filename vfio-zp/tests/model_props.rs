@@ -1,113 +1,201 @@
-//! Property tests: random VFIO lives (open, map, partial unmap, close,
-//! process exit) run through a small simulator of type1 + GUP under each
-//! kernel behaviour profile, which emits the events the probes would see
-//! and keeps the zero page's true refcount. The model, fed those events,
-//! must find exactly the simulator's leaks, never a negative count, no
-//! divergence, and the same verdicts again when replayed from a recording.
+//! Property tests against an independent oracle: a simulator of the kernel
+//! that keeps the zero page's `_refcount` as an integer and changes it the
+//! way each kernel profile does (docs/kernel-behaviour.md), and writes the
+//! events the probes would. Whether a container leaks is judged from that
+//! bookkeeping (the references its pins still hold, which no code path of
+//! these kernels ever drops: put_pfn() skips the reserved zero page), not
+//! from a restatement of the model's rule. GUP pins up to 512 pages per
+//! call, two threads' calls interleave, the THP huge zero page appears, an
+//! agent may start on a host that already leaked, and records get lost.
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use vfio_zp::{
     event::{Event, Id, PageClass, Refcount, UnpinFn, What, When},
     model::{Config, Model, verdict::Leak},
-    record::{Header, Line, ProbeState, ProbeStatus, Writer, read},
+    record::{Counters, Header, Line, ProbeState, ProbeStatus, Writer, read},
 };
+
+const PIN_BIAS: i64 = 1024;
+const FOLL_LONGTERM: u32 = 0x10000;
+const FOLL_WRITE: u32 = 0x1;
 
 #[derive(Clone, Copy, Debug)]
 struct Profile {
+    name: &'static str,
+    /// GUP adds 1024 to the zero page's refcount per pin.
     gup_pins: bool,
+    /// type1 unpins the zero pages of a batch right after GUP (873aefb).
     type1_unpins: bool,
+    /// Read-only long-term pins unshare instead of pinning the zero page.
     unshares: bool,
+    /// Pages per GUP call: 1 with 5.10's look-ahead re-pin, else batches.
+    batch: usize,
 }
 
-/// The combinations real kernels have (kernel-facts.md, "History").
-const PROFILES: [Profile; 5] = [
-    // < 5.10.146 (and 5.10-leaky)
+/// The combinations real kernels have (docs/kernel-behaviour.md).
+const PROFILES: [Profile; 8] = [
     Profile {
+        name: "5.10 before 873aefb (and 5.10-leaky)",
         gup_pins: true,
         type1_unpins: false,
         unshares: false,
+        batch: 1,
     },
-    // 5.10.146+, 6.0, 6.1 before the GUP fix
     Profile {
+        name: "5.12-5.19 before 873aefb: batched GUP",
+        gup_pins: true,
+        type1_unpins: false,
+        unshares: false,
+        batch: 512,
+    },
+    Profile {
+        name: "before 873aefb, 16-page batches (a map spans several GUP calls)",
+        gup_pins: true,
+        type1_unpins: false,
+        unshares: false,
+        batch: 16,
+    },
+    Profile {
+        name: "5.10.146+",
         gup_pins: true,
         type1_unpins: true,
         unshares: false,
+        batch: 1,
     },
-    // 6.2 - 6.4
     Profile {
+        name: "6.0, 6.1 before the GUP backport",
         gup_pins: true,
         type1_unpins: true,
-        unshares: true,
+        unshares: false,
+        batch: 512,
     },
-    // 6.1.y with c8070b787519
     Profile {
+        name: "6.1.y with c8070b787519 (GUP takes no reference)",
         gup_pins: false,
         type1_unpins: true,
         unshares: false,
+        batch: 512,
     },
-    // 6.9+
     Profile {
+        name: "6.2-6.4 (unshare)",
+        gup_pins: true,
+        type1_unpins: true,
+        unshares: true,
+        batch: 512,
+    },
+    Profile {
+        name: "6.9+ (6.12, 6.18, 7.3)",
         gup_pins: false,
         type1_unpins: false,
         unshares: true,
+        batch: 512,
     },
 ];
 
 #[derive(Clone, Debug)]
+struct MapArgs {
+    pages: u16,
+    /// Bit i (mod 64) set: page i was never written (zero-backed if read-only).
+    zero: u64,
+    /// THP memory: the never-written pages are the huge zero page.
+    huge: bool,
+    read_only: bool,
+}
+
+#[derive(Clone, Debug)]
 enum Op {
     Open(u8),
-    /// Container, pages (bit i of `zero` set: page i is zero-backed), read-only.
-    Map(u8, u8, u8, bool),
+    Map(u8, MapArgs),
+    /// Two containers map at once, their threads' events interleaved.
+    Both(u8, MapArgs, u8, MapArgs, u64),
     /// Unmap the container's oldest mapping.
     Unmap(u8),
     Close(u8),
+    /// The next operation loses one of its records (a full ring).
+    Lose(u64),
+}
+
+fn map_args() -> impl Strategy<Value = MapArgs> {
+    (
+        1u16..40,
+        any::<u64>(),
+        prop::bool::weighted(0.15),
+        any::<bool>(),
+    )
+        .prop_map(|(pages, zero, huge, read_only)| MapArgs {
+            pages,
+            zero,
+            huge,
+            read_only,
+        })
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (0u8..3).prop_map(Op::Open),
-        (0u8..3, 1u8..7, any::<u8>(), any::<bool>()).prop_map(|(c, n, z, ro)| Op::Map(c, n, z, ro)),
-        (0u8..3).prop_map(Op::Unmap),
-        (0u8..3).prop_map(Op::Close),
+        3 => (0u8..3).prop_map(Op::Open),
+        4 => (0u8..3, map_args()).prop_map(|(c, m)| Op::Map(c, m)),
+        2 => (0u8..3, map_args(), 0u8..3, map_args(), any::<u64>())
+            .prop_map(|(a, m, b, n, seed)| Op::Both(a, m, b, n, seed)),
+        2 => (0u8..3).prop_map(Op::Unmap),
+        1 => (0u8..3).prop_map(Op::Close),
+        1 => any::<u64>().prop_map(Op::Lose),
     ]
 }
 
-/// A mapping: its dma id and the class of each page.
+/// One step of a thread: an event the probes write (or none: the kernel
+/// acting before its folded record is written), and what it does to the
+/// zero page's refcount.
+struct Step {
+    what: Option<What>,
+    tgid: u32,
+    container: Option<Id>,
+    /// The probe reads the refcount before or after this step's change.
+    read: Option<When>,
+    delta: i64,
+}
+
+/// A mapping: its dma id and each page's class.
 type Mapping = (Id, Vec<PageClass>);
 /// An open container: its id, owner tgid and mappings, oldest first.
 type Open = (Id, u32, Vec<Mapping>);
 
 struct Sim {
     p: Profile,
-    /// The probes fold 873aefb's unpin into one event with no refcount,
-    /// written before the thread's next event (flag::FOLDED).
+    /// The probes fold type1's per-page zero-page unpins inside a pin call
+    /// into one record without a refcount, written before the thread's
+    /// next record (flag::FOLDED).
     fold: bool,
     t: u64,
-    refcount: i32,
+    refcount: i64,
     next_id: Id,
     open: BTreeMap<u8, Open>,
-    /// container id -> zero-page pins leaked (true count)
-    leaked: BTreeMap<Id, i64>,
+    /// The truth: references each container's zero-page pins still hold.
+    held: BTreeMap<Id, i64>,
+    /// Huge zero page pins type1 holds per container.
+    huge_held: BTreeMap<Id, i64>,
+    lose_next: Option<u64>,
+    drops: u64,
+    saw_zero: bool,
     lines: Vec<Line>,
 }
 
 impl Sim {
-    fn emit(&mut self, tgid: u32, container: Option<Id>, what: What, rc: Option<When>) {
-        self.t += 1000;
-        self.lines.push(Line::Event(Event {
-            t_ns: self.t,
-            tgid,
-            pid: tgid,
-            comm: "qemu".into(),
-            cgroup_id: 1,
-            container,
-            zero_refcount: rc.map(|when| Refcount {
-                value: self.refcount,
-                when,
-            }),
-            what,
-        }));
+    fn new(p: Profile, fold: bool, pre: i64) -> Sim {
+        Sim {
+            p,
+            fold,
+            t: 0,
+            refcount: 1 + PIN_BIAS * pre,
+            next_id: 0,
+            open: BTreeMap::new(),
+            held: BTreeMap::new(),
+            huge_held: BTreeMap::new(),
+            lose_next: None,
+            drops: 0,
+            saw_zero: false,
+            lines: vec![],
+        }
     }
 
     fn id(&mut self) -> Id {
@@ -115,84 +203,89 @@ impl Sim {
         self.next_id
     }
 
+    fn step(tgid: u32, container: Option<Id>, what: What) -> Step {
+        Step {
+            what: Some(what),
+            tgid,
+            container,
+            read: None,
+            delta: 0,
+        }
+    }
+
+    /// Runs steps: the kernel's changes in order, the records written
+    /// unless the ring loses one, then the counters line (with a kcore
+    /// reading) the agent writes at its next tick.
+    fn run(&mut self, steps: Vec<Step>) {
+        let events = steps.iter().filter(|s| s.what.is_some()).count();
+        let lost = self
+            .lose_next
+            .take()
+            .filter(|_| events > 0)
+            .map(|seed| (seed % events as u64) as usize);
+        let mut n = 0;
+        for s in steps {
+            let before = self.refcount;
+            self.refcount += s.delta;
+            let Some(what) = s.what else { continue };
+            n += 1;
+            if lost == Some(n - 1) {
+                self.drops += 1;
+                continue;
+            }
+            self.t += 1000;
+            self.lines.push(Line::Event(Event {
+                t_ns: self.t,
+                tgid: s.tgid,
+                pid: s.tgid,
+                comm: "qemu".into(),
+                cgroup_id: 1,
+                container: s.container,
+                zero_refcount: s.read.map(|when| Refcount {
+                    value: (if when == When::Before {
+                        before
+                    } else {
+                        self.refcount
+                    }) as i32,
+                    when,
+                }),
+                what,
+            }));
+        }
+        self.t += 1000;
+        self.lines.push(Line::Counters(Counters {
+            t_ns: self.t,
+            drops: [("gup_pin_remote".to_string(), self.drops)].into(),
+            zero_refcount: Some(self.refcount as i32),
+            ..Default::default()
+        }));
+    }
+
     fn apply(&mut self, op: &Op) {
-        match *op {
-            Op::Open(slot) if !self.open.contains_key(&slot) => {
+        match op {
+            Op::Open(slot) if !self.open.contains_key(slot) => {
                 let id = self.id();
                 let tgid = 1000 + id;
-                self.open.insert(slot, (id, tgid, vec![]));
-                self.emit(tgid, Some(id), What::ContainerOpen { ok: true }, None);
+                self.open.insert(*slot, (id, tgid, vec![]));
+                let s = Sim::step(tgid, Some(id), What::ContainerOpen { ok: true });
+                self.run(vec![s]);
             }
-            Op::Map(slot, n, zero, ro) if self.open.contains_key(&slot) => {
-                let (c, tgid, _) = self.open[&slot].clone();
-                let dma = self.id();
-                let mut classes = Vec::new();
-                let unshares = self.p.unshares;
-                let zero_at = |i: u8| zero & (1 << i) != 0 && ro && !unshares;
-                for i in 0..n {
-                    // Written-to or RW-mapped memory is never the zero page;
-                    // unsharing kernels replace it for R/O long-term pins.
-                    let is_zero = zero_at(i);
-                    let class = if is_zero {
-                        PageClass::Zero
-                    } else {
-                        PageClass::Other
-                    };
-                    self.gup_one(c, tgid, is_zero, ro);
-                    // 5.10's look-ahead: the next page is pinned, found not
-                    // contiguous and dropped through put_pfn (a no-op for
-                    // the zero page), then pinned again by the next call.
-                    if i + 1 < n {
-                        self.gup_one(c, tgid, zero_at(i + 1), ro);
-                    }
-                    if !is_zero {
-                        self.emit(
-                            tgid,
-                            Some(c),
-                            What::LockAcct {
-                                dma,
-                                npage: 1,
-                                is_async: false,
-                                ret: 0,
-                            },
-                            None,
-                        );
-                    }
-                    self.emit(
-                        tgid,
-                        Some(c),
-                        What::Type1Pin {
-                            dma,
-                            vaddr: 0x1000 * i as u64,
-                            npage: 1,
-                            pinned: 1,
-                            base: class,
-                        },
-                        None,
-                    );
-                    classes.push(class);
-                }
-                self.emit(
-                    tgid,
-                    Some(c),
-                    What::MapDma {
-                        flags: if ro { 1 } else { 3 },
-                        vaddr: 0,
-                        iova: 0,
-                        size: n as u64 * 4096,
-                        ret: 0,
-                        memlock: None,
-                        cap_ipc_lock: None,
-                    },
-                    None,
-                );
-                self.open.get_mut(&slot).unwrap().2.push((dma, classes));
+            Op::Map(slot, m) if self.open.contains_key(slot) => {
+                let steps = self.map(*slot, m);
+                self.run(steps);
             }
-            Op::Unmap(slot) if self.open.get(&slot).is_some_and(|o| !o.2.is_empty()) => {
-                let (c, tgid, _) = self.open[&slot].clone();
-                let m = self.open.get_mut(&slot).unwrap().2.remove(0);
-                self.unmap(c, tgid, m, Some(c));
-                self.emit(
+            Op::Both(a, m, b, n, seed)
+                if a != b && self.open.contains_key(a) && self.open.contains_key(b) =>
+            {
+                let x = self.map(*a, m);
+                let y = self.map(*b, n);
+                self.run(interleave(x, y, *seed));
+            }
+            Op::Unmap(slot) if self.open.get(slot).is_some_and(|o| !o.2.is_empty()) => {
+                let (c, tgid, _) = self.open[slot].clone();
+                let m = self.open.get_mut(slot).unwrap().2.remove(0);
+                let mut steps = self.unmap(c, tgid, m, Some(c));
+                steps.push(Sim::step(
                     tgid,
                     Some(c),
                     What::UnmapDma {
@@ -201,76 +294,231 @@ impl Sim {
                         size: 4096,
                         ret: 0,
                     },
-                    None,
-                );
+                ));
+                self.run(steps);
             }
-            Op::Close(slot) if self.open.contains_key(&slot) => {
-                let (c, tgid, maps) = self.open.remove(&slot).unwrap();
-                self.emit(tgid, Some(c), What::ContainerRelease, None);
+            Op::Close(slot) if self.open.contains_key(slot) => {
+                let (c, tgid, maps) = self.open.remove(slot).unwrap();
+                let mut steps = vec![Sim::step(tgid, Some(c), What::ContainerRelease)];
                 for m in maps {
                     // The release path's unpins carry no container.
-                    self.unmap(c, tgid, m, None);
+                    steps.extend(self.unmap(c, tgid, m, None));
                 }
+                self.run(steps);
             }
+            Op::Lose(seed) => self.lose_next = Some(*seed),
             _ => {}
         }
     }
 
-    /// One page through pin_user_pages_remote, and 873aefb's unpin if any.
-    fn gup_one(&mut self, c: Id, tgid: u32, is_zero: bool, ro: bool) {
-        if self.p.gup_pins && is_zero {
-            self.refcount += 1024;
-        }
-        self.emit(
-            tgid,
-            Some(c),
-            What::GupPin {
-                remote: true,
-                start: 0,
-                nr_pages: 1,
-                gup_flags: if ro { 0x10000 } else { 0x10001 },
-                pinned: 1,
-                zero_pages: is_zero as u64,
-                huge_zero_pages: 0,
-                in_type1: true,
-                truncated: false,
-            },
-            Some(When::After),
-        );
-        if is_zero && self.p.type1_unpins {
-            self.emit(
+    /// One GUP call of `classes` (the pages' classes as GUP finds them) and,
+    /// where the profile has 873aefb, the unpin of its zero pages.
+    fn gup(&mut self, c: Id, tgid: u32, classes: &[PageClass], ro: bool) -> Vec<Step> {
+        let zero = classes.iter().filter(|k| **k == PageClass::Zero).count() as i64;
+        let huge = classes
+            .iter()
+            .filter(|k| **k == PageClass::HugeZero)
+            .count() as i64;
+        self.saw_zero |= zero > 0;
+        let refs = if self.p.gup_pins { PIN_BIAS * zero } else { 0 };
+        *self.huge_held.entry(c).or_default() += huge;
+        let mut steps = vec![Step {
+            read: Some(When::After),
+            delta: refs,
+            ..Sim::step(
                 tgid,
                 Some(c),
-                What::GupUnpin {
-                    func: UnpinFn::UnpinUserPage,
-                    npages: 1,
-                    zero_pages: 1,
-                    huge_zero_pages: 0,
+                What::GupPin {
+                    remote: true,
+                    start: 0,
+                    nr_pages: classes.len() as u64,
+                    gup_flags: FOLL_LONGTERM | if ro { 0 } else { FOLL_WRITE },
+                    pinned: classes.len() as i64,
+                    zero_pages: zero as u64,
+                    huge_zero_pages: huge as u64,
+                    in_type1: true,
                     truncated: false,
                 },
-                (!self.fold).then_some(When::Before),
-            );
-            if self.p.gup_pins {
-                self.refcount -= 1024;
+            )
+        }];
+        if zero > 0 && self.p.type1_unpins {
+            let unpin = What::GupUnpin {
+                func: UnpinFn::UnpinUserPage,
+                npages: zero as u64,
+                zero_pages: zero as u64,
+                huge_zero_pages: 0,
+                truncated: false,
+            };
+            if self.fold {
+                // The kernel drops the references now; the folded record
+                // is written later, before the thread's next one: another
+                // thread's records may come in between.
+                steps.push(Step {
+                    what: None,
+                    tgid,
+                    container: Some(c),
+                    read: None,
+                    delta: -refs,
+                });
+                steps.push(Sim::step(tgid, Some(c), unpin));
+            } else {
+                steps.push(Step {
+                    read: Some(When::Before),
+                    delta: -refs,
+                    ..Sim::step(tgid, Some(c), unpin)
+                });
             }
-        } else if is_zero && self.p.gup_pins {
-            *self.leaked.entry(c).or_default() += 1;
+        } else {
+            *self.held.entry(c).or_default() += refs;
         }
+        steps
+    }
+
+    /// vfio_pin_map_dma of one mapping: pin calls until every page is
+    /// pinned, each returning one run (a zero page is a run of its own: its
+    /// pfn is reserved and never contiguous with the next).
+    fn map(&mut self, slot: u8, m: &MapArgs) -> Vec<Step> {
+        let (c, tgid, _) = self.open[&slot].clone();
+        let dma = self.id();
+        let ro = m.read_only;
+        let classes: Vec<PageClass> = (0..m.pages as usize)
+            .map(
+                |i| match (m.zero & (1 << (i % 64)) != 0, ro && !self.p.unshares) {
+                    (true, true) if m.huge => PageClass::HugeZero,
+                    (true, true) => PageClass::Zero,
+                    _ => PageClass::Other,
+                },
+            )
+            .collect();
+        let mut steps = Vec::new();
+        let mut i = 0;
+        let mut batch: std::collections::VecDeque<PageClass> = Default::default();
+        while i < classes.len() {
+            let mut call = Vec::new();
+            let run = if self.p.batch == 1 {
+                // 5.10: pin the page, then look ahead at the next one, which
+                // is dropped through put_pfn (a no-op for the zero page)
+                // when not contiguous, and pinned again by the next call.
+                call.extend(self.gup(c, tgid, &classes[i..=i], ro));
+                if i + 1 < classes.len() {
+                    call.extend(self.gup(c, tgid, &classes[i + 1..=i + 1], ro));
+                    if classes[i + 1] == PageClass::HugeZero {
+                        // put_pfn releases the look-ahead huge zero page.
+                        call.push(self.put_huge(c, tgid, Some(c)));
+                    }
+                }
+                1
+            } else {
+                let mut run = 0;
+                let mut class = None;
+                loop {
+                    if batch.is_empty() {
+                        if i + run >= classes.len() {
+                            break;
+                        }
+                        let end = (i + run + self.p.batch).min(classes.len());
+                        let got = classes[i + run..end].to_vec();
+                        call.extend(self.gup(c, tgid, &got, ro));
+                        batch.extend(got);
+                    }
+                    let next = batch[0];
+                    let contiguous = match class {
+                        None => true,
+                        Some(k) => k == next && next != PageClass::Zero,
+                    };
+                    if !contiguous {
+                        break;
+                    }
+                    class = Some(next);
+                    batch.pop_front();
+                    run += 1;
+                    if next == PageClass::Zero {
+                        break;
+                    }
+                }
+                run
+            };
+            let base = classes[i];
+            steps.extend(call);
+            if base != PageClass::Zero {
+                steps.push(Sim::step(
+                    tgid,
+                    Some(c),
+                    What::LockAcct {
+                        dma,
+                        npage: run as i64,
+                        is_async: false,
+                        ret: 0,
+                    },
+                ));
+            }
+            steps.push(Step {
+                read: (base == PageClass::Zero).then_some(When::After),
+                ..Sim::step(
+                    tgid,
+                    Some(c),
+                    What::Type1Pin {
+                        dma,
+                        vaddr: 0x1000 * i as u64,
+                        npage: (classes.len() - i) as u64,
+                        pinned: run as i64,
+                        base,
+                    },
+                )
+            });
+            i += run;
+        }
+        steps.push(Sim::step(
+            tgid,
+            Some(c),
+            What::MapDma {
+                flags: if ro { 1 } else { 3 },
+                vaddr: 0,
+                iova: 0,
+                size: classes.len() as u64 * 4096,
+                ret: 0,
+                memlock: None,
+                cap_ipc_lock: None,
+            },
+        ));
+        self.open.get_mut(&slot).unwrap().2.push((dma, classes));
+        steps
+    }
+
+    /// put_pfn on a huge zero page: not reserved, so unpinned.
+    fn put_huge(&mut self, c: Id, tgid: u32, unpin_c: Option<Id>) -> Step {
+        *self.huge_held.entry(c).or_default() -= 1;
+        Sim::step(
+            tgid,
+            unpin_c,
+            What::GupUnpin {
+                func: UnpinFn::UnpinUserPagesDirtyLock,
+                npages: 1,
+                zero_pages: 0,
+                huge_zero_pages: 1,
+                truncated: false,
+            },
+        )
     }
 
     fn unmap(
         &mut self,
         c: Id,
         tgid: u32,
-        (dma, classes): (Id, Vec<PageClass>),
+        (dma, classes): Mapping,
         unpin_c: Option<Id>,
-    ) {
-        self.emit(tgid, Some(c), What::RemoveDma { dma }, None);
+    ) -> Vec<Step> {
+        let mut steps = vec![Sim::step(tgid, Some(c), What::RemoveDma { dma })];
         let mut unlocked = 0;
         for class in classes {
+            // put_pfn skips the reserved zero page; anything else is
+            // unpinned and uncharged.
             let u = (class != PageClass::Zero) as i64;
             unlocked += u;
-            self.emit(
+            if class == PageClass::HugeZero {
+                steps.push(self.put_huge(c, tgid, unpin_c));
+            }
+            steps.push(Sim::step(
                 tgid,
                 unpin_c,
                 What::Type1Unpin {
@@ -281,11 +529,10 @@ impl Sim {
                     unlocked: u,
                     base: class,
                 },
-                None,
-            );
+            ));
         }
         if unlocked > 0 {
-            self.emit(
+            steps.push(Sim::step(
                 tgid,
                 Some(c),
                 What::LockAcct {
@@ -294,10 +541,25 @@ impl Sim {
                     is_async: true,
                     ret: 0,
                 },
-                None,
-            );
+            ));
         }
+        steps
     }
+}
+
+/// Two threads' steps merged in an order `seed` picks, each thread's own
+/// order kept.
+fn interleave(a: Vec<Step>, b: Vec<Step>, mut seed: u64) -> Vec<Step> {
+    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
+    let mut out = Vec::new();
+    while a.peek().is_some() || b.peek().is_some() {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let take_a = b.peek().is_none() || (a.peek().is_some() && seed >> 63 == 0);
+        out.push(if take_a { a.next() } else { b.next() }.unwrap());
+    }
+    out
 }
 
 fn header() -> Header {
@@ -333,13 +595,85 @@ fn header() -> Header {
     }
 }
 
+/// The model's verdicts against the simulator's truth after an operation;
+/// once a record was lost, only what must hold whatever was lost.
+fn check(sim: &Sim, lossy: bool, pre: i64, live: &Model) -> Result<(), TestCaseError> {
+    let p = sim.p;
+    let v = live.verdicts();
+    for c in &v.containers {
+        let held = sim.held.get(&c.id).copied().unwrap_or(0);
+        let ctx = format!(
+            "{}: container {} ({:?}: {})",
+            p.name, c.id, c.leak, c.leak_reason
+        );
+        // What an operator reads is never negative.
+        prop_assert!(
+            c.zero_page_pins_leaked >= 0 && c.zero_page_pins_live >= 0,
+            "{ctx}: {c:?}"
+        );
+        // Never a false leak, never more than the kernel holds.
+        prop_assert!(c.leak != Leak::Leaking || held > 0, "{ctx}: nothing held");
+        prop_assert!(
+            c.zero_page_pins_leaked * PIN_BIAS <= held,
+            "{ctx}: held {held}"
+        );
+        // Never a missed one.
+        prop_assert!(
+            held == 0 || c.leak != Leak::None,
+            "{ctx}: holds {held} references"
+        );
+        if lossy {
+            continue;
+        }
+        // With every record seen: exactly the kernel's references.
+        prop_assert_eq!(c.zero_page_pins_leaked * PIN_BIAS, held, "{}", ctx);
+        prop_assert_eq!(c.leak == Leak::Leaking, held > 0, "{}", ctx);
+        prop_assert!(c.leak != Leak::Uncertain, "{ctx}");
+        prop_assert!(
+            c.pinned_pages.zero >= 0 && c.pinned_pages.other >= 0,
+            "{ctx}"
+        );
+        prop_assert_eq!(
+            c.huge_zero_page_pins_live,
+            sim.huge_held.get(&c.id).copied().unwrap_or(0),
+            "{}",
+            ctx
+        );
+        prop_assert_eq!(c.locked_vm_pages_kernel, c.locked_vm_pages_model, "{}", ctx);
+    }
+    // Every container the kernel says holds references is in the verdicts.
+    for (id, held) in &sim.held {
+        prop_assert!(
+            *held == 0 || v.containers.iter().any(|c| c.id == *id),
+            "{}: container {id} holds {held} references and has no verdict",
+            p.name
+        );
+    }
+    let read = sim.lines.iter().any(|l| matches!(l, Line::Counters(_)));
+    if !lossy && read {
+        prop_assert!(v.divergences.is_empty(), "{}: {:?}", p.name, v.divergences);
+        prop_assert_eq!(v.host.zero_page_refcount, Some(sim.refcount), "{}", p.name);
+        // Pins from before the agent started: held by nobody it saw.
+        prop_assert_eq!(v.host.unexplained_pins, Some(pre), "{}", p.name);
+        prop_assert_eq!(v.host.overclaim, None, "{}", p.name);
+    }
+    Ok(())
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(300))]
+    #![proptest_config(ProptestConfig::with_cases(2000))]
 
     #[test]
-    fn model_matches_the_simulated_kernel(profile in 0usize..PROFILES.len(), fold in any::<bool>(), ops in prop::collection::vec(op(), 1..40)) {
+    fn model_matches_the_simulated_kernel(
+        profile in 0usize..PROFILES.len(),
+        fold in any::<bool>(),
+        pre in prop_oneof![3 => Just(0i64), 1 => 1i64..600],
+        lossy in prop::bool::weighted(0.3),
+        ops in prop::collection::vec(op(), 1..30),
+    ) {
+        let ops: Vec<Op> = ops.into_iter().filter(|o| lossy || !matches!(o, Op::Lose(_))).collect();
         let p = PROFILES[profile];
-        let mut sim = Sim { p, fold, t: 0, refcount: 1, next_id: 0, open: BTreeMap::new(), leaked: BTreeMap::new(), lines: vec![] };
+        let mut sim = Sim::new(p, fold, pre);
         let mut live = Model::new(&header(), Config::default());
         for op in &ops {
             let from = sim.lines.len();
@@ -347,31 +681,23 @@ proptest! {
             for l in &sim.lines[from..] {
                 live.apply(l);
             }
-            let v = live.verdicts();
-            for c in &v.containers {
-                // Never a negative count.
-                prop_assert!(c.pinned_pages.zero >= 0 && c.pinned_pages.other >= 0, "{c:?}");
-                prop_assert!(c.zero_page_pins_live >= 0 && c.zero_page_pins_leaked >= 0, "{c:?}");
-                prop_assert!(c.locked_vm_pages_kernel >= 0, "{c:?}");
-                // Exactly the simulator's leaks, and only where the profile leaks.
-                let truth = sim.leaked.get(&c.id).copied().unwrap_or(0);
-                prop_assert_eq!(c.zero_page_pins_leaked, truth, "container {}", c.id);
-                prop_assert_eq!(c.leak == Leak::Leaking, truth > 0);
-                prop_assert!(truth == 0 || (p.gup_pins && !p.type1_unpins));
-                prop_assert_eq!(c.locked_vm_pages_kernel, c.locked_vm_pages_model);
-            }
-            prop_assert!(v.divergences.is_empty(), "{:?}", v.divergences);
-            if let Some(r) = v.host.zero_page_refcount {
-                prop_assert_eq!(r, sim.refcount as i64);
-                prop_assert_eq!(v.host.unexplained_refs, Some(0));
+            check(&sim, sim.drops > 0, pre, &live)?;
+        }
+        let v = live.verdicts();
+        // What was observed is what the kernel does, records lost or not
+        // (evidence that may be incomplete is set aside).
+        for (t, want) in [(0, p.gup_pins), (1, p.type1_unpins)] {
+            let b = &v.behaviour[t];
+            if b.source == vfio_zp::model::behaviour::Source::Observed {
+                prop_assert_eq!(b.value, want, "{}: {:?}", p.name, b);
             }
         }
-        // Whatever evidence there was, the inference agrees with the kernel.
-        let v = live.verdicts();
-        let saw_zero = sim.lines.iter().any(|l| matches!(l, Line::Event(Event { what: What::GupPin { zero_pages: 1, .. }, .. })));
-        if saw_zero {
-            prop_assert_eq!(v.behaviour[0].value, p.gup_pins, "{:?}", v.behaviour[0]);
-            prop_assert_eq!(v.behaviour[1].value, p.type1_unpins, "{:?}", v.behaviour[1]);
+        if sim.drops == 0 && sim.saw_zero && pre == 0 {
+            // With every record and no foreign references, GUP's counting
+            // is decided by the readings. (Whether type1 unpins may stay
+            // open: in batches, the call that pinned a zero page may
+            // return a run of other pages.)
+            prop_assert_eq!(v.behaviour[0].value, p.gup_pins, "{}: {:?}", p.name, v.behaviour[0]);
             prop_assert!(!v.behaviour[2].value, "a R/O pin got the zero page: not unsharing");
         }
         // Replay of the recording equals live.
@@ -387,4 +713,50 @@ proptest! {
         }
         prop_assert_eq!(replayed.verdicts(), v);
     }
+}
+
+/// The simulator itself, on a case worked by hand: 5.10 before 873aefb,
+/// three read-only zero pages, the look-ahead re-pinning the next two.
+#[test]
+fn the_simulator_pins_as_the_lab_measured() {
+    let mut sim = Sim::new(PROFILES[0], false, 0);
+    sim.apply(&Op::Open(0));
+    let m = MapArgs {
+        pages: 3,
+        zero: 0b111,
+        huge: false,
+        read_only: true,
+    };
+    sim.apply(&Op::Map(0, m));
+    // 3 pins + 2 look-ahead re-pins, 1024 references each (the lab's
+    // 256-page map: 511 pins).
+    assert_eq!(sim.refcount, 1 + 5 * PIN_BIAS);
+    assert_eq!(sim.held[&1], 5 * PIN_BIAS);
+    // Fixed, batched: pinned and unpinned in the call, nothing held.
+    let mut sim = Sim::new(PROFILES[4], true, 0);
+    sim.apply(&Op::Open(0));
+    sim.apply(&Op::Map(
+        0,
+        MapArgs {
+            pages: 39,
+            zero: u64::MAX,
+            huge: false,
+            read_only: true,
+        },
+    ));
+    assert_eq!(sim.refcount, 1);
+    let gups = sim
+        .lines
+        .iter()
+        .filter(|l| {
+            matches!(
+                l,
+                Line::Event(Event {
+                    what: What::GupPin { .. },
+                    ..
+                })
+            )
+        })
+        .count();
+    assert_eq!(gups, 1, "one GUP call of all 39 pages");
 }

@@ -107,6 +107,9 @@ pub struct Model {
     in_flight: HashMap<u32, PinCall>,
     /// Each thread's last unpin call, to drop the nested calls of one unpin.
     last_unpin: HashMap<u32, (UnpinFn, u64, u64, u64)>,
+    /// The container whose mapping each thread is removing (its unpins).
+    #[serde(default)]
+    removing: HashMap<u32, Id>,
     pub(crate) zero: ZeroLedger,
     /// Zero pins taken outside type1 (pin_user_pages users), still held.
     pub(crate) other_zero_pins: i64,
@@ -207,6 +210,7 @@ impl Model {
             cgroups: HashMap::new(),
             in_flight: HashMap::new(),
             last_unpin: HashMap::new(),
+            removing: HashMap::new(),
             zero: ZeroLedger::default(),
             other_zero_pins: 0,
             divergences: BTreeMap::new(),
@@ -397,14 +401,16 @@ impl Model {
         let since = self
             .zero
             .last
-            .filter(|r| r.source == ReadingSource::Probe)
+            .filter(|r| r.source == ReadingSource::Probe && r.outstanding != self.zero.outstanding)
             .map_or(0, |r| r.t_ns);
         match self.zero.vote(value) {
             Vote::Pins => self.vote(Trait::GupPinsZeroPage, true, since),
             Vote::Ignores => self.vote(Trait::GupPinsZeroPage, false, since),
             Vote::None | Vote::Neither => {}
         }
-        if let Some(expect) = self.zero.expected(self.per_pin())
+        // A prediction resting on an assumed trait is no prediction.
+        if self.behaviour.known(Trait::GupPinsZeroPage)
+            && let Some(expect) = self.zero.expected(self.per_pin())
             && expect != value
         {
             self.diverge(
@@ -423,7 +429,10 @@ impl Model {
     /// cannot hold the pins the model counts, once per such stretch (a
     /// kcore reading every tick would count it again and again).
     fn check_bound(&mut self, t_ns: u64) {
-        if self.zero.settled.is_none_or(|r| r.t_ns != t_ns) {
+        // Only against a known count per pin, never an assumed one.
+        if self.zero.settled.is_none_or(|r| r.t_ns != t_ns)
+            || !self.behaviour.known(Trait::GupPinsZeroPage)
+        {
             return;
         }
         let over = self.zero.overclaim(self.per_pin());
@@ -438,6 +447,7 @@ impl Model {
     /// the previous one.
     fn kcore_reading(&mut self, value: i64, t_ns: u64) {
         if !self.zero.moved_since_kcore
+            && self.behaviour.known(Trait::GupPinsZeroPage)
             && let Some(expect) = self.zero.expected(self.per_pin())
             && expect != value
         {
@@ -485,6 +495,15 @@ impl Model {
         }
         if !matches!(e.what, What::GupUnpin { .. }) {
             self.last_unpin.remove(&e.pid);
+        }
+        if !matches!(
+            e.what,
+            What::GupUnpin { .. }
+                | What::Type1Unpin { .. }
+                | What::LockAcct { .. }
+                | What::PutPfn { .. }
+        ) {
+            self.removing.remove(&e.pid);
         }
         match &e.what {
             What::ContainerOpen { ok: true } => {
@@ -567,7 +586,12 @@ impl Model {
                     call.zero_unpinned += zero;
                     call.container
                 });
-                match in_call.unwrap_or(e.container) {
+                // On the release path the unpins carry no container: the
+                // mapping being removed names it.
+                let owner = in_call
+                    .unwrap_or(e.container)
+                    .or_else(|| self.removing.get(&e.pid).copied());
+                match owner {
                     Some(id) => {
                         let c = self.container(id, e);
                         c.zero_pins_released += zero as u64;
@@ -606,6 +630,7 @@ impl Model {
                 if let Some(d) = self.dmas.get_mut(dma) {
                     d.removed = true;
                     let c = d.container;
+                    self.removing.insert(e.pid, c);
                     if let Some(c) = self.containers.get_mut(&c) {
                         c.dmas.remove(dma);
                     }
@@ -662,6 +687,7 @@ impl Model {
         // 1024 per pin would turn seen pins and unpins into false rises.
         if let Some(r) = e.zero_refcount
             && self.behaviour.known(Trait::GupPinsZeroPage)
+            && !self.racing(e.pid, e.t_ns)
             && let Some(rise) = self.zero.type1_reading(r.value as i64, self.per_pin(), id)
         {
             self.container(rise.container, e).unseen_pins += rise.pins;

@@ -27,6 +27,11 @@ pub struct ZeroLedger {
     /// kcore reading. The bound on every claim.
     #[serde(default)]
     pub settled: Option<Reading>,
+    /// Whether the latest kcore reading taken with no pin outstanding read
+    /// the bare base (nobody else holds the zero page): None before one.
+    /// Only then does a reading's level say how GUP counts.
+    #[serde(default)]
+    pub bare: Option<bool>,
     /// At the last type1 pin reading: the refcount less what the pins
     /// seen hold. Only pins and unpins nobody saw move it.
     #[serde(default)]
@@ -129,7 +134,11 @@ impl ZeroLedger {
         // rests at BASE_REFS when nobody else holds it.
         let (d, d_pins, base) = match relative {
             Some((d, d_pins)) => (d, d_pins, 0),
-            None if self.outstanding != 0 => (value - BASE_REFS, self.outstanding, BASE_REFS),
+            // Foreign holders (pins from before the agent, say) would make
+            // a coincidence of the level look like evidence.
+            None if self.outstanding != 0 && self.bare != Some(false) => {
+                (value - BASE_REFS, self.outstanding, BASE_REFS)
+            }
             None => return Vote::None,
         };
         match () {
@@ -158,6 +167,9 @@ impl ZeroLedger {
         }
         if source == ReadingSource::Kcore {
             self.moved_since_kcore = false;
+            if self.outstanding == 0 {
+                self.bare = Some(value == BASE_REFS);
+            }
         }
         self.last = Some(reading);
     }

@@ -262,7 +262,13 @@ impl Model {
         };
         let gup_pins = self.behaviour.get(Trait::GupPinsZeroPage);
         let mut leaked = self.leaked(c);
-        let live = if gup_pins { c.zero_pins_live() } else { 0 };
+        // A lost pin record can leave more unpins than pins seen: never
+        // shown below 0 (the verdict says records were lost).
+        let live = if gup_pins {
+            c.zero_pins_live().max(0)
+        } else {
+            0
+        };
         let saw_zero = c.zero_pins_taken > 0 || c.pinned.zero > 0;
         let (leak, leak_reason) = if leaked > 0 {
             match (&blind, overclaim) {
@@ -430,7 +436,10 @@ impl Model {
         } else {
             0
         };
-        let overclaim = self.zero.overclaim(per_pin);
+        let overclaim = self
+            .zero
+            .overclaim(per_pin)
+            .filter(|_| self.behaviour.known(Trait::GupPinsZeroPage));
         let containers: Vec<ContainerVerdict> = self
             .containers
             .values()

@@ -29,6 +29,18 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
             fail(format!("{f} holds a kernel address: {t}"));
         }
     }
+    // The recorder's live verdicts are what its recording replays to.
+    if dir.join("flood.jsonl").exists() {
+        let replayed = super::verdicts::replay_file(&dir.join("flood.jsonl"));
+        for d in super::verdicts::replay_differs(
+            "flood",
+            &replayed,
+            &dir.join("flood-verdicts.json"),
+            false,
+        ) {
+            fail(d);
+        }
+    }
     let rec = match read_path(&dir.join("flood.jsonl")) {
         Ok(r) => r,
         Err(e) => {

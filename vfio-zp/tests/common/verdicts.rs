@@ -58,7 +58,11 @@ fn truths(dir: &Path) -> BTreeMap<String, Truth> {
 
 /// The recording replayed through the model.
 pub fn replay(dir: &Path) -> Verdicts {
-    let rec = read_path(&dir.join("recording.jsonl")).unwrap();
+    replay_file(&dir.join("recording.jsonl"))
+}
+
+pub fn replay_file(path: &Path) -> Verdicts {
+    let rec = read_path(path).unwrap();
     let mut m = Model::new(&rec.header, Config::default());
     for l in &rec.lines {
         m.apply(l);
@@ -97,36 +101,49 @@ pub fn check_golden(kernel: &str, dir: &Path) -> Vec<String> {
     check_fields(kernel, dir, true)
 }
 
+/// Where `v`, replayed, differs from the live verdicts in file `live`.
+pub fn replay_differs(what: &str, v: &Verdicts, live: &Path, known_only: bool) -> Vec<String> {
+    let text = match std::fs::read_to_string(live) {
+        Ok(t) => t,
+        Err(e) => return vec![format!("{what}: no live {}: {e}", live.display())],
+    };
+    let live: serde_json::Value = match serde_json::from_str(&text) {
+        Ok(l) => l,
+        Err(e) => return vec![format!("{what}: {}: {e}", live.display())],
+    };
+    let mut diffs = Vec::new();
+    diff(
+        "",
+        &live,
+        &serde_json::to_value(v).unwrap(),
+        known_only,
+        &mut diffs,
+    );
+    if diffs.is_empty() {
+        return vec![];
+    }
+    vec![format!(
+        "{what}: replayed verdicts differ from the live agent's at {} places:\n  {}",
+        diffs.len(),
+        diffs
+            .iter()
+            .take(10)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n  ")
+    )]
+}
+
 fn check_fields(kernel: &str, dir: &Path, known_only: bool) -> Vec<String> {
     let mut bad = Vec::new();
     let v = replay(dir);
     // Replay equals live: the agent in the guest wrote what it concluded.
-    match std::fs::read_to_string(dir.join("verdicts.json")) {
-        Ok(text) => {
-            let live: serde_json::Value = serde_json::from_str(&text).unwrap();
-            let mut diffs = Vec::new();
-            diff(
-                "",
-                &live,
-                &serde_json::to_value(&v).unwrap(),
-                known_only,
-                &mut diffs,
-            );
-            if !diffs.is_empty() {
-                bad.push(format!(
-                    "{kernel}: replayed verdicts differ from the live agent's at {} places:\n  {}",
-                    diffs.len(),
-                    diffs
-                        .iter()
-                        .take(10)
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join("\n  ")
-                ));
-            }
-        }
-        Err(e) => bad.push(format!("{kernel}: no live verdicts.json: {e}")),
-    }
+    bad.extend(replay_differs(
+        kernel,
+        &v,
+        &dir.join("verdicts.json"),
+        known_only,
+    ));
     print!("{v}");
     if !v.divergences.is_empty() {
         bad.push(format!("{kernel}: model divergences {:?}", v.divergences));

@@ -483,10 +483,15 @@ pub fn fixtures(
         let to = dest.join(name);
         let _ = std::fs::remove_dir_all(&to);
         std::fs::create_dir_all(&to)?;
+        // The ring flood's files too, in flood/ (its recorder's log names
+        // this machine's paths: left out).
+        std::fs::create_dir_all(to.join("flood"))?;
         for e in std::fs::read_dir(out.join(name))?.flatten() {
             let f = e.file_name().to_string_lossy().into_owned();
             if f == "recording.jsonl" || f == "verdicts.json" || f.starts_with("truth-") {
                 std::fs::copy(e.path(), to.join(&f))?;
+            } else if f.starts_with("flood") && !f.ends_with(".log") && !f.contains("workload") {
+                std::fs::copy(e.path(), to.join("flood").join(&f))?;
             }
         }
         eprintln!("fixtures: {name} -> {}", to.display());

@@ -136,25 +136,8 @@ impl ZeroPageTruth {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// On this host: the refcount read through kcore is a live page's
-    /// (positive), and the zero pfn agrees with pagemap's view.
-    #[test]
-    fn host_zero_page_truth() {
-        let t = match ZeroPageTruth::open() {
-            Ok(t) => t,
-            Err(e) => {
-                return vfio_zp::testing::skip(
-                    "workload-kcore",
-                    &format!("kernel truth unreadable here: {e:#}"),
-                );
-            }
-        };
-        assert!(t.refcount().unwrap() >= 1);
-        let pm = super::super::pagemap::Region::zero_filled(1).unwrap();
-        assert_eq!(pm.pfns().unwrap()[0], Some(t.zero_pfn));
-    }
-}
+// No host test: the build hosts have no /proc/kcore. The lab proves this
+// truth in every guest: a wrong zero pfn or refcount address would make the
+// zero-backed pages pagemap shows differ from the type1 zero-page pins the
+// probes count, or the refcount growth differ from the leaked pins x 1024
+// (vfio-zp/tests/common/verdicts.rs).

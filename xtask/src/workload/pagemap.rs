@@ -57,14 +57,6 @@ impl Region {
         })
     }
 
-    /// A region whose pages were only read: each maps the zero page.
-    #[cfg(test)]
-    pub fn zero_filled(pages: usize) -> anyhow::Result<Region> {
-        let r = Region::new(pages, 0, false)?;
-        r.read_touch();
-        Ok(r)
-    }
-
     pub fn pages(&self) -> usize {
         self.len / PAGE
     }
