@@ -220,28 +220,35 @@ fn main() -> ExitCode {
         Cmd::Completions { shell } => {
             let mut out = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "vfio-zp", &mut out);
-            print_stdout(&String::from_utf8_lossy(&out));
-            return ExitCode::SUCCESS;
+            return match print_stdout(&String::from_utf8_lossy(&out)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => report(&e.into()),
+            };
         }
         Cmd::Man => {
             let mut out = Vec::new();
             if let Err(e) = clap_mangen::Man::new(Cli::command()).render(&mut out) {
                 return report(&e.into());
             }
-            print_stdout(&String::from_utf8_lossy(&out));
-            return ExitCode::SUCCESS;
+            return match print_stdout(&String::from_utf8_lossy(&out)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => report(&e.into()),
+            };
         }
         _ => {}
     }
     // `check` reports every finding itself; its exit code is its verdict.
     if let Cmd::Check { quick, json } = cli.cmd {
         let r = vfio_zp::check::run(!quick);
-        if json {
-            print_stdout(&(serde_json::to_string_pretty(&r).unwrap_or_default() + "\n"));
+        let printed = if json {
+            print_stdout(&(serde_json::to_string_pretty(&r).unwrap_or_default() + "\n"))
         } else {
-            print_stdout(&r.to_string());
-        }
-        return ExitCode::from(r.level.exit_code());
+            print_stdout(&r.to_string())
+        };
+        return match printed {
+            Ok(()) => ExitCode::from(r.level.exit_code()),
+            Err(e) => report(&e.into()),
+        };
     }
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -367,7 +374,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             )
             .await?;
             live.checkpoint();
-            print_stdout(&live.model.verdicts().to_string());
+            print_stdout(&live.model.verdicts().to_string())?;
             Ok(())
         }
         Cmd::Record {
@@ -666,10 +673,22 @@ async fn listen_on(
     Ok((shared, Expiry::new(expire_after)))
 }
 
-/// Standard output may be a closed pipe (`| head`): that is not an error.
-fn print_stdout(text: &str) {
+/// Standard output may be a closed pipe (`| head`): the reader's choice,
+/// not an error. Any other write error (a full disk, /dev/full) is one:
+/// nothing written must not look like success.
+fn stdout_written(r: std::io::Result<()>) -> Result<(), Fatal> {
+    match r {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Fatal::Output {
+            path: "standard output".into(),
+            reason: e.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn print_stdout(text: &str) -> Result<(), Fatal> {
     let mut out = std::io::stdout().lock();
-    let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
+    stdout_written(out.write_all(text.as_bytes()).and_then(|_| out.flush()))
 }
 
 fn replay(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
@@ -690,8 +709,7 @@ fn replay(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
     } else {
         write!(out, "{verdicts}")
     };
-    // A closed pipe (`| head`) is the reader's choice, not an error.
-    let _ = written.and_then(|_| out.flush());
+    stdout_written(written.and_then(|_| out.flush()))?;
     Ok(())
 }
 
@@ -766,13 +784,13 @@ async fn top(
             anyhow::bail!("no snapshot within a minute")
         };
         if json {
-            print_stdout(&(serde_json::to_string_pretty(&first()?)? + "\n"));
+            print_stdout(&(serde_json::to_string_pretty(&first()?)? + "\n"))?;
         } else if once {
             let mut v = view::View::default();
             v.rows(&first()?);
             std::thread::sleep(interval);
             let s = first()?;
-            print_stdout(&view::text(&view::header(&s), &v.rows(&s)));
+            print_stdout(&view::text(&view::header(&s), &v.rows(&s)))?;
         } else {
             tui::run(&source, interval)?;
         }

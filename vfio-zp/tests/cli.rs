@@ -84,3 +84,40 @@ fn replay_prints_text_and_json_verdicts() {
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert!(v["containers"].as_array().unwrap().len() >= 9);
 }
+
+/// Issue 16: output that cannot be written is an error, never a silent
+/// success. Each of these exited 0 having written nothing to /dev/full.
+#[test]
+fn write_errors_end_with_a_message_and_a_code() {
+    let full = || std::fs::OpenOptions::new().write(true).open("/dev/full");
+    if full().is_err() {
+        return vfio_zp::testing::skip("dev-full", "no /dev/full here");
+    }
+    let fixture = fixture();
+    for args in [
+        vec!["replay", fixture.as_str()],
+        vec!["replay", "--json", fixture.as_str()],
+        vec!["man"],
+        vec!["completions", "bash"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_vfio-zp"))
+            .args(&args)
+            .stdout(full().unwrap())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(14), "{args:?}: {err}");
+        assert!(
+            err.contains("cannot write standard output") && !err.contains("panicked"),
+            "{args:?}: {err}"
+        );
+    }
+    // A reader that stops early (`| head`) is no error.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vfio-zp"))
+        .args(["completions", "bash"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}

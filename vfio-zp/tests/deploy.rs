@@ -61,3 +61,49 @@ fn deployment_files_use_the_default_port() {
         assert!(read(f).contains(port), "{f} does not use port {port}");
     }
 }
+
+/// Issue 16: the unit verifies clean (its StartLimit keys sat in [Service],
+/// where systemd ignores them, so the restart limit never tripped), and the
+/// exit codes of a host that cannot run the agent do not restart it.
+#[test]
+fn the_systemd_unit_verifies_clean() {
+    let unit = read("deploy/systemd/vfio-zp.service");
+    let prevent = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("RestartPreventExitStatus="))
+        .unwrap();
+    for code in ["2", "10", "11", "12", "15", "16", "17", "18"] {
+        assert!(
+            prevent.split_whitespace().any(|c| c == code),
+            "exit code {code} restarts: {prevent}"
+        );
+    }
+    if std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return vfio_zp::testing::skip("systemd-verify", "systemd-analyze not installed");
+    }
+    // The same unit, starting the binary under test.
+    let dir = std::env::temp_dir().join(format!("vfio-zp-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("vfio-zp.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/vfio-zp", env!("CARGO_BIN_EXE_vfio-zp")),
+    )
+    .unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify: {said}"
+    );
+}
