@@ -276,9 +276,13 @@ impl Model {
                 // refcount cannot hold is no alarm, only said with both
                 // figures.
                 (_, Some(o)) => {
-                    let reason = format!(
+                    let mut reason = format!(
                         "{leaked} zero-page pins seen outliving their type1 calls, but {o}"
                     );
+                    // The likeliest cause, when there was one: say it too.
+                    if let Some(b) = &blind {
+                        reason.push_str(&format!("; {b}"));
+                    }
                     leaked = 0;
                     (Leak::Uncertain, reason)
                 }
