@@ -379,6 +379,14 @@ impl Model {
         }
     }
 
+    /// The settled reading's contradiction of the count, judged only
+    /// against a known count per pin, never an assumed one.
+    fn overclaim(&self) -> Option<refcount::Overclaim> {
+        self.zero
+            .overclaim(self.per_pin())
+            .filter(|_| self.behaviour.known(Trait::GupPinsZeroPage))
+    }
+
     /// Whether another thread is inside a pin call whose zero-page pins are
     /// not all accounted for: its unpins may already have run in the kernel
     /// while their event (folded until the thread writes again) is still to
@@ -435,7 +443,7 @@ impl Model {
         {
             return;
         }
-        let over = self.zero.overclaim(self.per_pin());
+        let over = self.overclaim();
         if let (Some(o), false) = (over, self.overclaimed) {
             self.diverge(Divergence::RefcountBound, o.to_string());
         }

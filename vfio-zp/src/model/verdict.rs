@@ -435,15 +435,8 @@ impl Model {
     pub fn verdicts(&self) -> Verdicts {
         let uncertain = self.uncertainty();
         let missing = self.probes_missing();
-        let per_pin = if self.behaviour.get(Trait::GupPinsZeroPage) {
-            PIN_BIAS
-        } else {
-            0
-        };
-        let overclaim = self
-            .zero
-            .overclaim(per_pin)
-            .filter(|_| self.behaviour.known(Trait::GupPinsZeroPage));
+        let per_pin = self.per_pin();
+        let overclaim = self.overclaim();
         let containers: Vec<ContainerVerdict> = self
             .containers
             .values()
