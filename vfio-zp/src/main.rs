@@ -220,20 +220,20 @@ fn main() -> ExitCode {
         Cmd::Completions { shell } => {
             let mut out = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "vfio-zp", &mut out);
-            return match print_stdout(&String::from_utf8_lossy(&out)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => report(&e.into()),
-            };
+            return exit_after(
+                print_stdout(&String::from_utf8_lossy(&out)),
+                ExitCode::SUCCESS,
+            );
         }
         Cmd::Man => {
             let mut out = Vec::new();
             if let Err(e) = clap_mangen::Man::new(Cli::command()).render(&mut out) {
                 return report(&e.into());
             }
-            return match print_stdout(&String::from_utf8_lossy(&out)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => report(&e.into()),
-            };
+            return exit_after(
+                print_stdout(&String::from_utf8_lossy(&out)),
+                ExitCode::SUCCESS,
+            );
         }
         _ => {}
     }
@@ -245,10 +245,7 @@ fn main() -> ExitCode {
         } else {
             print_stdout(&r.to_string())
         };
-        return match printed {
-            Ok(()) => ExitCode::from(r.level.exit_code()),
-            Err(e) => report(&e.into()),
-        };
+        return exit_after(printed, ExitCode::from(r.level.exit_code()));
     }
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -683,6 +680,14 @@ fn stdout_written(r: std::io::Result<()>) -> Result<(), Fatal> {
             reason: e.to_string(),
         }),
         _ => Ok(()),
+    }
+}
+
+/// `code` once the output was written, else the write error's.
+fn exit_after(printed: Result<(), Fatal>, code: ExitCode) -> ExitCode {
+    match printed {
+        Ok(()) => code,
+        Err(e) => report(&e.into()),
     }
 }
 
