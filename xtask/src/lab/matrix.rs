@@ -16,7 +16,16 @@ pub const LIBVIRT_TIGHT: &str = r"machine.slice/machine-qemu\x2d3\x2dtight.scope
 pub const POD_A: &str = "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0f1e2d3c_4b5a_6978_8796_a5b4c3d2e1f0.slice/cri-containerd-4f6b7c8d9e0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4.scope";
 pub const POD_B: &str = "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod11112222_3333_4444_5555_666677778888.slice/cri-containerd-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope";
 
-pub const CGROUPS: [&str; 5] = [LIBVIRT_VM1, LIBVIRT_VM2, LIBVIRT_TIGHT, POD_A, POD_B];
+pub const LIBVIRT_THREADS: &str = r"machine.slice/machine-qemu\x2d5\x2dthreads.scope";
+
+pub const CGROUPS: [&str; 6] = [
+    LIBVIRT_VM1,
+    LIBVIRT_VM2,
+    LIBVIRT_TIGHT,
+    POD_A,
+    POD_B,
+    LIBVIRT_THREADS,
+];
 
 fn cgroups_for(scenario: &str) -> (Option<&'static str>, Option<&'static str>) {
     match scenario {
@@ -24,6 +33,7 @@ fn cgroups_for(scenario: &str) -> (Option<&'static str>, Option<&'static str>) {
         "partial-unmap" => (Some(POD_A), None),
         "multi-container" => (Some(LIBVIRT_VM2), Some(POD_B)),
         "memlock-tight" => (Some(LIBVIRT_TIGHT), None),
+        "two-threads" => (Some(LIBVIRT_THREADS), None),
         _ => (None, None),
     }
 }
