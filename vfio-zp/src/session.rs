@@ -90,9 +90,7 @@ impl Session {
         let syms = Kallsyms::read(probe_points::wanted_symbol)
             .map_err(|e| Fatal::Privileges(format!("/proc/kallsyms: {e}")))?;
         if syms.addresses_hidden {
-            return Err(
-                Fatal::Privileges("/proc/kallsyms hides addresses (kptr_restrict)".into()).into(),
-            );
+            return Err(Fatal::Privileges(preflight::hidden_addresses()).into());
         }
         debug!("loading the probes (verifier)");
         let config = zero_page::config(&syms, layout, zero_pfn);

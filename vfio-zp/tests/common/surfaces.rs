@@ -72,7 +72,7 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
             m["vfio_zp_events_lost_total"]
         ));
     }
-    for name in CONTRACT {
+    for name in CONTRACT.iter().chain(&PROCESS) {
         if !read("metrics.txt").contains(&format!("# TYPE {name} ")) {
             bad.push(format!("{kernel}: metric {name} missing from the scrape"));
         }
@@ -145,7 +145,7 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
 }
 
 /// Every metric of the contract (README, docs/operations.md).
-pub const CONTRACT: [&str; 20] = [
+pub const CONTRACT: [&str; 21] = [
     "vfio_zp_zero_page_unexplained_pins",
     "vfio_zp_uncharges_after_exit_total",
     "vfio_zp_zero_page_pins_total",
@@ -161,11 +161,21 @@ pub const CONTRACT: [&str; 20] = [
     "vfio_zp_zero_page_refcount_headroom_pins",
     "vfio_zp_kernel_behaviour_info",
     "vfio_zp_probe_attached",
+    "vfio_zp_probe_state",
     "vfio_zp_events_total",
     "vfio_zp_events_lost_total",
     "vfio_zp_probe_missed_total",
     "vfio_zp_model_divergence_total",
     "vfio_zp_build_info",
+];
+
+/// The agent's own footprint (prometheus' process collector).
+pub const PROCESS: [&str; 5] = [
+    "process_cpu_seconds_total",
+    "process_resident_memory_bytes",
+    "process_open_fds",
+    "process_max_fds",
+    "process_start_time_seconds",
 ];
 
 /// The instant query of every vfio_zp_* series must hold exactly the
