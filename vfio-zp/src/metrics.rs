@@ -47,6 +47,7 @@ pub fn render(s: &Snapshot) -> String {
     let _ = r.register(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),
     ));
+    let _ = r.register(Box::new(crate::session::LOOP_LAG.clone()));
     let v = &s.verdicts;
     let mut names: BTreeMap<&str, PerName> = BTreeMap::new();
     for c in &v.containers {

@@ -161,3 +161,19 @@ fn the_daemonset_probes_and_limits() {
         "the DaemonSet's limit differs from the unit's MemoryMax"
     );
 }
+
+/// Issue 16: one version of the ELF reader (aya's), and no LGPL crate
+/// linked into an MIT OR Apache-2.0 binary (deny.toml bans it too, under
+/// `cargo xtask test`).
+#[test]
+fn the_lockfile_holds_one_object_and_no_btf_rs() {
+    let lock = read("Cargo.lock");
+    let versions = |name: &str| {
+        lock.split("[[package]]")
+            .filter(|p| p.contains(&format!("\nname = \"{name}\"\n")))
+            .count()
+    };
+    assert_eq!(versions("object"), 1, "two versions of object");
+    assert_eq!(versions("btf-rs"), 0);
+    assert_eq!(versions("btfparse"), 1);
+}

@@ -7,8 +7,7 @@ use crate::error::Fatal;
 use super::{btf::VMLINUX_BTF, probe_points::TYPE1_MODULE};
 
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no failure modes.
-    unsafe { libc::geteuid() == 0 }
+    rustix::process::geteuid().is_root()
 }
 
 pub fn check_privileges() -> Result<(), Fatal> {

@@ -388,8 +388,13 @@ pub fn run_once(
         // `side` pages either side of a 2 MiB-aligned middle (512 pages).
         let side = pages.min(256);
         Region::new(512 + 2 * side, (512 - side) * PAGE, true)?
+    } else if s.threads > 1 {
+        // At least 256 pages a thread, whatever --pages says: the kernel
+        // switches threads inside a call only when the calls last long
+        // enough (16-page golden runs never interleaved).
+        Region::new(pages.max(256) * s.threads, 0, false)?
     } else {
-        Region::new(pages * s.threads, 0, false)?
+        Region::new(pages, 0, false)?
     };
     t.pages = (region.len / PAGE) as u64;
     match s.touch {
@@ -446,7 +451,7 @@ pub fn run_once(
             return Ok(t);
         }
     } else if s.threads > 1 {
-        let each = (pages * PAGE) as u64;
+        let each = region.len as u64 / s.threads as u64;
         let (parts, _) = at_once(
             "map",
             &containers,
@@ -470,7 +475,7 @@ pub fn run_once(
     hold.wait();
     match s.unmap {
         Unmap::Whole if s.threads > 1 => {
-            let each = (pages * PAGE) as u64;
+            let each = region.len as u64 / s.threads as u64;
             let (parts, bytes) = at_once(
                 "unmap",
                 &containers,
@@ -515,12 +520,17 @@ fn at_once(
 ) -> anyhow::Result<(Vec<ThreadTruth>, u64)> {
     let piece = (each / PIECES / PAGE as u64).max(1) * PAGE as u64;
     let start = std::sync::Barrier::new(containers.len());
+    // Every thread's first call is made before any goes on: each thread's
+    // span then holds a moment inside every other's, however the
+    // scheduler runs them (on one vCPU a thread could otherwise finish
+    // before the next one starts).
+    let first = std::sync::Barrier::new(containers.len());
     std::thread::scope(|scope| {
         let threads: Vec<_> = containers
             .iter()
             .enumerate()
             .map(|(k, c)| {
-                let (start, op) = (&start, &op);
+                let (start, first, op) = (&start, &first, &op);
                 scope.spawn(move || -> anyhow::Result<(ThreadTruth, u64)> {
                     start.wait();
                     let mut t = ThreadTruth {
@@ -534,8 +544,12 @@ fn at_once(
                     while done < each {
                         let n = piece.min(each - done);
                         let off = k as u64 * each + done;
-                        sum += op(c, base + off, IOVA + off, n)
-                            .with_context(|| format!("thread {k}: {phase} at +{off:#x}"))?;
+                        let r = op(c, base + off, IOVA + off, n)
+                            .with_context(|| format!("thread {k}: {phase} at +{off:#x}"));
+                        if done == 0 {
+                            first.wait();
+                        }
+                        sum += r?;
                         done += n;
                     }
                     t.end_ns = monotonic_ns();
