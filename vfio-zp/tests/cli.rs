@@ -1,34 +1,34 @@
 //! The binary on bad input: a clear one-line error naming the file (and
 //! line), exit code 2, never a panic; and `replay` on a golden recording.
+mod common;
+
 use std::process::Command;
 
+/// `vfio-zp replay ARGS`, fed `stdin` when given.
 fn replay(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vfio-zp"));
-    cmd.arg("replay").args(args);
-    let out = match stdin {
-        Some(text) => {
-            use std::io::Write;
-            let mut child = cmd
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            // Written from a thread: the reader may stop at an error
-            // before the end (a broken pipe here is its right).
-            let mut stdin = child.stdin.take().unwrap();
-            let text = text.to_string();
-            let writer = std::thread::spawn(move || {
-                if let Err(e) = stdin.write_all(text.as_bytes()) {
-                    assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
-                }
-            });
-            let out = child.wait_with_output().unwrap();
-            writer.join().unwrap();
-            out
-        }
-        None => cmd.output().unwrap(),
+    use std::io::Write;
+    let Some(text) = stdin else {
+        return common::vfio_zp(&[&["replay"], args].concat(), &[]);
     };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vfio-zp"))
+        .arg("replay")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Written from a thread: the reader may stop at an error before the
+    // end (a broken pipe here is its right).
+    let mut input = child.stdin.take().unwrap();
+    let text = text.to_string();
+    let writer = std::thread::spawn(move || {
+        if let Err(e) = input.write_all(text.as_bytes()) {
+            assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
+        }
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into(),
@@ -199,16 +199,9 @@ fn time_going_backwards_is_an_error_naming_the_line() {
 }
 
 fn record(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_vfio-zp"))
-        .arg("record")
-        .args(args)
-        .env("VFIO_ZP_LOG", "error")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
+    let (code, _, err) =
+        common::vfio_zp(&[&["record"], args].concat(), &[("VFIO_ZP_LOG", "error")]);
+    (code, err)
 }
 
 /// Issue 16: `record` never destroys a file. An existing output is kept
@@ -274,15 +267,7 @@ fn record_keeps_existing_files() {
 }
 
 fn vfio_zp(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_vfio-zp"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
+    common::vfio_zp(args, &[])
 }
 
 /// Issue 16: a log filter that does not parse is a usage error, not a

@@ -397,6 +397,8 @@ pub fn run_once(
         Region::new(pages, 0, false)?
     };
     t.pages = (region.len / PAGE) as u64;
+    // Each thread's share, in bytes.
+    let each = region.len as u64 / s.threads as u64;
     match s.touch {
         Touch::Read => region.read_touch(),
         Touch::Write => region.write_touch(),
@@ -451,7 +453,6 @@ pub fn run_once(
             return Ok(t);
         }
     } else if s.threads > 1 {
-        let each = region.len as u64 / s.threads as u64;
         let (parts, _) = at_once(
             "map",
             &containers,
@@ -475,7 +476,6 @@ pub fn run_once(
     hold.wait();
     match s.unmap {
         Unmap::Whole if s.threads > 1 => {
-            let each = region.len as u64 / s.threads as u64;
             let (parts, bytes) = at_once(
                 "unmap",
                 &containers,
