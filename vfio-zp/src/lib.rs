@@ -12,7 +12,6 @@ pub mod ingest;
 pub mod kernel;
 pub mod metrics;
 pub mod model;
-pub mod outfile;
 pub mod record;
 pub mod serve;
 pub mod session;

@@ -35,7 +35,7 @@ struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
     /// Log filter (tracing syntax), e.g. `debug` or `vfio_zp=trace`.
-    #[arg(long, global = true, env = "VFIO_ZP_LOG", default_value = "info", value_parser = log_filter)]
+    #[arg(long, global = true, env = "VFIO_ZP_LOG", default_value = "info")]
     log: String,
 }
 
@@ -52,12 +52,10 @@ enum Cmd {
     Agent {
         #[command(flatten)]
         probes: ProbeArgs,
-        /// Where to serve /metrics, /healthz and /api/v1/snapshot: HOST:PORT
-        /// (an address or a name), or :PORT for every IPv4 address; port 0
-        /// picks a free one (logged). Loopback by default; anything else
-        /// exposes them to the network.
-        #[arg(long, value_name = "ADDR:PORT", default_value = vfio_zp::serve::DEFAULT_LISTEN, value_parser = vfio_zp::serve::listen_spec)]
-        listen: String,
+        /// Where to serve /metrics, /healthz and /api/v1/snapshot.
+        /// Loopback by default; anything else exposes them to the network.
+        #[arg(long, value_name = "ADDR:PORT", default_value = vfio_zp::serve::DEFAULT_LISTEN)]
+        listen: std::net::SocketAddr,
         /// Forget closed containers' metric series after this long.
         #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
         expire_after: Duration,
@@ -88,18 +86,13 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         verdicts: Option<PathBuf>,
         /// Also serve /metrics, /healthz and /api/v1/snapshot here while
-        /// recording (as `agent --listen`).
-        #[arg(long, value_name = "ADDR:PORT", value_parser = vfio_zp::serve::listen_spec)]
-        listen: Option<String>,
+        /// recording (as `agent` does).
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: Option<std::net::SocketAddr>,
         /// With --listen: forget closed containers' metric series after
         /// this long (as `agent --expire-after`).
         #[arg(long, value_parser = humantime::parse_duration, default_value = "10m", requires = "listen")]
         expire_after: Duration,
-        /// Replace existing output files (-o, --verdicts), each in one
-        /// rename once it is written. Without it an existing file is kept
-        /// and nothing starts.
-        #[arg(long)]
-        force: bool,
         #[command(flatten)]
         probes: ProbeArgs,
     },
@@ -135,8 +128,8 @@ enum Cmd {
     /// tracefs, vfio_iommu_type1, every probe point (resolved, inlined or
     /// missing, and what each loss costs), the verdicts that remain
     /// certain, the kernel behaviour priors, and (unless --quick) whether
-    /// the verifier accepts the probes. Exit code 0 ok, 1 degraded,
-    /// 3 unusable (2 is a usage error).
+    /// the verifier accepts the probes. Exit code 0 ok, 1 degraded, 2
+    /// unusable.
     Check {
         /// Skip loading the probes through the verifier.
         #[arg(long)]
@@ -147,15 +140,9 @@ enum Cmd {
     },
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
-    /// Print a man page (roff) to standard output, or write them all.
+    /// Print the man page (roff) to standard output.
     #[command(hide = true)]
-    Man {
-        /// The subcommand whose page to print (default: the main page).
-        subcommand: Option<String>,
-        /// Write every page (vfio-zp.1, vfio-zp-agent.1, ...) into DIR.
-        #[arg(long, value_name = "DIR", conflicts_with = "subcommand")]
-        out_dir: Option<PathBuf>,
-    },
+    Man,
     /// Run a recording through the model and print its verdicts.
     ///
     /// Deterministic: the verdicts are those the live agent reached at the
@@ -208,51 +195,6 @@ struct ProbeArgs {
     ring_buffer_kib: u32,
 }
 
-fn log_filter(s: &str) -> Result<String, String> {
-    tracing_subscriber::EnvFilter::try_new(s)
-        .map(|_| s.to_string())
-        .map_err(|e| format!("{e} (e.g. `info`, `debug`, `vfio_zp=trace`)"))
-}
-
-/// The man pages: the main one, one subcommand's, or all into a directory
-/// (the main page's SEE ALSO names the subcommands' pages).
-fn man(subcommand: Option<&str>, out_dir: Option<&std::path::Path>) -> ExitCode {
-    let mut cmd = Cli::command().disable_help_subcommand(true);
-    cmd.build();
-    if let Some(dir) = out_dir {
-        let written = std::fs::create_dir_all(dir).and_then(|_| clap_mangen::generate_to(cmd, dir));
-        return match written {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => report(
-                &Fatal::Output {
-                    path: dir.display().to_string(),
-                    reason: e.to_string(),
-                }
-                .into(),
-            ),
-        };
-    }
-    let page = match subcommand {
-        None => cmd,
-        Some(name) => match cmd.find_subcommand(name).filter(|c| !c.is_hide_set()) {
-            Some(c) => c.clone(),
-            None => {
-                return report(
-                    &Fatal::Input(format!("no subcommand `{name}` (see vfio-zp --help)")).into(),
-                );
-            }
-        },
-    };
-    let mut out = Vec::new();
-    if let Err(e) = clap_mangen::Man::new(page).render(&mut out) {
-        return report(&e.into());
-    }
-    exit_after(
-        print_stdout(&String::from_utf8_lossy(&out)),
-        ExitCode::SUCCESS,
-    )
-}
-
 fn ring_kib(s: &str) -> Result<u32, String> {
     let n: u32 = s.parse().map_err(|e| format!("{e}"))?;
     if !(4..=1 << 20).contains(&n) || !n.is_power_of_two() {
@@ -283,10 +225,16 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS,
             );
         }
-        Cmd::Man {
-            subcommand,
-            out_dir,
-        } => return man(subcommand.as_deref(), out_dir.as_deref()),
+        Cmd::Man => {
+            let mut out = Vec::new();
+            if let Err(e) = clap_mangen::Man::new(Cli::command()).render(&mut out) {
+                return report(&e.into());
+            }
+            return exit_after(
+                print_stdout(&String::from_utf8_lossy(&out)),
+                ExitCode::SUCCESS,
+            );
+        }
         _ => {}
     }
     // `check` reports every finding itself; its exit code is its verdict.
@@ -299,8 +247,8 @@ fn main() -> ExitCode {
         };
         return exit_after(printed, ExitCode::from(r.level.exit_code()));
     }
-    // Checked by clap already (`log_filter`).
-    let filter = tracing_subscriber::EnvFilter::new(&cli.log);
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -381,9 +329,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             expire_after,
             state,
         } => {
-            // Nothing is created or served by an agent that cannot probe.
-            vfio_zp::kernel::preflight::check_privileges()?;
-            let publish = listen_on(&listen, expire_after).await?;
+            let publish = listen_on(listen, expire_after).await?;
             let (kept, restored) = open_state(&state);
             let decoder = match &restored {
                 Some(r) => r.decoder.clone(),
@@ -435,40 +381,35 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             verdicts,
             listen,
             expire_after,
-            force,
             probes,
         } => {
-            // Both outputs are checked before the probes load, so a bad
-            // path or a file in the way fails fast.
-            vfio_zp::kernel::preflight::check_privileges()?;
-            if let Some(path) = &verdicts {
-                vfio_zp::outfile::check_free(path, force)?;
-            }
-            let (out, pending): (Box<dyn Write>, _) = if output.as_os_str() == "-" {
-                (Box::new(std::io::stdout()), None)
-            } else {
-                let p = vfio_zp::outfile::Pending::new(&output, force)?;
-                (Box::new(p.handle()?), Some(p))
-            };
             let publish = match listen {
-                Some(addr) => Some(listen_on(&addr, expire_after).await?),
+                Some(addr) => Some(listen_on(addr, expire_after).await?),
                 None => None,
             };
+            let out: Box<dyn Write> = if output.as_os_str() == "-" {
+                Box::new(std::io::stdout())
+            } else {
+                // Opened before the probes load, so a bad path fails fast.
+                Box::new(std::fs::File::create(&output).map_err(|e| Fatal::Output {
+                    path: output.display().to_string(),
+                    reason: e.to_string(),
+                })?)
+            };
             let mut w = Writer::new(std::io::BufWriter::new(out));
-            // A failed or cancelled start drops `pending`: its temporary
-            // file goes, and whatever was at `output` stays as it was.
-            let Some(mut s) = start(&probes.options()).await? else {
-                return Ok(());
+            let started = start(&probes.options()).await;
+            let Ok(Some(mut s)) = started else {
+                // Leave no empty recording behind a failed or cancelled start.
+                if output.as_os_str() != "-" {
+                    let _ = std::fs::remove_file(&output);
+                }
+                return started.map(drop);
             };
             let io = |e: std::io::Error| Fatal::Output {
                 path: output.display().to_string(),
                 reason: e.to_string(),
             };
             w.write(&Line::Header(s.header.clone())).map_err(io)?;
-            // The recording appears, header first, once recording began.
-            if let Some(p) = pending {
-                p.commit()?;
-            }
             info!("recording to {}", output.display());
             let mut live = Live::new(&s.header);
             live.publish = publish;
@@ -497,12 +438,15 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             info!("recorded {n} events to {}", output.display());
             if let Some(path) = verdicts {
                 let json = serde_json::to_string_pretty(&live.model.verdicts())?;
-                vfio_zp::outfile::write(&path, force, (json + "\n").as_bytes())?;
+                std::fs::write(&path, json + "\n").map_err(|e| Fatal::Output {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
             }
             Ok(())
         }
         Cmd::Replay { file, json } => replay(&file, json),
-        Cmd::Check { .. } | Cmd::Completions { .. } | Cmd::Man { .. } => {
+        Cmd::Check { .. } | Cmd::Completions { .. } | Cmd::Man => {
             unreachable!("handled before the runtime starts")
         }
         Cmd::Top {
@@ -711,23 +655,17 @@ impl Live {
 /// Binds the HTTP endpoints before the probes load, so a taken port fails
 /// fast; the agent loop publishes into the returned state.
 async fn listen_on(
-    spec: &str,
+    addr: std::net::SocketAddr,
     expire_after: Duration,
 ) -> anyhow::Result<(std::sync::Arc<vfio_zp::serve::Shared>, Expiry)> {
-    let listener = vfio_zp::serve::bind(spec).await?;
-    // The address bound, not the one asked for (port 0, a name).
-    let addr = listener
-        .local_addr()
-        .map_or_else(|_| spec.to_string(), |a| a.to_string());
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Fatal::Listen {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        })?;
     let shared = std::sync::Arc::new(vfio_zp::serve::Shared::default());
-    match vfio_zp::serve::raise_nofile() {
-        Ok(n) => tracing::debug!("descriptor limit raised to {n}"),
-        Err(e) => tracing::warn!("descriptor limit not raised: {e}"),
-    }
-    vfio_zp::serve::spawn(listener, shared.clone()).map_err(|e| Fatal::Listen {
-        addr: addr.clone(),
-        reason: e.to_string(),
-    })?;
+    tokio::spawn(vfio_zp::serve::serve(listener, shared.clone()));
     info!("serving /metrics, /healthz and /api/v1/snapshot on http://{addr}");
     Ok((shared, Expiry::new(expire_after)))
 }
@@ -762,9 +700,9 @@ fn replay(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
     let bad = |e: vfio_zp::record::ReadError| Fatal::Input(e.to_string());
     let verdicts = if file.as_os_str() == "-" {
         let s = vfio_zp::record::Stream::new(std::io::stdin().lock(), "<stdin>").map_err(bad)?;
-        run_model(s, "<stdin>")?
+        run_model(s)?
     } else {
-        run_model(stream_path(file).map_err(bad)?, &file.display().to_string())?
+        run_model(stream_path(file).map_err(bad)?)?
     };
     // Written straight to stdout: with thousands of containers the text
     // would double the peak memory.
@@ -782,17 +720,11 @@ fn replay(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
 
 fn run_model<R: std::io::BufRead>(
     mut s: vfio_zp::record::Stream<R>,
-    name: &str,
 ) -> anyhow::Result<vfio_zp::model::verdict::Verdicts> {
     let mut m = Model::new(&s.header, Config::default());
     for line in s.by_ref() {
         m.apply(&line.map_err(|e| Fatal::Input(e.to_string()))?);
         m.take_notes();
-    }
-    if let Some(n) = s.cut_at() {
-        eprintln!(
-            "vfio-zp: warning: {name}:{n}: the last line is cut short (the recorder stopped mid-write); these are the verdicts of the lines before it"
-        );
     }
     Ok(m.verdicts())
 }
