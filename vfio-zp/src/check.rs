@@ -1,6 +1,6 @@
 //! `vfio-zp check`: can this host run the agent, and what will it see?
 //! Each finding is ok, degraded (runs, with less coverage) or unusable;
-//! the exit code is the worst of them (0 / 1 / 2).
+//! the exit code is the worst of them (0 / 1 / 3: 2 is a usage error).
 use serde::Serialize;
 
 use crate::kernel::{
@@ -23,7 +23,11 @@ pub enum Level {
 
 impl Level {
     pub fn exit_code(self) -> u8 {
-        self as u8
+        match self {
+            Level::Ok => 0,
+            Level::Degraded => 1,
+            Level::Unusable => 3,
+        }
     }
 }
 
@@ -122,11 +126,9 @@ pub fn run(load: bool) -> Report {
     );
     let syms = Kallsyms::read(probe_points::wanted_symbol);
     match &syms {
-        Ok(s) if s.addresses_hidden => c.add(
-            "kallsyms",
-            Level::Unusable,
-            "addresses hidden (kptr_restrict)",
-        ),
+        Ok(s) if s.addresses_hidden => {
+            c.add("kallsyms", Level::Unusable, preflight::hidden_addresses())
+        }
         Ok(_) => c.add("kallsyms", Level::Ok, "/proc/kallsyms readable"),
         Err(e) => c.add("kallsyms", Level::Unusable, format!("/proc/kallsyms: {e}")),
     }

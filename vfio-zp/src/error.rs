@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Fatal {
-    #[error("not permitted: {0} (run as root, or grant CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN)")]
+    #[error(
+        "not permitted: {0} (run as root, or grant CAP_BPF, CAP_PERFMON, CAP_SYSLOG and CAP_SYS_ADMIN)"
+    )]
     Privileges(String),
     #[error("no kernel BTF ({0}): vfio-zp needs CONFIG_DEBUG_INFO_BTF to find struct page fields")]
     NoBtf(String),
@@ -53,8 +55,9 @@ impl Fatal {
 pub const EXIT_CODES: &str = "\
 Exit codes:
   0   success
-  1   unexpected internal error
+  1   unexpected internal error (check: degraded)
   2   bad command line or input file
+  3   check: unusable
   10  not root / missing capabilities
   11  kernel has no BTF (/sys/kernel/btf/vmlinux)
   12  kernel has no kprobes

@@ -12,6 +12,7 @@ pub mod ingest;
 pub mod kernel;
 pub mod metrics;
 pub mod model;
+pub mod outfile;
 pub mod record;
 pub mod serve;
 pub mod session;

@@ -35,7 +35,7 @@ struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
     /// Log filter (tracing syntax), e.g. `debug` or `vfio_zp=trace`.
-    #[arg(long, global = true, env = "VFIO_ZP_LOG", default_value = "info")]
+    #[arg(long, global = true, env = "VFIO_ZP_LOG", default_value = "info", value_parser = log_filter)]
     log: String,
 }
 
@@ -52,10 +52,12 @@ enum Cmd {
     Agent {
         #[command(flatten)]
         probes: ProbeArgs,
-        /// Where to serve /metrics, /healthz and /api/v1/snapshot.
-        /// Loopback by default; anything else exposes them to the network.
-        #[arg(long, value_name = "ADDR:PORT", default_value = vfio_zp::serve::DEFAULT_LISTEN)]
-        listen: std::net::SocketAddr,
+        /// Where to serve /metrics, /healthz and /api/v1/snapshot: HOST:PORT
+        /// (an address or a name), or :PORT for every IPv4 address; port 0
+        /// picks a free one (logged). Loopback by default; anything else
+        /// exposes them to the network.
+        #[arg(long, value_name = "ADDR:PORT", default_value = vfio_zp::serve::DEFAULT_LISTEN, value_parser = vfio_zp::serve::listen_spec)]
+        listen: String,
         /// Forget closed containers' metric series after this long.
         #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
         expire_after: Duration,
@@ -86,13 +88,18 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         verdicts: Option<PathBuf>,
         /// Also serve /metrics, /healthz and /api/v1/snapshot here while
-        /// recording (as `agent` does).
-        #[arg(long, value_name = "ADDR:PORT")]
-        listen: Option<std::net::SocketAddr>,
+        /// recording (as `agent --listen`).
+        #[arg(long, value_name = "ADDR:PORT", value_parser = vfio_zp::serve::listen_spec)]
+        listen: Option<String>,
         /// With --listen: forget closed containers' metric series after
         /// this long (as `agent --expire-after`).
         #[arg(long, value_parser = humantime::parse_duration, default_value = "10m", requires = "listen")]
         expire_after: Duration,
+        /// Replace existing output files (-o, --verdicts), each in one
+        /// rename once it is written. Without it an existing file is kept
+        /// and nothing starts.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         probes: ProbeArgs,
     },
@@ -128,8 +135,8 @@ enum Cmd {
     /// tracefs, vfio_iommu_type1, every probe point (resolved, inlined or
     /// missing, and what each loss costs), the verdicts that remain
     /// certain, the kernel behaviour priors, and (unless --quick) whether
-    /// the verifier accepts the probes. Exit code 0 ok, 1 degraded, 2
-    /// unusable.
+    /// the verifier accepts the probes. Exit code 0 ok, 1 degraded,
+    /// 3 unusable (2 is a usage error).
     Check {
         /// Skip loading the probes through the verifier.
         #[arg(long)]
@@ -140,9 +147,15 @@ enum Cmd {
     },
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
-    /// Print the man page (roff) to standard output.
+    /// Print a man page (roff) to standard output, or write them all.
     #[command(hide = true)]
-    Man,
+    Man {
+        /// The subcommand whose page to print (default: the main page).
+        subcommand: Option<String>,
+        /// Write every page (vfio-zp.1, vfio-zp-agent.1, ...) into DIR.
+        #[arg(long, value_name = "DIR", conflicts_with = "subcommand")]
+        out_dir: Option<PathBuf>,
+    },
     /// Run a recording through the model and print its verdicts.
     ///
     /// Deterministic: the verdicts are those the live agent reached at the
@@ -195,6 +208,51 @@ struct ProbeArgs {
     ring_buffer_kib: u32,
 }
 
+fn log_filter(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(|_| s.to_string())
+        .map_err(|e| format!("{e} (e.g. `info`, `debug`, `vfio_zp=trace`)"))
+}
+
+/// The man pages: the main one, one subcommand's, or all into a directory
+/// (the main page's SEE ALSO names the subcommands' pages).
+fn man(subcommand: Option<&str>, out_dir: Option<&std::path::Path>) -> ExitCode {
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    if let Some(dir) = out_dir {
+        let written = std::fs::create_dir_all(dir).and_then(|_| clap_mangen::generate_to(cmd, dir));
+        return match written {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => report(
+                &Fatal::Output {
+                    path: dir.display().to_string(),
+                    reason: e.to_string(),
+                }
+                .into(),
+            ),
+        };
+    }
+    let page = match subcommand {
+        None => cmd,
+        Some(name) => match cmd.find_subcommand(name).filter(|c| !c.is_hide_set()) {
+            Some(c) => c.clone(),
+            None => {
+                return report(
+                    &Fatal::Input(format!("no subcommand `{name}` (see vfio-zp --help)")).into(),
+                );
+            }
+        },
+    };
+    let mut out = Vec::new();
+    if let Err(e) = clap_mangen::Man::new(page).render(&mut out) {
+        return report(&e.into());
+    }
+    exit_after(
+        print_stdout(&String::from_utf8_lossy(&out)),
+        ExitCode::SUCCESS,
+    )
+}
+
 fn ring_kib(s: &str) -> Result<u32, String> {
     let n: u32 = s.parse().map_err(|e| format!("{e}"))?;
     if !(4..=1 << 20).contains(&n) || !n.is_power_of_two() {
@@ -225,16 +283,10 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS,
             );
         }
-        Cmd::Man => {
-            let mut out = Vec::new();
-            if let Err(e) = clap_mangen::Man::new(Cli::command()).render(&mut out) {
-                return report(&e.into());
-            }
-            return exit_after(
-                print_stdout(&String::from_utf8_lossy(&out)),
-                ExitCode::SUCCESS,
-            );
-        }
+        Cmd::Man {
+            subcommand,
+            out_dir,
+        } => return man(subcommand.as_deref(), out_dir.as_deref()),
         _ => {}
     }
     // `check` reports every finding itself; its exit code is its verdict.
@@ -247,8 +299,8 @@ fn main() -> ExitCode {
         };
         return exit_after(printed, ExitCode::from(r.level.exit_code()));
     }
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Checked by clap already (`log_filter`).
+    let filter = tracing_subscriber::EnvFilter::new(&cli.log);
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -329,7 +381,9 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             expire_after,
             state,
         } => {
-            let publish = listen_on(listen, expire_after).await?;
+            // Nothing is created or served by an agent that cannot probe.
+            vfio_zp::kernel::preflight::check_privileges()?;
+            let publish = listen_on(&listen, expire_after).await?;
             let (kept, restored) = open_state(&state);
             let decoder = match &restored {
                 Some(r) => r.decoder.clone(),
@@ -381,35 +435,40 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             verdicts,
             listen,
             expire_after,
+            force,
             probes,
         } => {
+            // Both outputs are checked before the probes load, so a bad
+            // path or a file in the way fails fast.
+            vfio_zp::kernel::preflight::check_privileges()?;
+            if let Some(path) = &verdicts {
+                vfio_zp::outfile::check_free(path, force)?;
+            }
+            let (out, pending): (Box<dyn Write>, _) = if output.as_os_str() == "-" {
+                (Box::new(std::io::stdout()), None)
+            } else {
+                let p = vfio_zp::outfile::Pending::new(&output, force)?;
+                (Box::new(p.handle()?), Some(p))
+            };
             let publish = match listen {
-                Some(addr) => Some(listen_on(addr, expire_after).await?),
+                Some(addr) => Some(listen_on(&addr, expire_after).await?),
                 None => None,
             };
-            let out: Box<dyn Write> = if output.as_os_str() == "-" {
-                Box::new(std::io::stdout())
-            } else {
-                // Opened before the probes load, so a bad path fails fast.
-                Box::new(std::fs::File::create(&output).map_err(|e| Fatal::Output {
-                    path: output.display().to_string(),
-                    reason: e.to_string(),
-                })?)
-            };
             let mut w = Writer::new(std::io::BufWriter::new(out));
-            let started = start(&probes.options()).await;
-            let Ok(Some(mut s)) = started else {
-                // Leave no empty recording behind a failed or cancelled start.
-                if output.as_os_str() != "-" {
-                    let _ = std::fs::remove_file(&output);
-                }
-                return started.map(drop);
+            // A failed or cancelled start drops `pending`: its temporary
+            // file goes, and whatever was at `output` stays as it was.
+            let Some(mut s) = start(&probes.options()).await? else {
+                return Ok(());
             };
             let io = |e: std::io::Error| Fatal::Output {
                 path: output.display().to_string(),
                 reason: e.to_string(),
             };
             w.write(&Line::Header(s.header.clone())).map_err(io)?;
+            // The recording appears, header first, once recording began.
+            if let Some(p) = pending {
+                p.commit()?;
+            }
             info!("recording to {}", output.display());
             let mut live = Live::new(&s.header);
             live.publish = publish;
@@ -438,15 +497,12 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             info!("recorded {n} events to {}", output.display());
             if let Some(path) = verdicts {
                 let json = serde_json::to_string_pretty(&live.model.verdicts())?;
-                std::fs::write(&path, json + "\n").map_err(|e| Fatal::Output {
-                    path: path.display().to_string(),
-                    reason: e.to_string(),
-                })?;
+                vfio_zp::outfile::write(&path, force, (json + "\n").as_bytes())?;
             }
             Ok(())
         }
         Cmd::Replay { file, json } => replay(&file, json),
-        Cmd::Check { .. } | Cmd::Completions { .. } | Cmd::Man => {
+        Cmd::Check { .. } | Cmd::Completions { .. } | Cmd::Man { .. } => {
             unreachable!("handled before the runtime starts")
         }
         Cmd::Top {
@@ -655,17 +711,23 @@ impl Live {
 /// Binds the HTTP endpoints before the probes load, so a taken port fails
 /// fast; the agent loop publishes into the returned state.
 async fn listen_on(
-    addr: std::net::SocketAddr,
+    spec: &str,
     expire_after: Duration,
 ) -> anyhow::Result<(std::sync::Arc<vfio_zp::serve::Shared>, Expiry)> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| Fatal::Listen {
-            addr: addr.to_string(),
-            reason: e.to_string(),
-        })?;
+    let listener = vfio_zp::serve::bind(spec).await?;
+    // The address bound, not the one asked for (port 0, a name).
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| spec.to_string(), |a| a.to_string());
     let shared = std::sync::Arc::new(vfio_zp::serve::Shared::default());
-    tokio::spawn(vfio_zp::serve::serve(listener, shared.clone()));
+    match vfio_zp::serve::raise_nofile() {
+        Ok(n) => tracing::debug!("descriptor limit raised to {n}"),
+        Err(e) => tracing::warn!("descriptor limit not raised: {e}"),
+    }
+    vfio_zp::serve::spawn(listener, shared.clone()).map_err(|e| Fatal::Listen {
+        addr: addr.clone(),
+        reason: e.to_string(),
+    })?;
     info!("serving /metrics, /healthz and /api/v1/snapshot on http://{addr}");
     Ok((shared, Expiry::new(expire_after)))
 }
@@ -700,9 +762,9 @@ fn replay(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
     let bad = |e: vfio_zp::record::ReadError| Fatal::Input(e.to_string());
     let verdicts = if file.as_os_str() == "-" {
         let s = vfio_zp::record::Stream::new(std::io::stdin().lock(), "<stdin>").map_err(bad)?;
-        run_model(s)?
+        run_model(s, "<stdin>")?
     } else {
-        run_model(stream_path(file).map_err(bad)?)?
+        run_model(stream_path(file).map_err(bad)?, &file.display().to_string())?
     };
     // Written straight to stdout: with thousands of containers the text
     // would double the peak memory.
@@ -720,11 +782,17 @@ fn replay(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
 
 fn run_model<R: std::io::BufRead>(
     mut s: vfio_zp::record::Stream<R>,
+    name: &str,
 ) -> anyhow::Result<vfio_zp::model::verdict::Verdicts> {
     let mut m = Model::new(&s.header, Config::default());
     for line in s.by_ref() {
         m.apply(&line.map_err(|e| Fatal::Input(e.to_string()))?);
         m.take_notes();
+    }
+    if let Some(n) = s.cut_at() {
+        eprintln!(
+            "vfio-zp: warning: {name}:{n}: the last line is cut short (the recorder stopped mid-write); these are the verdicts of the lines before it"
+        );
     }
     Ok(m.verdicts())
 }

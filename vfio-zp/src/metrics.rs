@@ -43,6 +43,11 @@ fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterV
 /// Prometheus text format for `s`.
 pub fn render(s: &Snapshot) -> String {
     let r = Registry::new();
+    // process_*: the agent's own CPU, memory and descriptors.
+    let _ = r.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ));
+    let _ = r.register(Box::new(crate::session::LOOP_LAG.clone()));
     let v = &s.verdicts;
     let mut names: BTreeMap<&str, PerName> = BTreeMap::new();
     for c in &v.containers {
@@ -197,10 +202,30 @@ pub fn render(s: &Snapshot) -> String {
         "1 when the probe point is attached.",
         &["probe"],
     );
+    let state = gauge(
+        &r,
+        "vfio_zp_probe_state",
+        "1 for the probe point's current state (attached, missing, not_traceable, \
+         module_not_loaded, failed), 0 for the others.",
+        &["probe", "state"],
+    );
+    const STATES: [ProbeState; 5] = [
+        ProbeState::Attached,
+        ProbeState::Missing,
+        ProbeState::NotTraceable,
+        ProbeState::ModuleNotLoaded,
+        ProbeState::Failed,
+    ];
     for p in &s.probes {
         attached
             .with_label_values(&[&p.probe])
             .set((p.state == ProbeState::Attached) as i64);
+        for st in STATES {
+            let name = serde_json::to_value(st).unwrap_or_default();
+            state
+                .with_label_values(&[&p.probe, name.as_str().unwrap_or("unknown")])
+                .set((p.state == st) as i64);
+        }
     }
     let events = counter(
         &r,

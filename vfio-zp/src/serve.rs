@@ -125,10 +125,222 @@ async fn snapshot(State(s): State<Arc<Shared>>) -> Response {
     }
 }
 
+/// Checks a `--listen` value: `HOST:PORT` (an IPv4 address, `[IPv6]`, or a
+/// name), or `:PORT` for every IPv4 address.
+pub fn listen_spec(s: &str) -> Result<String, String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{s}` has no port: use HOST:PORT or :PORT"))?;
+    port.parse::<u16>()
+        .map_err(|_| format!("`{port}` is not a port (0-65535)"))?;
+    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+        return Err(format!(
+            "`{s}`: write an IPv6 address in brackets, [ADDR]:PORT"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// Binds a [`listen_spec`]: a name binds its first address that works.
+pub async fn bind(spec: &str) -> Result<tokio::net::TcpListener, crate::error::Fatal> {
+    let fail = |reason: String| crate::error::Fatal::Listen {
+        addr: spec.to_string(),
+        reason,
+    };
+    let spec_all;
+    let spec = match spec.strip_prefix(':') {
+        Some(port) => {
+            spec_all = format!("0.0.0.0:{port}");
+            spec_all.as_str()
+        }
+        None => spec,
+    };
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host(spec)
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .collect();
+    let mut last = "the name has no address".to_string();
+    for a in addrs {
+        match tokio::net::TcpListener::bind(a).await {
+            Ok(l) => return Ok(l),
+            Err(e) => last = format!("{a}: {e}"),
+        }
+    }
+    Err(fail(last))
+}
+
+/// Connections served at once; at the cap the oldest is closed to make
+/// room, so idle or slow clients can never lock out a scrape or a probe.
+/// Far below the descriptor limit, which [`raise_nofile`] lifts.
+pub const MAX_CONNECTIONS: usize = 256;
+/// A client that has not sent a whole request head in this long, on a new
+/// connection or between keep-alive requests, is dropped.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// No connection outlives this, busy or not (a scrape reconnects).
+const MAX_AGE: Duration = Duration::from_secs(60);
+
+/// Raises the soft descriptor limit to the hard one: the default soft
+/// limit (1024) is the whole budget of a busy agent otherwise.
+pub fn raise_nofile() -> std::io::Result<u64> {
+    let (_, hard) = rlimit::Resource::NOFILE.get()?;
+    rlimit::Resource::NOFILE.set(hard, hard)?;
+    Ok(hard)
+}
+
+/// Runs the endpoints on a thread of their own, with a runtime of its own
+/// and no capabilities at all, so a scrape storm never delays the event
+/// loop and a flaw in the HTTP path holds nothing worth having.
+pub fn spawn(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let listener = listener.into_std()?;
+    std::thread::Builder::new()
+        .name("vfio-zp-http".into())
+        .spawn(move || {
+            if let Err(e) = drop_all_capabilities() {
+                tracing::warn!("HTTP thread: could not drop capabilities: {e}");
+            }
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return tracing::error!("HTTP server not started: {e}"),
+            };
+            rt.block_on(async move {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => serve(l, shared).await,
+                    Err(e) => tracing::error!("HTTP server not started: {e}"),
+                }
+            });
+        })
+}
+
+/// This thread's capabilities, every set (they are per thread).
+fn drop_all_capabilities() -> Result<(), caps::errors::CapsError> {
+    use caps::CapSet;
+    caps::clear(None, CapSet::Ambient)?;
+    caps::clear(None, CapSet::Inheritable)?;
+    caps::clear(None, CapSet::Effective)?;
+    caps::clear(None, CapSet::Permitted)
+}
+
+/// The connections being served, oldest first, each with the sender whose
+/// drop (or send) ends it.
+type Live = std::collections::VecDeque<(u64, tokio::sync::oneshot::Sender<()>)>;
+
 /// Serves until the process ends; a failure is logged, never fatal to the
-/// event path.
+/// event path. Each connection gets [`HEADER_TIMEOUT`] per request head
+/// and [`MAX_AGE`] in all; past [`MAX_CONNECTIONS`] the oldest goes.
 pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
-    if let Err(e) = axum::serve(listener, router(shared)).await {
-        tracing::error!("HTTP server stopped: {e}");
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use std::sync::Mutex;
+    let app = router(shared);
+    let live: Arc<Mutex<Live>> = Arc::default();
+    let mut next_id = 0u64;
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of descriptors or memory: wait for connections to end.
+                tracing::debug!("HTTP accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (evict, evicted) = tokio::sync::oneshot::channel();
+        let id = next_id;
+        next_id += 1;
+        if let Ok(mut l) = live.lock() {
+            if l.len() >= MAX_CONNECTIONS {
+                l.pop_front();
+            }
+            l.push_back((id, evict));
+        }
+        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        let live = live.clone();
+        tokio::spawn(async move {
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            let conn = http.serve_connection(TokioIo::new(stream), svc);
+            tokio::select! {
+                _ = conn => {}
+                _ = evicted => {}
+                _ = tokio::time::sleep(MAX_AGE) => {}
+            }
+            if let Ok(mut l) = live.lock() {
+                l.retain(|(i, _)| *i != id);
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 16: idle connections past the cap, and past the soft
+    /// descriptor limit of old, never keep /healthz from answering.
+    #[test]
+    fn healthz_answers_under_a_flood_of_idle_connections() {
+        use std::io::{Read, Write};
+        if raise_nofile().map_or(true, |n| n < 4096) {
+            return crate::testing::skip("nofile", "the hard descriptor limit is under 4096");
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = Arc::new(Shared::default());
+        let header: crate::record::Header = serde_json::from_str(
+            r#"{"format":"vfio-zp-recording","version":2,"agent_version":"t","kernel_release":"6.1.0","zero_pfn":0,"struct_page_size":64,"refcount_offset":52,"started_unix_ms":0,"started_t_ns":5,"probes":[]}"#,
+        )
+        .unwrap();
+        let m = crate::model::Model::new(&header, crate::model::Config::default());
+        let snapshot = Snapshot::new(m.verdicts(), &[], None);
+        shared.publish(snapshot.clone());
+        // The event loop publishes as it runs.
+        let publisher = shared.clone();
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_millis(200));
+                publisher.publish(snapshot.clone());
+            }
+        });
+        let _guard = rt.enter();
+        spawn(listener, shared).unwrap();
+        // 1500 connections that never send a byte.
+        let idle: Vec<_> = (0..1500)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        eprintln!("1500 idle connections made");
+        let t0 = Instant::now();
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(t0.elapsed() < HEADER_TIMEOUT, "{:?}", t0.elapsed());
+        // The server closed all but its newest connections.
+        let open = idle
+            .iter()
+            .filter(|s| {
+                s.set_nonblocking(true).unwrap();
+                let mut b = [0u8; 1];
+                !matches!((&**s).read(&mut b), Ok(0))
+            })
+            .count();
+        assert!(
+            open <= MAX_CONNECTIONS,
+            "{open} idle connections still open"
+        );
     }
 }

@@ -52,6 +52,22 @@ pub struct Session {
 }
 
 const POLL: Duration = Duration::from_millis(500);
+
+/// How late the event loop's 500 ms tick runs, process-wide: what a scrape
+/// storm or a slow sink would cost the event path shows here first.
+/// Exported as `vfio_zp_event_loop_lag_seconds`.
+pub static LOOP_LAG: std::sync::LazyLock<prometheus::Histogram> = std::sync::LazyLock::new(|| {
+    prometheus::Histogram::with_opts(
+        prometheus::HistogramOpts::new(
+            "vfio_zp_event_loop_lag_seconds",
+            "How late the agent's 500 ms event-loop tick ran.",
+        )
+        .buckets(vec![
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5,
+        ]),
+    )
+    .expect("valid histogram")
+});
 /// How often /sys/module is looked at for vfio_iommu_type1 (one stat): a
 /// reload is re-attached well inside 2 s of the load. The ring buffer is
 /// drained on the same tick: the probes wake the agent only when an eighth
@@ -90,9 +106,7 @@ impl Session {
         let syms = Kallsyms::read(probe_points::wanted_symbol)
             .map_err(|e| Fatal::Privileges(format!("/proc/kallsyms: {e}")))?;
         if syms.addresses_hidden {
-            return Err(
-                Fatal::Privileges("/proc/kallsyms hides addresses (kptr_restrict)".into()).into(),
-            );
+            return Err(Fatal::Privileges(preflight::hidden_addresses()).into());
         }
         debug!("loading the probes (verifier)");
         let config = zero_page::config(&syms, layout, zero_pfn);
@@ -216,7 +230,8 @@ impl Session {
                     self.drain_ring(&mut sink)?;
                     self.watch_module(&mut sink)?;
                 }
-                _ = tick.tick() => {
+                due = tick.tick() => {
+                    LOOP_LAG.observe(due.elapsed().as_secs_f64());
                     self.probes.flush_log();
                     // Events first, so the counters and refcount read after them.
                     self.drain_ring(&mut sink)?;

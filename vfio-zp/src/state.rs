@@ -116,11 +116,7 @@ impl State {
         fresh: bool,
         max_journal_bytes: u64,
     ) -> Result<(State, Option<Restored>), String> {
-        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-        // Root only: it describes every VM on the host.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| io(dir, e))?;
+        private_dir(dir)?;
         let mut state = State {
             dir: dir.to_path_buf(),
             build: build.into(),
@@ -289,6 +285,27 @@ impl State {
     }
 }
 
+/// Makes `dir` root's alone (it describes every VM on the host) when the
+/// agent creates it; a directory that exists keeps its mode, but one that
+/// others can write (where they could plant a checkpoint) is refused.
+fn private_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if !m.is_dir() => Err(format!("{}: not a directory", dir.display())),
+        Ok(m) if m.permissions().mode() & 0o022 != 0 => Err(format!(
+            "{}: others can write it (mode {:o}); choose a directory only root writes",
+            dir.display(),
+            m.permissions().mode() & 0o7777
+        )),
+        Ok(_) => Ok(()),
+        Err(_) => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| io(dir, e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -416,5 +433,33 @@ mod tests {
         assert_eq!((r.replayed, r.last_t_ns), (1, t + 1));
         assert_eq!(r.model.verdicts(), m.verdicts());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Issue 16: the mode is set only on a directory the agent creates;
+    /// one others can write is refused, and left as it was.
+    #[test]
+    fn the_state_dir_is_private_only_when_created_here() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let base = tmp("modes");
+        std::fs::create_dir_all(&base).unwrap();
+        let made = base.join("new/state");
+        State::open(&made, "b", "boot", false, 1 << 20).unwrap();
+        assert_eq!(mode(&made), 0o700);
+        let shared = base.join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+        State::open(&shared, "b", "boot", false, 1 << 20).unwrap();
+        assert_eq!(mode(&shared), 0o755, "an existing directory keeps its mode");
+        let open = base.join("tmp-like");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let e = State::open(&open, "b", "boot", false, 1 << 20)
+            .err()
+            .unwrap();
+        assert!(e.contains("others can write it (mode 1777)"), "{e}");
+        assert_eq!(mode(&open), 0o1777);
+        assert_eq!(std::fs::read_dir(&open).unwrap().count(), 0);
+        let _ = std::fs::remove_dir_all(&base);
     }
 }

@@ -49,6 +49,18 @@ fn deployment_files_use_only_contract_metrics() {
     let dash: serde_json::Value =
         serde_json::from_str(&read("deploy/grafana/vfio-zp-dashboard.json")).unwrap();
     assert!(dash["panels"].as_array().unwrap().len() >= 8);
+    // File provisioning fills no `__inputs`: the data source is a
+    // variable every query names.
+    assert!(dash.get("__inputs").is_none());
+    let vars = dash["templating"]["list"].as_array().unwrap();
+    assert!(
+        vars.iter()
+            .any(|v| v["name"] == "datasource" && v["type"] == "datasource")
+    );
+    let text = dash.to_string();
+    let named = text.matches(r#""uid":"${datasource}""#).count();
+    assert_eq!(named, text.matches(r#""datasource":{"#).count());
+    assert!(named >= 8, "{named}");
 }
 
 #[test]
@@ -106,4 +118,62 @@ fn the_systemd_unit_verifies_clean() {
         out.status.success() && said.trim().is_empty(),
         "systemd-analyze verify: {said}"
     );
+}
+
+/// Issue 16: the DaemonSet says when the agent is started and ready, not
+/// only alive; leaves it room above its idle footprint; and pins a
+/// release rather than a moving tag.
+#[test]
+fn the_daemonset_probes_and_limits() {
+    let ds = read("deploy/kubernetes/daemonset.yaml");
+    let lines: Vec<&str> = ds.lines().map(str::trim).collect();
+    for probe in ["startupProbe:", "readinessProbe:", "livenessProbe:"] {
+        let at = lines
+            .iter()
+            .position(|l| *l == probe)
+            .unwrap_or_else(|| panic!("no {probe}"));
+        assert!(
+            lines[at + 1].contains("path: /healthz"),
+            "{probe}: {}",
+            lines[at + 1]
+        );
+    }
+    let image = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("image: "))
+        .unwrap();
+    assert!(
+        image.contains(':') && !image.ends_with(":latest"),
+        "{image}"
+    );
+    assert!(lines.contains(&"imagePullPolicy: IfNotPresent"));
+    let limit = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("limits: {memory: "))
+        .and_then(|l| l.strip_suffix("Mi}"))
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap();
+    // 45 MB idle before any probe loads (measured in the lab).
+    assert!(limit >= 128, "memory limit {limit}Mi");
+    let unit = read("deploy/systemd/vfio-zp.service");
+    assert!(
+        unit.contains(&format!("MemoryMax={limit}M")),
+        "the DaemonSet's limit differs from the unit's MemoryMax"
+    );
+}
+
+/// Issue 16: one version of the ELF reader (aya's), and no LGPL crate
+/// linked into an MIT OR Apache-2.0 binary (deny.toml bans it too, under
+/// `cargo xtask test`).
+#[test]
+fn the_lockfile_holds_one_object_and_no_btf_rs() {
+    let lock = read("Cargo.lock");
+    let versions = |name: &str| {
+        lock.split("[[package]]")
+            .filter(|p| p.contains(&format!("\nname = \"{name}\"\n")))
+            .count()
+    };
+    assert_eq!(versions("object"), 1, "two versions of object");
+    assert_eq!(versions("btf-rs"), 0);
+    assert_eq!(versions("btfparse"), 1);
 }

@@ -76,7 +76,22 @@ fn leaky_kernel_metrics_follow_the_contract_and_the_truth() {
         1.0
     );
     assert_eq!(m[r#"vfio_zp_probe_attached{probe="gup_pin_remote"}"#], 1.0);
+    // One state per probe is 1, and it agrees with the header's.
+    assert_eq!(
+        m[r#"vfio_zp_probe_state{probe="gup_pin_remote",state="attached"}"#],
+        1.0
+    );
+    let states: f64 = m
+        .iter()
+        .filter(|(k, _)| k.starts_with(r#"vfio_zp_probe_state{probe="gup_pin_remote","#))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(states, 1.0);
     assert_eq!(m["vfio_zp_events_lost_total"], 0.0);
+    // The agent's own footprint, as every exporter gives it.
+    assert!(m["process_resident_memory_bytes"] > 1e6);
+    assert!(m["process_open_fds"] >= 3.0);
+    assert!(m["process_max_fds"] >= m["process_open_fds"]);
     assert_eq!(
         m[r#"vfio_zp_model_divergence_total{kind="zero_refcount"}"#],
         0.0

@@ -34,16 +34,7 @@ fn agent(s: Snapshot) -> String {
 }
 
 fn top(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_vfio-zp"))
-        .arg("top")
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
+    common::vfio_zp(&[&["top"], args].concat(), &[])
 }
 
 #[test]

@@ -70,6 +70,13 @@ pub fn run() -> anyhow::Result<()> {
         install_bpf_linker()?;
         did += 1;
     }
+    if cmd::succeeds(Command::new("cargo").args(["deny", "--version"])) {
+        eprintln!("bootstrap: ok: cargo-deny");
+    } else {
+        eprintln!("bootstrap: installing cargo-deny (licences and bans; a few minutes)");
+        cmd::run(Command::new("cargo").args(["+stable", "install", "cargo-deny", "--locked"]))?;
+        did += 1;
+    }
     did += apt(&APT_PACKAGES)? as u32;
     // The guests mount tmpfs over libvirt's state directories, which the
     // packages create only with the daemon's configuration package.

@@ -276,6 +276,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             bootstrap::run()?;
             cmd::run(cargo().args(["fmt", "--all", "--", "--check"]))?;
             cmd::run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+            // Licences (deny.toml: permissive only), banned crates, sources.
+            cmd::run(cargo().args(["deny", "check", "licenses", "bans", "sources"]))?;
             if no_vm {
                 allow_skip.push("vm-matrix".into());
             }

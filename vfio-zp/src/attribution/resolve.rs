@@ -108,10 +108,12 @@ impl Resolver {
             .ok()
             .and_then(|t| parse_memlock(&t))
             .unwrap_or(Memlock::Unknown);
-        let cap_ipc_lock = std::fs::read_to_string(format!("{dir}/status"))
-            .ok()
-            .and_then(|t| parse_cap_eff(&t))
-            .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0);
+        let cap_ipc_lock = caps::has_cap(
+            Some(tgid as i32),
+            caps::CapSet::Effective,
+            caps::Capability::CAP_IPC_LOCK,
+        )
+        .unwrap_or(false);
         Some(ProcessInfo {
             tgid,
             comm: comm.into(),
@@ -145,8 +147,6 @@ impl Resolver {
     }
 }
 
-const CAP_IPC_LOCK: u32 = 14;
-
 /// The soft limit of "Max locked memory" in /proc/PID/limits.
 pub fn parse_memlock(limits: &str) -> Option<Memlock> {
     let line = limits
@@ -159,12 +159,6 @@ pub fn parse_memlock(limits: &str) -> Option<Memlock> {
         return Some(Memlock::Unlimited);
     }
     soft.parse().ok().map(Memlock::Bytes)
-}
-
-/// CapEff from /proc/PID/status.
-pub fn parse_cap_eff(status: &str) -> Option<u64> {
-    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
-    u64::from_str_radix(hex.trim(), 16).ok()
 }
 
 #[cfg(test)]
@@ -185,13 +179,6 @@ Max address space         unlimited            unlimited            bytes
         assert_eq!(parse_memlock(&unl), Some(Memlock::Unlimited));
         assert_eq!(parse_memlock("Max cpu time 1 2 s\n"), None);
         assert_eq!(parse_memlock("Max locked memory\n"), None);
-    }
-
-    #[test]
-    fn cap_eff() {
-        let s = "Name:\tqemu\nCapEff:\t0000000000004000\n";
-        assert_eq!(parse_cap_eff(s), Some(1 << CAP_IPC_LOCK));
-        assert_eq!(parse_cap_eff("Name: x\n"), None);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Struct layouts from the kernel's own BTF: `struct page`'s size and where
 //! `_refcount` sits, and the path from a task to its memlock limit and
 //! capabilities. Never hard-coded: all of them move with config options.
-use btf_rs::{Btf, Type};
+use btfparse::{Offset, Readable, TypeInformation, TypeVariant};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PageLayout {
@@ -21,66 +21,79 @@ pub struct TaskLayout {
     pub cred_cap_effective: u64,
 }
 
-pub fn task_layout(btf: &Btf) -> Option<TaskLayout> {
-    let off = |st: &str, member: &str| -> Option<u64> {
-        btf.resolve_types_by_name(st)
-            .ok()?
-            .into_iter()
-            .find_map(|t| match t {
-                Type::Struct(s) => member_offset_bits(btf, &s, member).map(|b| b / 8),
-                _ => None,
-            })
-    };
+pub fn task_layout(btf: &TypeInformation) -> Option<TaskLayout> {
     Some(TaskLayout {
-        task_signal: off("task_struct", "signal").filter(|o| *o != 0)?,
-        signal_rlim: off("signal_struct", "rlim")?,
-        task_cred: off("task_struct", "cred")?,
-        cred_cap_effective: off("cred", "cap_effective")?,
+        task_signal: member_offset(btf, "task_struct", "signal").filter(|o| *o != 0)?,
+        signal_rlim: member_offset(btf, "signal_struct", "rlim")?,
+        task_cred: member_offset(btf, "task_struct", "cred")?,
+        cred_cap_effective: member_offset(btf, "cred", "cap_effective")?,
     })
 }
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
+/// The kernel's BTF, read whole (a few MiB) and parsed.
+pub fn read_vmlinux() -> anyhow::Result<TypeInformation> {
+    let bytes = std::fs::read(VMLINUX_BTF)
+        .map_err(|e| anyhow::anyhow!("cannot read {VMLINUX_BTF}: {e}"))?;
+    TypeInformation::new(&Bytes(bytes))
+        .map_err(|e| anyhow::anyhow!("cannot parse {VMLINUX_BTF}: {e:?}"))
+}
+
 pub fn read_page_layout() -> anyhow::Result<PageLayout> {
-    let btf = Btf::from_file(VMLINUX_BTF)
-        .map_err(|e| anyhow::anyhow!("cannot parse {VMLINUX_BTF}: {e}"))?;
-    page_layout(&btf)
+    page_layout(&read_vmlinux()?)
 }
 
-pub fn page_layout(btf: &Btf) -> anyhow::Result<PageLayout> {
-    for t in btf
-        .resolve_types_by_name("page")
-        .map_err(|e| anyhow::anyhow!("no `struct page` in BTF: {e}"))?
-    {
-        if let Type::Struct(s) = t
-            && let Some(bits) = member_offset_bits(btf, &s, "_refcount")
-        {
-            return Ok(PageLayout {
-                size: s.size() as u64,
-                refcount_offset: bits / 8,
-                task: task_layout(btf),
-            });
-        }
-    }
-    anyhow::bail!("`struct page` in BTF has no `_refcount` member")
+pub fn page_layout(btf: &TypeInformation) -> anyhow::Result<PageLayout> {
+    let page = struct_id(btf, "page").ok_or_else(|| anyhow::anyhow!("no `struct page` in BTF"))?;
+    let size = btf
+        .size_of(page)
+        .map_err(|e| anyhow::anyhow!("`struct page` has no size: {e:?}"))?;
+    let refcount_offset = member_offset(btf, "page", "_refcount")
+        .ok_or_else(|| anyhow::anyhow!("`struct page` in BTF has no `_refcount` member"))?;
+    Ok(PageLayout {
+        size: size as u64,
+        refcount_offset,
+        task: task_layout(btf),
+    })
 }
 
-/// Offset in bits of the member `name`, looking through anonymous structs
-/// and unions (where `_refcount` may live on some configs).
-fn member_offset_bits(btf: &Btf, s: &btf_rs::Struct, name: &str) -> Option<u64> {
-    for m in &s.members {
-        let mname = btf.resolve_name(m).unwrap_or_default();
-        if mname == name {
-            return Some(m.bit_offset() as u64);
-        }
-        if mname.is_empty()
-            && let Ok(Type::Struct(inner) | Type::Union(inner)) = btf.resolve_chained_type(m)
-            && let Some(off) = member_offset_bits(btf, &inner, name)
-        {
-            return Some(m.bit_offset() as u64 + off);
+/// The id of `struct name` (a function or variable may share the name).
+fn struct_id(btf: &TypeInformation, name: &str) -> Option<u32> {
+    btf.get().iter().find_map(|(id, t)| match t {
+        TypeVariant::Struct(s) if s.name().as_deref() == Some(name) => Some(*id),
+        _ => None,
+    })
+}
+
+/// Byte offset of `member` in `struct st`, looking through anonymous
+/// structs and unions (where `_refcount` lives on some configs).
+fn member_offset(btf: &TypeInformation, st: &str, member: &str) -> Option<u64> {
+    match btf.offset_of(struct_id(btf, st)?, member).ok()?.1 {
+        Offset::ByteOffset(b) => Some(b as u64),
+        Offset::BitOffsetAndSize(..) => None,
+    }
+}
+
+/// A BTF file in memory, as btfparse reads it.
+struct Bytes(Vec<u8>);
+
+impl Readable for Bytes {
+    fn read(&self, offset: u64, buf: &mut [u8]) -> btfparse::Result<()> {
+        use btfparse::{Error, ErrorKind};
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        match start.checked_add(buf.len()) {
+            _ if start == self.0.len() => Err(Error::new(ErrorKind::EOF, "end of BTF")),
+            Some(end) if end <= self.0.len() => {
+                buf.copy_from_slice(&self.0[start..end]);
+                Ok(())
+            }
+            _ => Err(Error::new(
+                ErrorKind::InvalidOffset,
+                "read past the end of BTF",
+            )),
         }
     }
-    None
 }
 
 #[cfg(test)]

@@ -28,12 +28,7 @@ pub fn version() -> Option<String> {
 
 /// CLOCK_MONOTONIC in ns: the clock bpf_ktime_get_ns() uses.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
@@ -47,9 +42,8 @@ pub fn boot_id() -> String {
 /// 128 random bits from the kernel.
 pub fn random_u128() -> u128 {
     let mut b = [0u8; 16];
-    // SAFETY: valid buffer of the given length.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    if n != b.len() as isize {
+    let n = rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty());
+    if n != Ok(b.len()) {
         // Never reached on Linux >= 3.17 with a full buffer request; the
         // clock is a weak but distinct fallback.
         return u128::from(monotonic_ns()) << 64 | u128::from(std::process::id());

@@ -7,29 +7,14 @@ use crate::error::Fatal;
 use super::{btf::VMLINUX_BTF, probe_points::TYPE1_MODULE};
 
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no failure modes.
-    unsafe { libc::geteuid() == 0 }
+    rustix::process::geteuid().is_root()
 }
-
-/// Effective capabilities from /proc/self/status (CapEff, hex).
-pub fn effective_caps() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    parse_cap_eff(&s)
-}
-
-pub fn parse_cap_eff(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
-    u64::from_str_radix(line["CapEff:".len()..].trim(), 16).ok()
-}
-
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
 
 pub fn check_privileges() -> Result<(), Fatal> {
-    let caps = effective_caps().unwrap_or(0);
-    let has = |c: u32| caps & (1 << c) != 0;
-    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+    use caps::{CapSet, Capability};
+    let has = |c| caps::has_cap(None, CapSet::Effective, c).unwrap_or(false);
+    if has(Capability::CAP_SYS_ADMIN) || (has(Capability::CAP_BPF) && has(Capability::CAP_PERFMON))
+    {
         return Ok(());
     }
     Err(Fatal::Privileges(if is_root() {
@@ -37,6 +22,25 @@ pub fn check_privileges() -> Result<(), Fatal> {
     } else {
         "not running as root".into()
     }))
+}
+
+/// Why /proc/kallsyms shows this process only zeros: `kptr_restrict` 2
+/// hides kernel addresses from everyone, 1 from all without CAP_SYSLOG.
+pub fn hidden_addresses() -> String {
+    let level = std::fs::read_to_string("/proc/sys/kernel/kptr_restrict")
+        .ok()
+        .and_then(|s| s.trim().parse::<u8>().ok());
+    let syslog =
+        caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SYSLOG).unwrap_or(false);
+    match (level, syslog) {
+        (Some(2), _) => {
+            "/proc/kallsyms hides addresses from every process (kernel.kptr_restrict = 2; 1 shows them to CAP_SYSLOG)".into()
+        }
+        (_, false) => {
+            "/proc/kallsyms hides addresses without CAP_SYSLOG (kernel.kptr_restrict = 1): grant CAP_SYSLOG".into()
+        }
+        (l, true) => format!("/proc/kallsyms hides addresses (kernel.kptr_restrict = {l:?})"),
+    }
 }
 
 pub fn check_btf() -> Result<(), Fatal> {
@@ -65,17 +69,4 @@ pub fn check_kprobes() -> Result<(), Fatal> {
 
 pub fn type1_loaded() -> bool {
     Path::new("/sys/module").join(TYPE1_MODULE).exists()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cap_eff_parsing() {
-        let s = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
-        assert_eq!(parse_cap_eff(s), Some(0x1ff_ffff_ffff));
-        assert_eq!(parse_cap_eff("CapEff:\tzz\n"), None);
-        assert_eq!(parse_cap_eff(""), None);
-    }
 }

@@ -36,6 +36,9 @@ pub struct ZeroLedger {
     /// seen hold. Only pins and unpins nobody saw move it.
     #[serde(default)]
     pub type1_unseen: Option<i64>,
+    /// `outstanding` at that reading.
+    #[serde(default)]
+    pub type1_outstanding: i64,
     /// A rise of that level at one container's pin, in pins, kept until
     /// the next type1 reading shows it was not a race.
     #[serde(default)]
@@ -56,6 +59,17 @@ impl ZeroLedger {
     /// brings the level back down once it arrives, and cancels the rise.
     pub fn type1_reading(&mut self, value: i64, per_pin: i64, container: u32) -> Option<Rise> {
         let level = value - per_pin * self.outstanding;
+        if let Some(prev) = self.type1_unseen
+            && level < prev
+            && self.outstanding <= self.type1_outstanding
+        {
+            // Lower, with no pin seen since that explains it: a reading
+            // taken before the last one (its call was preempted between its
+            // GUP and its return while another VMM's calls ran; seen in the
+            // 5.10-leaky golden recording), or unpins nobody saw. It says
+            // nothing of growth: the baseline and a pending rise stay.
+            return None;
+        }
         let confirmed = self.rise.take().filter(|r| level >= r.level);
         if let Some(prev) = self.type1_unseen
             && level - prev >= PIN_BIAS
@@ -67,6 +81,7 @@ impl ZeroLedger {
             });
         }
         self.type1_unseen = Some(level);
+        self.type1_outstanding = self.outstanding;
         confirmed
     }
 }
@@ -251,6 +266,26 @@ mod tests {
         z.pinned(4);
         assert_eq!(z.type1_reading(1 + 7 * PIN_BIAS, PIN_BIAS, 1), None);
         assert_eq!(z.type1_reading(1 + 7 * PIN_BIAS, PIN_BIAS, 1), None);
+    }
+
+    /// A call preempted between its GUP and its return carries a reading
+    /// older than the readings of the calls that ran meanwhile: it must not
+    /// lower the baseline, or the next reading would count the others'
+    /// growth again (the 5.10-leaky golden recording: vm-two was charged
+    /// the pod's 31 pins as well as its own).
+    #[test]
+    fn a_stale_reading_neither_lowers_the_baseline_nor_cancels() {
+        let mut z = ZeroLedger::default();
+        assert_eq!(z.type1_reading(1, PIN_BIAS, 1), None);
+        // The pod's calls: 31 pins nobody saw taken.
+        assert_eq!(z.type1_reading(1 + 31 * PIN_BIAS, PIN_BIAS, 8), None);
+        // vm-two's first return, read before the pod ran: 1 pin.
+        assert_eq!(z.type1_reading(1 + PIN_BIAS, PIN_BIAS, 7), None);
+        // vm-two's next call, after everything: 2 more pins in all.
+        let r = z.type1_reading(1 + 33 * PIN_BIAS, PIN_BIAS, 7).unwrap();
+        assert_eq!((r.container, r.pins), (8, 31));
+        let r = z.type1_reading(1 + 33 * PIN_BIAS, PIN_BIAS, 7).unwrap();
+        assert_eq!((r.container, r.pins), (7, 2));
     }
 
     #[test]

@@ -81,10 +81,15 @@ mod tests {
         let bad = format!("{good}{{\"record\":\"event\",\"t_ns\":1}}\n");
         let e = read(bad.as_bytes(), "rec.jsonl").unwrap_err().to_string();
         assert!(e.starts_with("rec.jsonl:3: "), "{e}");
-        // Truncated mid-line (a crash while writing).
+        // Cut mid-line (a crash while writing): the lines before the cut
+        // read, and the stream says where it was cut.
         let cut = &good[..good.len() - 10];
-        let e = read(cut.as_bytes(), "r").unwrap_err().to_string();
-        assert!(e.starts_with("r:2: "), "{e}");
+        let mut s = Stream::new(cut.as_bytes(), "r").unwrap();
+        assert_eq!(s.by_ref().count(), 0);
+        assert_eq!(s.cut_at(), Some(2));
+        // A last line that is whole but for its newline is read.
+        let r = read(good.trim_end().as_bytes(), "r").unwrap();
+        assert_eq!(r.lines, [Line::Event(event())]);
         assert!(
             read("".as_bytes(), "r")
                 .unwrap_err()

@@ -12,3 +12,18 @@ pub mod vmm;
 pub fn unshares(kernel: &str) -> bool {
     matches!(kernel, "6.12" | "6.18" | "7.3")
 }
+
+/// Runs the vfio-zp binary with `args` (and `env`): its exit code, standard
+/// output and standard error.
+pub fn vfio_zp(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vfio-zp"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}

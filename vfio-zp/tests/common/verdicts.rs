@@ -31,6 +31,58 @@ pub struct Run {
     pub memlock_limit: Option<u64>,
     #[serde(default)]
     pub map_error: Option<String>,
+    /// Containers the process mapped into (files before it have one).
+    #[serde(default)]
+    pub containers: Option<usize>,
+    #[serde(default)]
+    pub threads: Vec<ThreadPart>,
+}
+
+/// One thread's calls in a threaded scenario, by the workload's clock
+/// (CLOCK_MONOTONIC, the probes' clock too).
+#[derive(Debug, Deserialize)]
+pub struct ThreadPart {
+    pub phase: String,
+    pub tid: u32,
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
+/// Whether the threads of `phase` ran their calls at once: some instant
+/// lies inside every thread's span.
+fn overlapped(run: &Run, phase: &str) -> bool {
+    let spans = run.threads.iter().filter(|t| t.phase == phase);
+    let latest_start = spans.clone().map(|t| t.start_ns).max();
+    let earliest_end = spans.map(|t| t.end_ns).min();
+    matches!((latest_start, earliest_end), (Some(s), Some(e)) if s < e)
+}
+
+/// Type1 pin calls of one thread that had another thread's GUP pin
+/// record land inside them (between the call's first GUP record and its
+/// type1 return): the interleaving a threaded scenario exists for, as the
+/// recording shows it. Only threads in `tids` are looked at.
+pub fn interleaved_pin_calls(path: &Path, tids: &[u32]) -> usize {
+    use vfio_zp::{event::What, record::format::Line};
+    let rec = read_path(path).unwrap();
+    let mut open: BTreeMap<u32, bool> = BTreeMap::new();
+    let mut n = 0;
+    for l in &rec.lines {
+        let Line::Event(e) = l else { continue };
+        if !tids.contains(&e.pid) {
+            continue;
+        }
+        match &e.what {
+            What::GupPin { in_type1: true, .. } => {
+                for (tid, crossed) in open.iter_mut() {
+                    *crossed |= *tid != e.pid;
+                }
+                open.entry(e.pid).or_insert(false);
+            }
+            What::Type1Pin { .. } => n += usize::from(open.remove(&e.pid).unwrap_or(false)),
+            _ => {}
+        }
+    }
+    n
 }
 
 /// Every `truth-<scenario>.json` the workload wrote in `dir`.
@@ -81,6 +133,7 @@ fn expected_names(scenario: &str) -> &'static [&'static str] {
             "pod/11112222-3333-4444-5555-666677778888/0123456789ab",
         ],
         "memlock-tight" => &["tight"],
+        "two-threads" => &["threads", "threads"],
         _ => &["/"],
     }
 }
@@ -157,12 +210,25 @@ fn check_fields(kernel: &str, dir: &Path, known_only: bool) -> Vec<String> {
             .iter()
             .filter(|c| pids.contains(&c.tgid))
             .collect();
-        if ours.len() != t.runs.len() {
+        let want: usize = t.runs.iter().map(|r| r.containers.unwrap_or(1)).sum();
+        if ours.len() != want {
             bad.push(format!(
-                "{ctx}: {} containers for {} processes",
+                "{ctx}: {} containers, the workload mapped into {want}",
                 ours.len(),
-                t.runs.len()
             ));
+        }
+        for run in t.runs.iter().filter(|r| !r.threads.is_empty()) {
+            // What the scenario is for: its threads' calls ran at once.
+            for phase in ["map", "unmap"] {
+                if !overlapped(run, phase) {
+                    bad.push(format!("{ctx}: the threads' {phase} calls did not overlap"));
+                }
+            }
+            let tids: Vec<u32> = run.threads.iter().map(|t| t.tid).collect();
+            println!(
+                "{ctx}: {} type1 pin calls interleaved with another thread's",
+                interleaved_pin_calls(&dir.join("recording.jsonl"), &tids),
+            );
         }
         // Leaked pins are the refcount growth / 1024, exactly.
         let leaked: i64 = ours.iter().map(|c| c.zero_page_pins_leaked).sum();

@@ -76,23 +76,54 @@ pub fn kallsyms(names: &[&str]) -> anyhow::Result<HashMap<String, u64>> {
         .collect())
 }
 
-/// `sizeof(struct page)` and `offsetof(struct page, _refcount)`.
+/// `sizeof(struct page)` and `offsetof(struct page, _refcount)` (looked
+/// up through anonymous unions: where it sits moves with the config).
 pub fn page_layout() -> anyhow::Result<(u64, u64)> {
-    use btf_rs::{Btf, Type};
-    let btf = Btf::from_file("/sys/kernel/btf/vmlinux").map_err(|e| anyhow::anyhow!("BTF: {e}"))?;
-    for t in btf
-        .resolve_types_by_name("page")
-        .map_err(|e| anyhow::anyhow!("BTF: {e}"))?
+    use btfparse::{Offset, TypeInformation, TypeVariant};
+    let btf = TypeInformation::new(&Bytes(std::fs::read("/sys/kernel/btf/vmlinux")?))
+        .map_err(|e| anyhow::anyhow!("BTF: {e:?}"))?;
+    let page = btf
+        .get()
+        .iter()
+        .find_map(|(id, t)| match t {
+            TypeVariant::Struct(s) if s.name().as_deref() == Some("page") => Some(*id),
+            _ => None,
+        })
+        .context("no struct page in BTF")?;
+    let size = btf
+        .size_of(page)
+        .map_err(|e| anyhow::anyhow!("BTF: {e:?}"))?;
+    match btf
+        .offset_of(page, "_refcount")
+        .map_err(|e| anyhow::anyhow!("BTF: {e:?}"))?
+        .1
     {
-        if let Type::Struct(s) = t {
-            for m in &s.members {
-                if btf.resolve_name(m).ok().as_deref() == Some("_refcount") {
-                    return Ok((s.size() as u64, m.bit_offset() as u64 / 8));
-                }
+        Offset::ByteOffset(off) => Ok((size as u64, off as u64)),
+        o => bail!("struct page's _refcount at {o:?}"),
+    }
+}
+
+/// A BTF file in memory, as btfparse reads it. (The agent's
+/// `kernel/btf.rs` has its twin: the workload's truth keeps its own code,
+/// apart from the code it checks.)
+struct Bytes(Vec<u8>);
+
+impl btfparse::Readable for Bytes {
+    fn read(&self, offset: u64, buf: &mut [u8]) -> btfparse::Result<()> {
+        use btfparse::{Error, ErrorKind};
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        match start.checked_add(buf.len()) {
+            _ if start == self.0.len() => Err(Error::new(ErrorKind::EOF, "end of BTF")),
+            Some(end) if end <= self.0.len() => {
+                buf.copy_from_slice(&self.0[start..end]);
+                Ok(())
             }
+            _ => Err(Error::new(
+                ErrorKind::InvalidOffset,
+                "read past the end of BTF",
+            )),
         }
     }
-    bail!("no struct page with a top-level _refcount in BTF")
 }
 
 /// Where the zero page's refcount and the huge zero pfn live right now.

@@ -1,5 +1,6 @@
 //! VFIO scenarios, each measured against the kernel's own truth (zero page
 //! refcount through /proc/kcore, pagemap, VmLck) around every step.
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -35,8 +36,14 @@ pub struct Scenario {
     touch: Touch,
     flags: u32,
     unmap: Unmap,
-    /// Processes, one after the other, each with its own container.
+    /// Processes, all at once, each with its own container.
     processes: u32,
+    /// Threads of one process mapping at once, each into its own container
+    /// (type1 holds a container's lock across a whole MAP_DMA, so threads
+    /// of one container never overlap inside the kernel: QEMU with a
+    /// vIOMMU gives each address space its own container, mapped from the
+    /// vCPU thread that invalidated it).
+    threads: usize,
     /// 2 MiB plus `pages` (at most 256) either side, MADV_HUGEPAGE, so the
     /// aligned middle can be backed by the THP huge zero page.
     huge: bool,
@@ -45,7 +52,7 @@ pub struct Scenario {
     tight_memlock: bool,
 }
 
-pub const SCENARIOS: [Scenario; 9] = [
+pub const SCENARIOS: [Scenario; 10] = [
     Scenario {
         name: "ro-read-touched",
         about: "read every page, map READ, unmap",
@@ -53,6 +60,7 @@ pub const SCENARIOS: [Scenario; 9] = [
         flags: MAP_READ,
         unmap: Unmap::Whole,
         processes: 1,
+        threads: 1,
         huge: false,
         tight_memlock: false,
     },
@@ -63,6 +71,7 @@ pub const SCENARIOS: [Scenario; 9] = [
         flags: MAP_READ,
         unmap: Unmap::Whole,
         processes: 1,
+        threads: 1,
         huge: false,
         tight_memlock: false,
     },
@@ -73,6 +82,7 @@ pub const SCENARIOS: [Scenario; 9] = [
         flags: MAP_READ,
         unmap: Unmap::Whole,
         processes: 1,
+        threads: 1,
         huge: false,
         tight_memlock: false,
     },
@@ -83,6 +93,7 @@ pub const SCENARIOS: [Scenario; 9] = [
         flags: MAP_READ | MAP_WRITE,
         unmap: Unmap::Whole,
         processes: 1,
+        threads: 1,
         huge: false,
         tight_memlock: false,
     },
@@ -93,6 +104,7 @@ pub const SCENARIOS: [Scenario; 9] = [
         flags: MAP_READ,
         unmap: Unmap::Halves,
         processes: 1,
+        threads: 1,
         huge: false,
         tight_memlock: false,
     },
@@ -103,6 +115,7 @@ pub const SCENARIOS: [Scenario; 9] = [
         flags: MAP_READ,
         unmap: Unmap::Close,
         processes: 1,
+        threads: 1,
         huge: false,
         tight_memlock: false,
     },
@@ -113,6 +126,7 @@ pub const SCENARIOS: [Scenario; 9] = [
         flags: MAP_READ,
         unmap: Unmap::Whole,
         processes: 2,
+        threads: 1,
         huge: false,
         tight_memlock: false,
     },
@@ -123,6 +137,7 @@ pub const SCENARIOS: [Scenario; 9] = [
         flags: MAP_READ,
         unmap: Unmap::Whole,
         processes: 1,
+        threads: 1,
         huge: true,
         tight_memlock: false,
     },
@@ -133,8 +148,20 @@ pub const SCENARIOS: [Scenario; 9] = [
         flags: MAP_READ,
         unmap: Unmap::Whole,
         processes: 1,
+        threads: 1,
         huge: false,
         tight_memlock: true,
+    },
+    Scenario {
+        name: "two-threads",
+        about: "one process, two threads mapping at once, each into its own container and group, read-touched READ maps in 8 pieces each, then unmapping at once",
+        touch: Touch::Read,
+        flags: MAP_READ,
+        unmap: Unmap::Whole,
+        processes: 1,
+        threads: 2,
+        huge: false,
+        tight_memlock: false,
     },
 ];
 
@@ -148,6 +175,7 @@ pub const FLOOD: Scenario = Scenario {
     flags: MAP_READ,
     unmap: Unmap::Whole,
     processes: 1,
+    threads: 1,
     huge: false,
     tight_memlock: false,
 };
@@ -187,7 +215,23 @@ pub struct RunTruth {
     pub map_ns: u64,
     #[serde(default)]
     pub unmap_ns: u64,
+    /// Containers the process mapped into (one per thread).
+    pub containers: usize,
+    /// Threaded scenarios: each thread's part, map phase then unmap phase.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub threads: Vec<ThreadTruth>,
     pub errors: Vec<String>,
+}
+
+/// One thread's calls in a threaded scenario: its kernel thread id, and
+/// when its first call began and its last ended, in CLOCK_MONOTONIC
+/// nanoseconds (the clock the probes stamp records with).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ThreadTruth {
+    pub phase: String,
+    pub tid: u32,
+    pub start_ns: u64,
+    pub end_ns: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -209,7 +253,6 @@ pub struct Truth {
 
 /// Moves this process into cgroup v2 `path` (under /sys/fs/cgroup, created if needed).
 pub fn enter_cgroup(path: &str) -> anyhow::Result<()> {
-    use anyhow::Context;
     anyhow::ensure!(
         !path.split('/').any(|p| p == ".."),
         "cgroup path must stay under /sys/fs/cgroup"
@@ -319,7 +362,7 @@ impl StartGate {
 /// One process's part: map, measure, unmap, measure.
 pub fn run_once(
     s: &Scenario,
-    group: &str,
+    groups: &[String],
     pages: usize,
     hold: &Hold,
     gate: Option<&StartGate>,
@@ -330,6 +373,7 @@ pub fn run_once(
         pages: pages as u64,
         map_flags: s.flags,
         cgroup_id: cgroup_id(),
+        containers: s.threads,
         ..Default::default()
     };
     let note = |t: &mut RunTruth, e: anyhow::Error| t.errors.push(format!("{e:#}"));
@@ -344,10 +388,17 @@ pub fn run_once(
         // `side` pages either side of a 2 MiB-aligned middle (512 pages).
         let side = pages.min(256);
         Region::new(512 + 2 * side, (512 - side) * PAGE, true)?
+    } else if s.threads > 1 {
+        // At least 256 pages a thread, whatever --pages says: the kernel
+        // switches threads inside a call only when the calls last long
+        // enough (16-page golden runs never interleaved).
+        Region::new(pages.max(256) * s.threads, 0, false)?
     } else {
         Region::new(pages, 0, false)?
     };
     t.pages = (region.len / PAGE) as u64;
+    // Each thread's share, in bytes.
+    let each = region.len as u64 / s.threads as u64;
     match s.touch {
         Touch::Read => region.read_touch(),
         Touch::Write => region.write_touch(),
@@ -373,7 +424,17 @@ pub fn run_once(
         }
     };
     t.zero_backed_before_map = count(&region, &mut t).0;
-    let c = Container::open(group)?;
+    anyhow::ensure!(
+        groups.len() >= s.threads,
+        "{} needs {} VFIO groups (--group and --group2)",
+        s.name,
+        s.threads
+    );
+    let containers = groups[..s.threads]
+        .iter()
+        .map(|g| Container::open(g))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let c = &containers[0];
     t.refcount_before = refcount(&mut t);
     if let Some(g) = gate {
         g.wait();
@@ -391,6 +452,15 @@ pub fn run_once(
             t.vmlck_kb_after_unmap = t.vmlck_kb_after_map;
             return Ok(t);
         }
+    } else if s.threads > 1 {
+        let (parts, _) = at_once(
+            "map",
+            &containers,
+            region.addr as u64,
+            each,
+            |c, a, i, n| c.map(a, i, n, s.flags).map(|()| n),
+        )?;
+        t.threads = parts;
     } else if s.unmap == Unmap::Halves {
         // type1v2 refuses to split a mapping: map the halves separately.
         c.map(region.addr as u64, IOVA, half, s.flags)?;
@@ -405,6 +475,17 @@ pub fn run_once(
     (t.zero_backed_after_map, t.huge_zero_backed_after_map) = count(&region, &mut t);
     hold.wait();
     match s.unmap {
+        Unmap::Whole if s.threads > 1 => {
+            let (parts, bytes) = at_once(
+                "unmap",
+                &containers,
+                region.addr as u64,
+                each,
+                |c, _, i, n| c.unmap(i, n),
+            )?;
+            t.threads.extend(parts);
+            t.unmapped_bytes = bytes;
+        }
         Unmap::Whole => {
             let t0 = std::time::Instant::now();
             t.unmapped_bytes = c.unmap(IOVA, size)?;
@@ -415,11 +496,88 @@ pub fn run_once(
             t.refcount_after_first_unmap = refcount(&mut t);
             t.unmapped_bytes += c.unmap(IOVA + half, size - half)?;
         }
-        Unmap::Close => drop(c),
+        Unmap::Close => drop(containers),
     }
     t.refcount_after_unmap = refcount(&mut t);
     t.vmlck_kb_after_unmap = vmlck_kb();
     Ok(t)
+}
+
+/// Pieces each thread maps (or unmaps) in a threaded scenario: more calls
+/// give the scheduler more chances to switch threads inside one.
+const PIECES: u64 = 8;
+
+/// One thread per container, started together, each calling `op(container,
+/// vaddr, iova, bytes)` on its `each` bytes of the region at `base` (iova
+/// alike from [`IOVA`]) in [`PIECES`] pieces. Each thread's id and time
+/// span, and the sum of what `op` returned.
+fn at_once(
+    phase: &str,
+    containers: &[Container],
+    base: u64,
+    each: u64,
+    op: impl Fn(&Container, u64, u64, u64) -> anyhow::Result<u64> + Sync,
+) -> anyhow::Result<(Vec<ThreadTruth>, u64)> {
+    let piece = (each / PIECES / PAGE as u64).max(1) * PAGE as u64;
+    let start = std::sync::Barrier::new(containers.len());
+    // Every thread's first call is made before any goes on: each thread's
+    // span then holds a moment inside every other's, however the
+    // scheduler runs them (on one vCPU a thread could otherwise finish
+    // before the next one starts).
+    let first = std::sync::Barrier::new(containers.len());
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = containers
+            .iter()
+            .enumerate()
+            .map(|(k, c)| {
+                let (start, first, op) = (&start, &first, &op);
+                scope.spawn(move || -> anyhow::Result<(ThreadTruth, u64)> {
+                    start.wait();
+                    let mut t = ThreadTruth {
+                        phase: phase.into(),
+                        // SAFETY: gettid has no preconditions.
+                        tid: unsafe { libc::gettid() } as u32,
+                        start_ns: monotonic_ns(),
+                        end_ns: 0,
+                    };
+                    let (mut done, mut sum) = (0, 0);
+                    while done < each {
+                        let n = piece.min(each - done);
+                        let off = k as u64 * each + done;
+                        let r = op(c, base + off, IOVA + off, n)
+                            .with_context(|| format!("thread {k}: {phase} at +{off:#x}"));
+                        if done == 0 {
+                            first.wait();
+                        }
+                        sum += r?;
+                        done += n;
+                    }
+                    t.end_ns = monotonic_ns();
+                    Ok((t, sum))
+                })
+            })
+            .collect();
+        let mut out = (Vec::new(), 0);
+        for th in threads {
+            let (t, n) = th
+                .join()
+                .map_err(|_| anyhow::anyhow!("a {phase} thread panicked"))??;
+            out.0.push(t);
+            out.1 += n;
+        }
+        Ok(out)
+    })
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: bpf_ktime_get_ns's clock.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// RLIMIT_MEMLOCK to `bytes`, and CAP_IPC_LOCK out of the effective set
@@ -494,7 +652,7 @@ pub fn run(
     };
     let n = s.processes as usize;
     if n == 1 {
-        truth.runs.push(run_once(s, &groups[0], pages, hold, None)?);
+        truth.runs.push(run_once(s, groups, pages, hold, None)?);
     } else {
         anyhow::ensure!(
             groups.len() >= n,
@@ -510,7 +668,7 @@ pub fn run(
                     if let (1, Some(cg)) = (i, cgroup2) {
                         enter_cgroup(cg)?;
                     }
-                    run_once(s, g, pages, hold, Some(&gate))
+                    run_once(s, std::slice::from_ref(g), pages, hold, Some(&gate))
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
