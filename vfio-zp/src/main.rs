@@ -55,7 +55,8 @@ enum Cmd {
         /// Where to serve /metrics, /healthz and /api/v1/snapshot: HOST:PORT
         /// (an address or a name), or :PORT for every IPv4 address; port 0
         /// picks a free one (logged). Loopback by default; anything else
-        /// exposes them to the network.
+        /// exposes them to the network. `systemd` takes the socket systemd
+        /// passes (deploy/systemd/vfio-zp.socket).
         #[arg(long, value_name = "ADDR:PORT", default_value = vfio_zp::serve::DEFAULT_LISTEN, value_parser = vfio_zp::serve::listen_spec)]
         listen: String,
         /// Forget closed containers' metric series after this long.
@@ -494,6 +495,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 stop,
             )
             .await?;
+            w.flush().map_err(io)?;
             info!("recorded {n} events to {}", output.display());
             if let Some(path) = verdicts {
                 let json = serde_json::to_string_pretty(&live.model.verdicts())?;

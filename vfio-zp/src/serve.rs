@@ -125,9 +125,16 @@ async fn snapshot(State(s): State<Arc<Shared>>) -> Response {
     }
 }
 
+/// The `--listen` value that takes the socket systemd passes.
+pub const SOCKET_ACTIVATED: &str = "systemd";
+
 /// Checks a `--listen` value: `HOST:PORT` (an IPv4 address, `[IPv6]`, or a
-/// name), or `:PORT` for every IPv4 address.
+/// name), `:PORT` for every IPv4 address, or `systemd` for the socket
+/// systemd passes (socket activation: deploy/systemd/vfio-zp.socket).
 pub fn listen_spec(s: &str) -> Result<String, String> {
+    if s == SOCKET_ACTIVATED {
+        return Ok(s.to_string());
+    }
     let (host, port) = s
         .rsplit_once(':')
         .ok_or_else(|| format!("`{s}` has no port: use HOST:PORT or :PORT"))?;
@@ -147,6 +154,9 @@ pub async fn bind(spec: &str) -> Result<tokio::net::TcpListener, crate::error::F
         addr: spec.to_string(),
         reason,
     };
+    if spec == SOCKET_ACTIVATED {
+        return passed_socket().map_err(fail);
+    }
     let spec_all;
     let spec = match spec.strip_prefix(':') {
         Some(port) => {
@@ -167,6 +177,23 @@ pub async fn bind(spec: &str) -> Result<tokio::net::TcpListener, crate::error::F
         }
     }
     Err(fail(last))
+}
+
+/// The first socket systemd passed (`LISTEN_FDS`, for this process by
+/// `LISTEN_PID`). The unit can then deny the agent every address family
+/// and network: the socket is made and bound outside its sandbox.
+fn passed_socket() -> Result<tokio::net::TcpListener, String> {
+    let mut fds = listenfd::ListenFd::from_env();
+    let std = fds
+        .take_tcp_listener(0)
+        .map_err(|e| format!("the socket passed by systemd: {e}"))?
+        .ok_or_else(|| {
+            "no socket passed (LISTEN_FDS is unset or for another process): start the agent from \
+             vfio-zp.socket, or give --listen an address"
+                .to_string()
+        })?;
+    std.set_nonblocking(true).map_err(|e| e.to_string())?;
+    tokio::net::TcpListener::from_std(std).map_err(|e| e.to_string())
 }
 
 /// Connections served at once; at the cap the oldest is closed to make

@@ -314,6 +314,62 @@ fn log_filters_and_listen_addresses() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Issue 16: `--listen systemd` serves the socket systemd passes (the unit
+/// then gives the agent no network of its own), and says so when none was.
+#[test]
+fn a_socket_passed_by_systemd_is_served() {
+    let (code, _, err) = vfio_zp(&["record", "-o", "-", "--listen", "systemd"]);
+    assert_eq!(code, 18, "{err}");
+    assert!(err.contains("no socket passed"), "{err}");
+    if std::process::Command::new("systemd-socket-activate")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return vfio_zp::testing::skip(
+            "socket-activation",
+            "systemd-socket-activate not installed",
+        );
+    }
+    // A port free a moment ago; systemd-socket-activate binds it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = std::process::Command::new("systemd-socket-activate")
+        .args(["-l", &addr, env!("CARGO_BIN_EXE_vfio-zp")])
+        .args([
+            "record",
+            "-o",
+            "-",
+            "--duration",
+            "1s",
+            "--listen",
+            "systemd",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its first connection makes it exec the agent with the socket.
+    let t = std::time::Instant::now();
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(t.elapsed().as_secs() < 30, "nothing listens on {addr}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // The agent ends either way: no kprobes here, or one second recorded.
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "serving /metrics, /healthz and /api/v1/snapshot on http://{addr}"
+        )),
+        "{err}"
+    );
+}
+
 /// Issue 16: every subcommand has its page, and the main page's SEE ALSO
 /// names only pages that exist; `check`'s "unusable" is not a usage error.
 #[test]

@@ -529,6 +529,7 @@ fn lab_recordings_match_kernel_truth() {
         bad.extend(common::restart::check(k, &dir));
         bad.extend(common::flood::check(k, &dir));
         bad.extend(common::vmm::check(k, &dir));
+        bad.extend(common::sandbox::check(k, &dir));
     }
     assert!(
         bad.is_empty(),

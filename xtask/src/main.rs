@@ -96,8 +96,9 @@ enum Cmd {
     /// run: model replay throughput (one core) and the replaying process's
     /// peak RSS for 10 000 containers natively; then, in a lab guest, the
     /// probes' cost per run against bpftrace counting the same points,
-    /// MAP_DMA + UNMAP with the agent attached against detached, and the
-    /// idle agent's CPU (installs bpftrace and bpftool).
+    /// MAP_DMA + UNMAP with the agent attached against detached, the idle
+    /// agent's CPU, and the event loop's tick lag while `wrk -c500` scrapes
+    /// /metrics (installs bpftrace and bpftool).
     Bench {
         /// Containers in the replayed stream.
         #[arg(long, default_value_t = 10_000)]

@@ -16,30 +16,19 @@ const VMEMMAP_START_4LEVEL: u64 = 0xffff_ea00_0000_0000;
 pub fn zero_pfn_from_pagemap() -> anyhow::Result<u64> {
     use std::os::unix::fs::FileExt;
     let page = 4096usize;
-    // SAFETY: fresh private anonymous mapping, read once, unmapped below.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            page,
-            libc::PROT_READ,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    anyhow::ensure!(
-        p != libc::MAP_FAILED,
-        "mmap: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: p is a readable page.
-    let _ = unsafe { std::ptr::read_volatile(p as *const u8) };
-    let f = std::fs::File::open("/proc/self/pagemap");
+    // A private anonymous mapping, read once (never written): the read
+    // fault maps the zero page.
+    let map = memmap2::MmapOptions::new()
+        .len(page)
+        .map_anon()
+        .map_err(|e| anyhow::anyhow!("mmap: {e}"))?;
+    std::hint::black_box(map[0]);
+    let addr = map.as_ptr() as u64;
     let mut buf = [0u8; 8];
-    let r = f.and_then(|f| f.read_exact_at(&mut buf, (p as u64 / page as u64) * 8));
-    // SAFETY: unmapping what we mapped.
-    unsafe { libc::munmap(p, page) };
-    r.map_err(|e| anyhow::anyhow!("/proc/self/pagemap: {e}"))?;
+    std::fs::File::open("/proc/self/pagemap")
+        .and_then(|f| f.read_exact_at(&mut buf, (addr / page as u64) * 8))
+        .map_err(|e| anyhow::anyhow!("/proc/self/pagemap: {e}"))?;
+    drop(map);
     decode_pagemap(u64::from_le_bytes(buf))
 }
 

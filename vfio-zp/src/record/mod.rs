@@ -75,6 +75,46 @@ mod tests {
         assert_eq!(rec.lines, lines[1..]);
     }
 
+    /// What reached the file, as the file sees it.
+    #[derive(Default)]
+    struct File {
+        buffered: Vec<u8>,
+        flushed: Vec<u8>,
+    }
+
+    impl std::io::Write for File {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.buffered.extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.flushed.append(&mut self.buffered);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn events_reach_the_file_in_batches_closed_by_a_counters_line() {
+        let mut w = Writer::new(File::default());
+        w.write(&Line::Header(header())).unwrap();
+        let header_len = w.into_inner().flushed.len();
+        assert!(header_len > 0, "the header is on disk at once");
+        let mut w = Writer::new(File::default());
+        w.write(&Line::Header(header())).unwrap();
+        for _ in 0..3 {
+            w.write(&Line::Event(event())).unwrap();
+        }
+        let f = w.into_inner();
+        assert_eq!(f.flushed.len(), header_len, "events wait for their batch");
+        assert_eq!(f.buffered.iter().filter(|c| **c == b'\n').count(), 3);
+        let mut w = Writer::new(f);
+        w.write(&Line::Counters(Counters::default())).unwrap();
+        let f = w.into_inner();
+        assert!(f.buffered.is_empty());
+        let rec = read(f.flushed.as_slice(), "t").unwrap();
+        assert_eq!(rec.lines.len(), 4);
+    }
+
     #[test]
     fn errors_name_the_line_and_reason() {
         let good = written(&[Line::Header(header()), Line::Event(event())]);

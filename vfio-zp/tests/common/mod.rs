@@ -3,6 +3,7 @@
 pub mod flood;
 pub mod hardening;
 pub mod restart;
+pub mod sandbox;
 pub mod surfaces;
 pub mod verdicts;
 pub mod vmm;

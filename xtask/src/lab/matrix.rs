@@ -222,6 +222,95 @@ wait $FP || {{ echo "lab: flood recorder failed"; status=1; }}
     ))
 }
 
+/// Where the sandboxed agent's workload runs.
+pub const LIBVIRT_SANDBOX: &str = r"machine.slice/machine-qemu\x2d6\x2dsandbox.scope";
+
+/// The systemd unit's sandbox, as far as a guest without systemd gives it:
+/// the HTTP socket bound outside and passed in (systemd-socket-activate, as
+/// vfio-zp.socket does), the agent in a network namespace of its own
+/// (PrivateNetwork=yes), and every system call it makes, from its exec to
+/// its exit, recorded by strace for the check against the unit's
+/// SystemCallFilter=, with the unit's memlock limit, no capability outside
+/// its bounding set and no new privileges. It maps, serves, re-attaches after a type1 reload
+/// and stops, so the calls of each path are in the trace.
+fn sandbox_script(pages: u64) -> anyhow::Result<String> {
+    let bin = bin_dir()?;
+    Ok(format!(
+        r#"# The unit's sandbox.
+if command -v systemd-socket-activate >/dev/null && command -v strace >/dev/null; then
+  SB=127.0.0.1:10987
+  SBS=http://$SB/api/v1/snapshot
+  sb_type1() {{ busybox wget -q -O - $SBS 2>/dev/null | grep -o '"probe":"type1_pin"[^}}]*' | grep -o '"state":"[a-z_]*"'; }}
+  strace -f -qq -o "$RESULTS/sandbox-strace.txt" systemd-socket-activate -l $SB \
+    prlimit --memlock={memlock} setpriv --no-new-privs --bounding-set {bounding} unshare -n -- "{bin}/vfio-zp" agent --listen systemd --no-wait --fresh --state-dir /run/vfio-zp-sandbox 2> "$RESULTS/sandbox-agent.log" &
+  SP=$!
+  i=0
+  # The first connection makes systemd-socket-activate exec the agent.
+  until busybox wget -q -O /dev/null $SBS 2>/dev/null; do
+    sleep 0.5; i=$((i+1))
+    if ! kill -0 $SP 2>/dev/null || [ $i -gt 1200 ]; then echo "lab: sandboxed agent did not start"; tail -n 20 "$RESULTS/sandbox-agent.log"; status=1; break; fi
+  done
+  # The agent: strace's child (systemd-socket-activate, setpriv and unshare
+  # exec into it, so it keeps their pid).
+  SAP=
+  for p in /proc/[0-9]*; do
+    [ "$(cut -d' ' -f4 $p/stat 2>/dev/null)" = "$SP" ] && SAP=${{p#/proc/}}
+  done
+  {{ readlink /proc/self/ns/net; readlink /proc/$SAP/ns/net; }} > "$RESULTS/sandbox-netns.txt"
+  "{bin}/vfio-zp-workload" --scenario ro-read-touched --pages {pages} --truth "$RESULTS/sandbox-truth.json" --cgroup '{cg}' > "$RESULTS/sandbox-workload.txt" 2>&1 || {{ echo "lab: sandbox workload failed"; status=1; }}
+  if rmmod vfio_iommu_type1; then
+    eval "$TYPE1_LOAD" || echo "lab: reloading type1 failed"
+    i=0
+    until sb_type1 | grep -q '"attached"' || [ $i -gt 600 ]; do sleep 0.1; i=$((i+1)); done
+  fi
+  sleep 2
+  busybox wget -q -O "$RESULTS/sandbox-snapshot.json" $SBS || echo "lab: sandboxed agent's snapshot failed"
+  busybox wget -q -O "$RESULTS/sandbox-metrics.txt" http://$SB/metrics || echo "lab: sandboxed agent's metrics failed"
+  [ -n "$SAP" ] && kill -TERM $SAP
+  i=0
+  while [ -n "$SAP" ] && kill -0 $SAP 2>/dev/null && [ $i -lt 120 ]; do sleep 0.5; i=$((i+1)); done
+  [ -n "$SAP" ] && kill -0 $SAP 2>/dev/null && {{ echo "lab: the sandboxed agent ignored SIGTERM"; kill -9 $SAP; }}
+  wait $SP; echo $? > "$RESULTS/sandbox-exit"
+else
+  echo "no strace or systemd-socket-activate on the host" > "$RESULTS/sandbox-skipped"
+fi
+"#,
+        bin = bin.display(),
+        cg = LIBVIRT_SANDBOX,
+        bounding = bounding_set(UNIT)?,
+        memlock = memlock_limit(UNIT)?,
+    ))
+}
+
+/// The systemd unit the sandbox phase mirrors.
+const UNIT: &str = include_str!("../../../deploy/systemd/vfio-zp.service");
+
+/// The unit's `LimitMEMLOCK=` as prlimit's `--memlock` (soft:hard).
+fn memlock_limit(unit: &str) -> anyhow::Result<String> {
+    let v = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("LimitMEMLOCK="))
+        .context("the unit has no LimitMEMLOCK=")?
+        .trim();
+    let v = if v == "infinity" { "unlimited" } else { v };
+    Ok(format!("{v}:{v}"))
+}
+
+/// The unit's `CapabilityBoundingSet=` as setpriv's `--bounding-set`.
+fn bounding_set(unit: &str) -> anyhow::Result<String> {
+    let caps = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .context("the unit has no CapabilityBoundingSet=")?;
+    Ok(std::iter::once("-all".to_string())
+        .chain(
+            caps.split_whitespace()
+                .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase())),
+        )
+        .collect::<Vec<_>>()
+        .join(","))
+}
+
 fn restart_script(pages: u64) -> anyhow::Result<String> {
     let bin = bin_dir()?;
     Ok(format!(
@@ -311,7 +400,7 @@ pub fn guest_script(scenarios: &[String], pages: u64, vmm: bool) -> anyhow::Resu
         "$RESULTS/recording.jsonl",
         false,
         &body,
-        &(flood_script(pages)? + &restart_script(pages)?),
+        &(flood_script(pages)? + &restart_script(pages)? + &sandbox_script(pages)?),
     )
 }
 
@@ -523,4 +612,45 @@ pub fn fixtures(
         eprintln!("fixtures: {name} -> {}", to.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bounding set the sandbox phase gives the agent is the unit's,
+    /// as the kernel reports it for a process started under it.
+    #[test]
+    fn the_sandbox_bounds_capabilities_as_the_unit_does() {
+        let set = bounding_set(UNIT).unwrap();
+        assert!(set.starts_with("-all,+"), "{set}");
+        let out = match std::process::Command::new("setpriv")
+            .args([
+                "--bounding-set",
+                &set,
+                "grep",
+                "CapBnd",
+                "/proc/self/status",
+            ])
+            .output()
+        {
+            Ok(o) => o,
+            Err(_) => return vfio_zp::testing::skip("setpriv", "setpriv not installed"),
+        };
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mask = u64::from_str_radix(text.trim().trim_start_matches("CapBnd:").trim(), 16)
+            .unwrap_or_else(|_| panic!("{text}"));
+        let named = UNIT
+            .lines()
+            .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+            .unwrap()
+            .split_whitespace()
+            .count();
+        assert_eq!(mask.count_ones() as usize, named, "{set}: {text}");
+    }
 }
