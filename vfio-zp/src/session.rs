@@ -249,7 +249,7 @@ impl Session {
                         stamped.push(line);
                         Ok(())
                     })?;
-                    self.drain_ring(&mut sink, &mut stamped)?;
+                    self.drain_ring(&mut sink, &mut stamped, DRAIN_BUDGET)?;
                 }
                 due = tick.tick() => {
                     LOOP_LAG.observe(due.elapsed().as_secs_f64());
@@ -265,19 +265,11 @@ impl Session {
                             stamped.push(Line::Counters(c));
                         }
                     }
-                    self.drain_ring(&mut sink, &mut stamped)?;
+                    self.drain_ring(&mut sink, &mut stamped, DRAIN_BUDGET)?;
                 }
             }
         }
-        if drain(
-            self.ring.get_mut(),
-            &mut self.decoder,
-            &mut self.resolver,
-            &mut sink,
-            &mut stamped,
-            FINAL_DRAIN_BUDGET,
-        )? == Drained::More
-        {
+        if self.drain_ring(&mut sink, &mut stamped, FINAL_DRAIN_BUDGET)? == Drained::More {
             warn!(
                 "stopped with events still arriving: the rest stay in the ring buffer (kept for the next agent when the maps are pinned)"
             );
@@ -299,16 +291,16 @@ impl Session {
         &mut self,
         sink: &mut impl FnMut(Line) -> anyhow::Result<()>,
         stamped: &mut Stamped,
-    ) -> anyhow::Result<()> {
+        budget: Budget,
+    ) -> anyhow::Result<Drained> {
         drain(
             self.ring.get_mut(),
             &mut self.decoder,
             &mut self.resolver,
             sink,
             stamped,
-            DRAIN_BUDGET,
+            budget,
         )
-        .map(drop)
     }
 
     /// Re-attaches when vfio_iommu_type1 (re)loads, detaches when it goes.
@@ -558,10 +550,7 @@ mod tests {
                 args: [0x1000, 1, 1, 0, 0, 0],
                 limit: 0,
             };
-            // SAFETY: viewing a plain-old-data struct as bytes.
-            let record =
-                unsafe { std::slice::from_raw_parts((&raw as *const Raw).cast::<u8>(), Raw::SIZE) }
-                    .to_vec();
+            let record = crate::ingest::decode::tests::bytes(&raw);
             Producer {
                 left,
                 taken: 0,

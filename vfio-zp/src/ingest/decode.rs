@@ -251,7 +251,7 @@ impl Decoder {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use vfio_zp_common::COMM_LEN;
 
@@ -276,7 +276,8 @@ mod tests {
         }
     }
 
-    fn bytes(r: &Raw) -> Vec<u8> {
+    /// A record as the ring buffer holds it.
+    pub(crate) fn bytes(r: &Raw) -> Vec<u8> {
         // SAFETY: viewing a POD struct as bytes.
         unsafe { std::slice::from_raw_parts((r as *const Raw).cast::<u8>(), Raw::SIZE) }.to_vec()
     }

@@ -285,23 +285,23 @@ fi
 /// The systemd unit the sandbox phase mirrors.
 const UNIT: &str = include_str!("../../../deploy/systemd/vfio-zp.service");
 
+/// The value of the unit's first `KEY=` line.
+fn unit_setting<'a>(unit: &'a str, key: &str) -> anyhow::Result<&'a str> {
+    unit.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .with_context(|| format!("the unit has no {key}="))
+}
+
 /// The unit's `LimitMEMLOCK=` as prlimit's `--memlock` (soft:hard).
 fn memlock_limit(unit: &str) -> anyhow::Result<String> {
-    let v = unit
-        .lines()
-        .find_map(|l| l.strip_prefix("LimitMEMLOCK="))
-        .context("the unit has no LimitMEMLOCK=")?
-        .trim();
+    let v = unit_setting(unit, "LimitMEMLOCK")?.trim();
     let v = if v == "infinity" { "unlimited" } else { v };
     Ok(format!("{v}:{v}"))
 }
 
 /// The unit's `CapabilityBoundingSet=` as setpriv's `--bounding-set`.
 fn bounding_set(unit: &str) -> anyhow::Result<String> {
-    let caps = unit
-        .lines()
-        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
-        .context("the unit has no CapabilityBoundingSet=")?;
+    let caps = unit_setting(unit, "CapabilityBoundingSet")?;
     Ok(std::iter::once("-all".to_string())
         .chain(
             caps.split_whitespace()
@@ -645,9 +645,7 @@ mod tests {
         let text = String::from_utf8_lossy(&out.stdout);
         let mask = u64::from_str_radix(text.trim().trim_start_matches("CapBnd:").trim(), 16)
             .unwrap_or_else(|_| panic!("{text}"));
-        let named = UNIT
-            .lines()
-            .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        let named = unit_setting(UNIT, "CapabilityBoundingSet")
             .unwrap()
             .split_whitespace()
             .count();
