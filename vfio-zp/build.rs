@@ -1,6 +1,6 @@
 //! Builds the probes for the BPF target with aya-build (nightly + rust-src +
 //! bpf-linker, installed by `cargo xtask bootstrap`) and leaves the object in
-//! OUT_DIR, where src/kernel/programs.rs embeds it. AYA_BUILD_SKIP=1 skips the
+//! OUT_DIR, where src/probes/programs.rs embeds it. AYA_BUILD_SKIP=1 skips the
 //! build and embeds an empty object: the agent then says so at start-up.
 use std::{fs, path::PathBuf};
 

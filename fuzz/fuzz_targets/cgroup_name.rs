@@ -3,5 +3,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|path: &str| {
-    assert!(!vfio_zp::attribution::classify(path).name().is_empty());
+    assert!(!vfio_zp::model::workload::classify(path).name().is_empty());
 });

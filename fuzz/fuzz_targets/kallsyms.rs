@@ -3,7 +3,7 @@
 //! every symbol kept is one the text really names.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use vfio_zp::kernel::{kallsyms, retprobe};
+use vfio_zp::probes::{kallsyms, retprobe};
 
 fuzz_target!(|text: &str| {
     let k = kallsyms::Kallsyms::parse(text, |_| true);

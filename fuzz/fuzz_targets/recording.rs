@@ -3,7 +3,7 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use vfio_zp::model::{Config, Model};
-use vfio_zp::record::Stream;
+use vfio_zp::stream::Stream;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(mut s) = Stream::new(data, "fuzz") else {

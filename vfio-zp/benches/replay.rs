@@ -16,9 +16,9 @@ use std::{
 };
 
 use vfio_zp::{
-    event::What,
     model::{Config, Model},
-    record::{Header, Line, stream_path},
+    stream::event::What,
+    stream::{Header, Line, stream_path},
 };
 
 const TEMPLATE: &str = concat!(
@@ -267,8 +267,9 @@ fn main() {
         std::env::temp_dir().join(format!("vfio-zp-bench-state-{}", std::process::id()));
     let journal = best(rounds, || {
         let _ = std::fs::remove_dir_all(&state_dir);
-        let (mut st, _) = vfio_zp::state::State::open(&state_dir, "bench", "boot", true, u64::MAX)
-            .expect("state");
+        let (mut st, _) =
+            vfio_zp::agent::state::State::open(&state_dir, "bench", "boot", true, u64::MAX)
+                .expect("state");
         for l in &lines {
             st.append(l).expect("journal");
         }

@@ -3,7 +3,8 @@
 //! the exit code is the worst of them (0 / 1 / 3: 2 is a usage error).
 use serde::Serialize;
 
-use crate::kernel::{
+use crate::model::behaviour::{KernelVersion, TRAITS};
+use crate::probes::{
     self, btf,
     kallsyms::Kallsyms,
     kcore::ZeroRefcount,
@@ -11,7 +12,6 @@ use crate::kernel::{
     probe_points::{self, POINTS, Resolution},
     programs, tracefs, zero_page,
 };
-use crate::model::behaviour::{KernelVersion, TRAITS};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -89,8 +89,8 @@ impl Checks {
 /// Runs every check; `load` also loads the probes through the verifier.
 pub fn run(load: bool) -> Report {
     let mut c = Checks(Vec::new());
-    let release = kernel::release();
-    let version = kernel::version();
+    let release = probes::release();
+    let version = probes::version();
     c.result(
         "privileges",
         preflight::check_privileges().map(|_| "CAP_BPF/CAP_PERFMON or CAP_SYS_ADMIN".into()),
@@ -132,9 +132,9 @@ pub fn run(load: bool) -> Report {
         Ok(_) => c.add("kallsyms", Level::Ok, "/proc/kallsyms readable"),
         Err(e) => c.add("kallsyms", Level::Unusable, format!("/proc/kallsyms: {e}")),
     }
-    let bpffs = std::path::Path::new(kernel::pins::ROOT)
+    let bpffs = std::path::Path::new(probes::pins::ROOT)
         .parent()
-        .is_some_and(kernel::pins::is_bpffs);
+        .is_some_and(probes::pins::is_bpffs);
     if bpffs {
         c.add(
             "bpffs",

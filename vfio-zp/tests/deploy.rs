@@ -65,7 +65,10 @@ fn deployment_files_use_only_contract_metrics() {
 
 #[test]
 fn deployment_files_use_the_default_port() {
-    let port = vfio_zp::serve::DEFAULT_LISTEN.rsplit_once(':').unwrap().1;
+    let port = vfio_zp::export::http::DEFAULT_LISTEN
+        .rsplit_once(':')
+        .unwrap()
+        .1;
     for f in [
         "deploy/systemd/vfio-zp.socket",
         "deploy/kubernetes/daemonset.yaml",

@@ -6,10 +6,10 @@ mod common;
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use vfio_zp::{
-    metrics::render,
-    record::read_path,
-    serve::{Shared, router},
-    snapshot::{Expiry, Snapshot},
+    export::http::{Shared, router},
+    export::metrics::render,
+    export::snapshot::{Expiry, Snapshot},
+    stream::read_path,
 };
 
 fn fixture(k: &str) -> std::path::PathBuf {
@@ -22,7 +22,7 @@ fn snapshot(k: &str) -> Snapshot {
     let dir = fixture(k);
     let rec = read_path(&dir.join("recording.jsonl")).unwrap();
     let last = rec.lines.iter().rev().find_map(|l| match l {
-        vfio_zp::record::Line::Counters(c) => Some(c.clone()),
+        vfio_zp::stream::Line::Counters(c) => Some(c.clone()),
         _ => None,
     });
     Snapshot::new(
@@ -146,7 +146,7 @@ async fn endpoints_answer_and_survive_garbage() {
     let shared = std::sync::Arc::new(Shared::default());
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    tokio::spawn(vfio_zp::serve::serve(l, shared.clone()));
+    tokio::spawn(vfio_zp::export::http::serve(l, shared.clone()));
     let req = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert!(
         get(addr, &req("/metrics"))

@@ -80,11 +80,11 @@ fn json_floats_read_back_to_the_same_bits() {
 /// never `none` (it read `none` for all of them).
 #[test]
 fn a_leak_through_an_unprobed_pin_path_is_never_none() {
-    use vfio_zp::event::What;
     use vfio_zp::model::{Config, Model, verdict::Leak};
-    use vfio_zp::record::format::Line;
+    use vfio_zp::stream::event::What;
+    use vfio_zp::stream::line::Line;
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/5.10-leaky");
-    let rec = vfio_zp::record::read_path(&dir.join("recording.jsonl")).unwrap();
+    let rec = vfio_zp::stream::read_path(&dir.join("recording.jsonl")).unwrap();
     let replay = |keep: &dyn Fn(&Line) -> bool| {
         let mut m = Model::new(&rec.header, Config::default());
         rec.lines

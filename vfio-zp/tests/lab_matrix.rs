@@ -11,8 +11,8 @@ use std::{collections::BTreeMap, path::Path};
 
 use serde::Deserialize;
 use vfio_zp::{
-    event::{Event, PageClass, What, When},
-    record::{Line, ProbeState, Recording, read_path},
+    stream::event::{Event, PageClass, What, When},
+    stream::{Line, ProbeState, Recording, read_path},
 };
 
 /// GUP_PIN_COUNTING_BIAS: what one FOLL_PIN of a small page adds to `_refcount`.
@@ -550,7 +550,8 @@ fn readings_allow_only_another_threads_deferred_unpins() {
         comm: "w".into(),
         cgroup_id: 0,
         container: None,
-        zero_refcount: refcount.map(|(value, when)| vfio_zp::event::Refcount { value, when }),
+        zero_refcount: refcount
+            .map(|(value, when)| vfio_zp::stream::event::Refcount { value, when }),
         what,
     };
     let pin = |pid, value| {
@@ -575,7 +576,7 @@ fn readings_allow_only_another_threads_deferred_unpins() {
             pid,
             refcount,
             What::GupUnpin {
-                func: vfio_zp::event::UnpinFn::UnpinUserPage,
+                func: vfio_zp::stream::event::UnpinFn::UnpinUserPage,
                 npages: 1,
                 zero_pages: 1,
                 huge_zero_pages: 0,

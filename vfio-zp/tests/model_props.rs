@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use vfio_zp::{
-    event::{Event, Id, PageClass, Refcount, UnpinFn, What, When},
     model::{Config, Model, verdict::Leak},
-    record::{Counters, Header, Line, ProbeState, ProbeStatus, Writer, read},
+    stream::event::{Event, Id, PageClass, Refcount, UnpinFn, What, When},
+    stream::{Counters, Header, Line, ProbeState, ProbeStatus, Writer, read},
 };
 
 const PIN_BIAS: i64 = 1024;

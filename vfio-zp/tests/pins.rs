@@ -3,7 +3,7 @@
 //! buffer with their contents, and another build's pins are removed.
 //! The restart of a whole agent is proven in the VM lab.
 use aya::maps::{MapInfo, PerCpuArray, PerCpuValues};
-use vfio_zp::kernel::{pins, preflight, programs};
+use vfio_zp::probes::{pins, preflight, programs};
 use vfio_zp_common::{CounterBlock, counter};
 
 const RING: u32 = pins::DEFAULT_RING_BYTES;

@@ -4,13 +4,13 @@ mod common;
 
 use std::{path::Path, process::Command, time::Duration};
 
-use vfio_zp::{serve::Shared, snapshot::Snapshot};
+use vfio_zp::{export::http::Shared, export::snapshot::Snapshot};
 
 fn snapshot(k: &str) -> Snapshot {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(k);
-    let rec = vfio_zp::record::read_path(&dir.join("recording.jsonl")).unwrap();
+    let rec = vfio_zp::stream::read_path(&dir.join("recording.jsonl")).unwrap();
     Snapshot::new(common::verdicts::replay(&dir), &rec.header.probes, None)
 }
 
@@ -27,7 +27,7 @@ fn agent(s: Snapshot) -> String {
             shared.publish(s);
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(l.local_addr().unwrap().to_string()).unwrap();
-            vfio_zp::serve::serve(l, shared).await;
+            vfio_zp::export::http::serve(l, shared).await;
         });
     });
     rx.recv().unwrap()

@@ -1,6 +1,6 @@
 //! Every probe program passes the running kernel's verifier (BPF_PROG_LOAD,
 //! no attach: this host may lack kprobes). Attach is proven in the VM lab.
-use vfio_zp::kernel::{preflight, probe_points::POINTS, programs};
+use vfio_zp::probes::{preflight, probe_points::POINTS, programs};
 
 #[test]
 fn every_program_loads_on_this_kernel() {

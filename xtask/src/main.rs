@@ -3,6 +3,8 @@ mod bootstrap;
 mod cmd;
 mod fuzz;
 mod lab;
+#[cfg(test)]
+mod layout;
 mod skip;
 
 use std::{

@@ -3,8 +3,8 @@ use std::collections::{BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Id, PageClass};
-use crate::record::format::Memlock;
+use crate::stream::event::Memlock;
+use crate::stream::event::{Id, PageClass};
 
 /// Pages by class.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

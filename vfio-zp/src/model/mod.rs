@@ -9,6 +9,7 @@ pub mod behaviour;
 pub mod ledger;
 pub mod refcount;
 pub mod verdict;
+pub mod workload;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -17,11 +18,8 @@ use ledger::{Container, Dma, Held, Pages, PinCall, Process};
 use refcount::{PIN_BIAS, ReadingSource, Vote, ZeroLedger};
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Event, Id, PageClass, UnpinFn, What};
-use crate::record::{
-    Header, Line, ProbeState,
-    format::{Memlock, ProbesChanged},
-};
+use crate::stream::event::{Event, Id, Memlock, PageClass, UnpinFn, What};
+use crate::stream::{Header, Line, ProbeState, line::ProbesChanged};
 
 /// FOLL_WRITE: the one GUP flag whose value never moved.
 const FOLL_WRITE: u32 = 0x01;

@@ -3,16 +3,17 @@
 //! simulator are in tests/model_props.rs.
 use super::verdict::Leak;
 use super::*;
-use crate::event::{Refcount, UnpinFn, When};
-use crate::record::format::{CgroupInfo, Memlock, ProcessInfo};
+use crate::stream::event::Memlock;
+use crate::stream::event::{Refcount, UnpinFn, When};
+use crate::stream::line::{CgroupInfo, ProcessInfo};
 
 const C: Id = 1;
 const PID: u32 = 100;
 
 fn header(release: &str, version: Option<&str>) -> Header {
     Header {
-        format: crate::record::format::FORMAT.into(),
-        version: crate::record::format::VERSION,
+        format: crate::stream::line::FORMAT.into(),
+        version: crate::stream::line::VERSION,
         agent_version: "test".into(),
         kernel_release: release.into(),
         kernel_version: version.map(String::from),
@@ -21,9 +22,9 @@ fn header(release: &str, version: Option<&str>) -> Header {
         refcount_offset: 52,
         started_unix_ms: 0,
         started_t_ns: 0,
-        probes: crate::kernel::probe_points::POINTS
+        probes: crate::probes::probe_points::POINTS
             .iter()
-            .map(|p| crate::record::ProbeStatus {
+            .map(|p| crate::stream::ProbeStatus {
                 probe: p.label.into(),
                 function: p.function.into(),
                 symbol: None,
@@ -505,7 +506,7 @@ fn unknown_mappings_and_foreign_references_are_divergences() {
     // Two quiet kcore readings that disagree: someone else took references.
     for v in [1, 2049] {
         r.t += 1;
-        r.m.apply(&Line::Counters(crate::record::Counters {
+        r.m.apply(&Line::Counters(crate::stream::Counters {
             t_ns: r.t,
             zero_refcount: Some(v),
             ..Default::default()
@@ -522,7 +523,7 @@ fn unknown_mappings_and_foreign_references_are_divergences() {
 fn lost_events_make_zero_page_verdicts_uncertain() {
     let mut r = Run::new("6.1.0", None);
     r.gup(1, 1);
-    r.m.apply(&Line::Counters(crate::record::Counters {
+    r.m.apply(&Line::Counters(crate::stream::Counters {
         t_ns: r.t + 99,
         drops: [("gup_unpin_page".to_string(), 3)].into(),
         ..Default::default()
@@ -540,7 +541,7 @@ fn lost_events_make_zero_page_verdicts_uncertain() {
 fn a_missing_unpin_amid_lost_events_is_no_leak_where_type1_unpins() {
     let lost = |r: &mut Run| {
         let t_ns = r.t + 99;
-        r.m.apply(&Line::Counters(crate::record::Counters {
+        r.m.apply(&Line::Counters(crate::stream::Counters {
             t_ns,
             drops: [("gup_unpin_page".to_string(), 1)].into(),
             ..Default::default()
@@ -576,7 +577,7 @@ fn a_missing_unpin_amid_lost_events_is_no_leak_where_type1_unpins() {
     let mut r = Run::new(LEAKY.0, LEAKY.1);
     leaky_map(&mut r);
     let t_ns = r.t + 99;
-    r.m.apply(&Line::Counters(crate::record::Counters {
+    r.m.apply(&Line::Counters(crate::stream::Counters {
         t_ns,
         ..Default::default()
     }));
@@ -602,7 +603,7 @@ fn a_lost_unpin_record_on_a_batched_fixed_kernel_is_no_leak() {
         // One batch of 16 zero pages, its folded unpin lost.
         r.gup(16, 1 + 16 * 1024);
         r.pin(1, 16, PageClass::Zero);
-        r.m.apply(&Line::Counters(crate::record::Counters {
+        r.m.apply(&Line::Counters(crate::stream::Counters {
             t_ns: r.t + 1,
             drops: [("gup_unpin_page".to_string(), 1)].into(),
             ..Default::default()
@@ -610,7 +611,7 @@ fn a_lost_unpin_record_on_a_batched_fixed_kernel_is_no_leak() {
         if kcore {
             // Two readings with nothing moved in between: the second is settled.
             for dt in [2, 3] {
-                r.m.apply(&Line::Counters(crate::record::Counters {
+                r.m.apply(&Line::Counters(crate::stream::Counters {
                     t_ns: r.t + dt,
                     drops: [("gup_unpin_page".to_string(), 1)].into(),
                     zero_refcount: Some(1),
@@ -660,7 +661,7 @@ fn a_leak_the_refcount_cannot_hold_is_uncertain() {
     assert_eq!(r.container().leak, Leak::Leaking);
     let kcore = |r: &mut Run, value: i32| {
         r.t += 1;
-        r.m.apply(&Line::Counters(crate::record::Counters {
+        r.m.apply(&Line::Counters(crate::stream::Counters {
             t_ns: r.t,
             zero_refcount: Some(value),
             ..Default::default()
@@ -701,7 +702,7 @@ fn lost_events_touch_only_the_containers_active_then() {
     r.unpin(1, 1);
     r.ev(What::ContainerRelease, None);
     let counters = |t_ns, lost| {
-        Line::Counters(crate::record::Counters {
+        Line::Counters(crate::stream::Counters {
             t_ns,
             drops: [("gup_pin_remote".to_string(), lost)].into(),
             ..Default::default()

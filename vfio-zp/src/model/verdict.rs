@@ -8,10 +8,10 @@ use serde::{Deserialize, Serialize};
 use super::behaviour::{Source, TRAITS, Trait, TraitReport};
 use super::ledger::{Container, Pages};
 use super::refcount::{BASE_REFS, Overclaim, PIN_BIAS, REFCOUNT_MAX, ReadingSource};
+use super::workload::{Workload, classify};
 use super::{DivergenceCount, Model, UNATTRIBUTED};
-use crate::attribution::{Workload, classify};
-use crate::event::Id;
-use crate::record::{ProbeState, format::Memlock};
+use crate::stream::event::Id;
+use crate::stream::{ProbeState, event::Memlock};
 
 const PAGE: i64 = 4096;
 /// Probes without which a leak can be missed.

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::export::snapshot::Snapshot;
 use crate::model::verdict::Leak;
-use crate::record::{ProbeState, format::Memlock};
-use crate::snapshot::Snapshot;
+use crate::stream::{ProbeState, event::Memlock};
 
 const PAGE: i64 = 4096;
 
@@ -281,11 +281,11 @@ pub fn text(h: &Header, rows: &[Row]) -> String {
 mod tests {
     use super::*;
     use crate::model::{Config, Model};
-    use crate::record::{Header, Line};
+    use crate::stream::{Header, Line};
 
     /// A snapshot of a model fed `pins` zero-page pins of container 1 at `t_ns`.
     fn snap(m: &mut Model, t_ns: u64, pins: u64) -> Snapshot {
-        use crate::event::{Event, What};
+        use crate::stream::event::{Event, What};
         m.apply(&Line::Event(Event {
             t_ns,
             tgid: 7,

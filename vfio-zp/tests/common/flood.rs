@@ -6,7 +6,7 @@ use std::path::Path;
 
 use vfio_zp::{
     model::verdict::{Leak, Verdicts},
-    record::{Line, read_path},
+    stream::{Line, read_path},
 };
 
 const PIN_BIAS: i64 = 1024;

@@ -5,9 +5,9 @@
 use std::path::Path;
 
 use caps::Capability;
-use vfio_zp::record::{Line, ProbeState, read_path};
+use vfio_zp::stream::{Line, ProbeState, read_path};
 
-/// Return programs, each one tracefs event per agent (kernel/probe_points.rs).
+/// Return programs, each one tracefs event per agent (probes/probe_points.rs).
 const RETURN_PROBES: usize = 8;
 
 /// Time bounds in the lab. The targets (1 s from SIGTERM to exit, 2 s from a
@@ -25,7 +25,7 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
     let mut fail = |m: String| bad.push(format!("{kernel}: {m}"));
 
     // Capabilities: every thread of the running recorder holds exactly the
-    // set kernel/privileges.rs documents for kernels with CAP_BPF (5.8+):
+    // set probes/privileges.rs documents for kernels with CAP_BPF (5.8+):
     // CAP_SYS_ADMIN too where perf_event_paranoid > 2 (Debian's default).
     let paranoid: i32 = read("perf-event-paranoid").trim().parse().unwrap_or(3);
     let mut kept = vec![

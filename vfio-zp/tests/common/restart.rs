@@ -6,7 +6,7 @@
 //! Before that, pins left by another build must be found and removed.
 use std::path::Path;
 
-use vfio_zp::{model::verdict::Leak, snapshot::Snapshot};
+use vfio_zp::{export::snapshot::Snapshot, model::verdict::Leak};
 
 /// A first load attaches by name, trying clone suffixes (a reload reuses
 /// known symbols): in the emulated guest a little slower than the reload's
@@ -179,7 +179,7 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
     // Agents 2 (after SIGTERM) and 3 (after SIGKILL) while the VM holds.
     for (f, s) in &rest[..2] {
         let c = s.continuity.clone().unwrap_or_default();
-        if !c.restored || c.pinned_maps_reused != vfio_zp::kernel::pins::PINNED_MAPS {
+        if !c.restored || c.pinned_maps_reused != vfio_zp::probes::pins::PINNED_MAPS {
             fail(format!(
                 "{f}: not restored from the kept state and pins: {c:?}"
             ));

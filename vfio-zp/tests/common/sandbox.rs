@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use vfio_zp::{record::ProbeState, snapshot::Snapshot};
+use vfio_zp::{export::snapshot::Snapshot, stream::ProbeState};
 
 /// The unit the check reads.
 pub fn unit() -> String {
@@ -148,9 +148,9 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
             }
             // Every point as the recorder found it on this kernel, the
             // type1 ones re-attached after the reload.
-            match vfio_zp::record::read_path(&dir.join("recording.jsonl")) {
+            match vfio_zp::stream::read_path(&dir.join("recording.jsonl")) {
                 Ok(rec) => {
-                    let states = |p: &[vfio_zp::record::ProbeStatus]| -> Vec<(String, ProbeState)> {
+                    let states = |p: &[vfio_zp::stream::ProbeStatus]| -> Vec<(String, ProbeState)> {
                         p.iter().map(|s| (s.probe.clone(), s.state)).collect()
                     };
                     let (want, got) = (states(&rec.header.probes), states(&v.probes));

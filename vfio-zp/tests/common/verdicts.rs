@@ -9,7 +9,7 @@ use vfio_zp::{
         Config, Model,
         verdict::{Leak, Verdicts},
     },
-    record::{format::Memlock, read_path},
+    stream::{event::Memlock, read_path},
 };
 
 const PIN_BIAS: i64 = 1024;
@@ -62,7 +62,7 @@ fn overlapped(run: &Run, phase: &str) -> bool {
 /// type1 return): the interleaving a threaded scenario exists for, as the
 /// recording shows it. Only threads in `tids` are looked at.
 pub fn interleaved_pin_calls(path: &Path, tids: &[u32]) -> usize {
-    use vfio_zp::{event::What, record::format::Line};
+    use vfio_zp::{stream::event::What, stream::line::Line};
     let rec = read_path(path).unwrap();
     let mut open: BTreeMap<u32, bool> = BTreeMap::new();
     let mut n = 0;

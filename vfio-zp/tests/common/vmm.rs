@@ -13,10 +13,10 @@ use std::path::Path;
 
 use serde::Deserialize;
 use vfio_zp::{
-    event::{Event, What},
+    export::snapshot::Snapshot,
     model::verdict::{ContainerVerdict, MemlockAdvice, Verdicts},
-    record::{Line, format::Memlock, read_path},
-    snapshot::Snapshot,
+    stream::event::{Event, What},
+    stream::{Line, event::Memlock, read_path},
 };
 
 const PIN_BIAS: i64 = 1024;

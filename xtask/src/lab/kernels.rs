@@ -246,7 +246,7 @@ pub fn prepare(name: &str) -> anyhow::Result<Kernel> {
         modules_package: modules.map(|m| m.0),
     };
     if spec.leaky {
-        let ko = super::leaky::build(&suite, &deb, &k, &dir)?;
+        let ko = super::leaky::build(&suite, &deb, &k.release, &dir)?;
         k.leaky_sha256 = Some(sha256(&ko)?);
         k.leaky_module = Some(ko);
     }

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::Context;
 
-use super::{apt::Suite, kernels::Kernel};
+use super::apt::Suite;
 use crate::cmd;
 
 /// The block 873aefb added to vaddr_get_pfn(); removing it restores the leak.
@@ -39,18 +39,23 @@ pub fn unfix(source: &str) -> anyhow::Result<String> {
 }
 
 /// `image_deb` is linux-image-<abi>-amd64-unsigned_<version>_amd64.deb.
-pub fn build(suite: &Suite, image_deb: &Path, k: &Kernel, dir: &Path) -> anyhow::Result<PathBuf> {
+pub fn build(
+    suite: &Suite,
+    image_deb: &Path,
+    release: &str,
+    dir: &Path,
+) -> anyhow::Result<PathBuf> {
     let version = image_deb
         .file_name()
         .and_then(|n| n.to_str())
         .and_then(|n| n.split('_').nth(1))
         .context("cannot read the package version from the image file name")?
         .to_string();
-    let abi = k.release.trim_end_matches("-amd64");
+    let abi = release.trim_end_matches("-amd64");
     let series = abi.split('.').take(2).collect::<Vec<_>>().join(".");
     eprintln!(
         "lab: building the leaky vfio_iommu_type1.ko for {} ({version})",
-        k.release
+        release
     );
     let debs = dir.join("leaky-debs");
     let hdr = dir.join("headers");

@@ -104,7 +104,7 @@ pub fn page_layout() -> anyhow::Result<(u64, u64)> {
 }
 
 /// A BTF file in memory, as btfparse reads it. (The agent's
-/// `kernel/btf.rs` has its twin: the workload's truth keeps its own code,
+/// `vfio-zp/src/probes/btf.rs` has its twin: the workload's truth keeps its own code,
 /// apart from the code it checks.)
 struct Bytes(Vec<u8>);
 

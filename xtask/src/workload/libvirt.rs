@@ -10,7 +10,7 @@ use anyhow::Context;
 
 use super::{
     guest_rom, status_kb,
-    vmm::{RAM_MIB, RUN_DIR, VmTruth, VmmScenario, device_of},
+    vm::{RAM_MIB, RUN_DIR, VmTruth, device_of},
 };
 
 const URI: &str = "qemu:///system";
@@ -149,13 +149,14 @@ fn oom_kill(name: &str) -> Option<String> {
 /// does: `alive`, and with `hotplug` also `unplugged` while its hostdev is
 /// detached.
 pub fn run(
-    s: &VmmScenario,
+    scenario: &str,
+    refused: bool,
     group: &str,
     hotplug: bool,
     hard_limit_mib: Option<u64>,
     mut phase: impl FnMut(&str),
 ) -> anyhow::Result<VmTruth> {
-    let name = format!("lv-{}", s.name.trim_start_matches("libvirt-"));
+    let name = format!("lv-{}", scenario.trim_start_matches("libvirt-"));
     let device = device_of(group)?;
     let hostdev = hostdev_xml(&device)?;
     let dir = Path::new(RUN_DIR);
@@ -195,7 +196,7 @@ pub fn run(
     };
     if !started.status.success() {
         let why = String::from_utf8_lossy(&started.stderr).trim().to_string();
-        if s.refused {
+        if refused {
             t.refused = Some(match oom_kill(&name) {
                 Some(k) => format!("{why} (kernel: {k})"),
                 None => why,
@@ -207,7 +208,7 @@ pub fn run(
         let _ = virsh(&["undefine", &name]);
         return Ok(t);
     }
-    if s.refused {
+    if refused {
         t.errors
             .push("started, though its hard_limit is below its RAM".into());
     }

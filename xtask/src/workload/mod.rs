@@ -7,6 +7,7 @@ pub mod pagemap;
 pub mod qmp;
 pub mod scenarios;
 pub mod vfio;
+pub mod vm;
 pub mod vmm;
 
 /// A `kB` field of /proc/<pid>/status (`VmLck:`, `VmPin:`).

@@ -22,6 +22,7 @@ use wait_timeout::ChildExt;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
+use super::vm::{RAM_MIB, RUN_DIR, VmTruth, device_of};
 use super::{guest_rom, kcore::ZeroPageTruth, qmp, status_kb};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,9 +159,6 @@ pub fn find(name: &str) -> Option<&'static VmmScenario> {
     VMM_SCENARIOS.iter().find(|s| s.name == name)
 }
 
-/// Guest RAM of each VM, MiB: small, so a nested TCG QEMU starts quickly.
-pub const RAM_MIB: u64 = 16;
-
 /// One VM's name and the libvirt-shaped cgroup it runs in: systemd-machined's
 /// `machine-qemu\x2dN\x2dNAME.scope`, dashes of the name escaped as `\x2d`.
 pub fn cgroup_for(id: usize, name: &str) -> String {
@@ -168,32 +166,6 @@ pub fn cgroup_for(id: usize, name: &str) -> String {
         r"machine.slice/machine-qemu\x2d{id}\x2d{}.scope",
         name.replace('-', r"\x2d")
     )
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct VmTruth {
-    /// The VM's name, as libvirt would have it.
-    pub name: String,
-    pub cgroup: String,
-    pub machine: String,
-    /// The vfio-pci device it was given.
-    pub device: String,
-    pub pid: u32,
-    /// Hot-plug: VmLck with the device first plugged, and once it was
-    /// unplugged; `vmlck_kb_alive` is then read after it was plugged again.
-    pub vmlck_kb_first: Option<u64>,
-    pub vmlck_kb_unplugged: Option<u64>,
-    /// /proc/<pid>/status once the VM was realized (its mappings made).
-    pub vmlck_kb_alive: Option<u64>,
-    pub vmpin_kb_alive: Option<u64>,
-    /// RLIMIT_MEMLOCK it ran under, bytes (u64::MAX: unlimited; None:
-    /// root's, not read).
-    pub memlock_limit: Option<u64>,
-    /// How the process ended, as wait(2) reported it.
-    pub exit: String,
-    /// For a scenario that must not start: what its VMM said.
-    pub refused: Option<String>,
-    pub errors: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -220,28 +192,6 @@ struct Vm {
     output: Arc<Mutex<Vec<u8>>>,
     truth: VmTruth,
 }
-
-/// The PCI address behind a VFIO group node (`/dev/vfio/N`).
-pub fn device_of(group: &str) -> anyhow::Result<String> {
-    let n = Path::new(group)
-        .file_name()
-        .and_then(|n| n.to_str())
-        .with_context(|| format!("{group}: not a VFIO group node"))?;
-    let dir = format!("/sys/kernel/iommu_groups/{n}/devices");
-    let devices: Vec<String> = std::fs::read_dir(&dir)
-        .with_context(|| dir.clone())?
-        .flatten()
-        .filter_map(|e| e.file_name().into_string().ok())
-        .collect();
-    match devices.as_slice() {
-        [one] => Ok(one.clone()),
-        _ => bail!("{dir}: expected one device, found {devices:?}"),
-    }
-}
-
-/// Where the lab keeps its files in the guest (tmpfs, readable by libvirt's
-/// unprivileged QEMU).
-pub const RUN_DIR: &str = "/run/vfio-zp-lab";
 
 fn qmp_path(name: &str) -> String {
     format!("{RUN_DIR}/{name}.qmp")
@@ -513,12 +463,13 @@ pub fn run(
             t.client = "libvirt".into();
             let group = groups.first().context("no VFIO group")?;
             let mut alive = Some(alive);
-            let vm = super::libvirt::run(s, group, hotplug, hard_limit_mib, |phase| {
-                match alive.take_if(|_| phase == "alive") {
-                    Some(f) => f(&mut t, !s.refused),
-                    None => snapshot(while_alive, phase),
-                }
-            })?;
+            let vm =
+                super::libvirt::run(s.name, s.refused, group, hotplug, hard_limit_mib, |phase| {
+                    match alive.take_if(|_| phase == "alive") {
+                        Some(f) => f(&mut t, !s.refused),
+                        None => snapshot(while_alive, phase),
+                    }
+                })?;
             t.vms.push(vm);
         }
     }

@@ -28,7 +28,7 @@ const STORM_CONNECTIONS: u32 = 500;
 /// 256 MiB read-only map + unmap with room to spare.
 const FULL_RING_KIB: u32 = 262_144;
 
-/// Points without a return program (kernel/probe_points.rs).
+/// Points without a return program (probes/probe_points.rs).
 const ENTRY_ONLY: &str =
     "gup_unpin_page|gup_unpin_pages|gup_unpin_pages_dirty|type1_release|remove_dma";
 

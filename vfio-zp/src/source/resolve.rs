@@ -7,7 +7,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::cgroup_id;
-use crate::record::format::{CgroupInfo, Memlock, ProcessInfo};
+use crate::stream::event::Memlock;
+use crate::stream::line::{CgroupInfo, ProcessInfo};
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// Where a lookup by id is not possible, a miss rescans the hierarchy at
@@ -246,7 +247,7 @@ Max address space         unlimited            unlimited            bytes
             crate::testing::skip("cgroup-by-id", "no cgroup v2 mount here");
             return;
         };
-        if !crate::kernel::preflight::is_root() {
+        if !crate::probes::preflight::is_root() {
             crate::testing::skip("cgroup-by-id", "creating cgroups needs root");
             return;
         }

@@ -1,21 +1,24 @@
-//! Recordings: the event stream as versioned JSON lines (docs/recording.md).
-pub mod format;
+//! The pipeline's bus: [`Line`]s (a header, events, id steps, counters,
+//! probe changes), the same live and in a recording, where they are
+//! versioned JSON lines (docs/recording.md).
+pub mod event;
+pub mod line;
 pub mod read;
 pub mod write;
 
-pub use format::{Counters, Header, Line, ProbeState, ProbeStatus, Totals};
+pub use line::{Counters, Header, IdOp, Line, ProbeState, ProbeStatus, Totals};
 pub use read::{ReadError, Recording, Stream, read, read_path, stream_path};
 pub use write::Writer;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Event, PageClass, What};
+    use crate::stream::event::{Event, PageClass, What};
 
     fn header() -> Header {
         Header {
-            format: format::FORMAT.into(),
-            version: format::VERSION,
+            format: line::FORMAT.into(),
+            version: line::VERSION,
             agent_version: "0.1.0".into(),
             kernel_release: "6.1.0-test".into(),
             kernel_version: None,

@@ -6,16 +6,20 @@ use aya::maps::{MapData, RingBuf};
 use tokio::io::{Interest, unix::AsyncFd};
 use tracing::{debug, info, warn};
 
-use crate::attribution::resolve::Resolver;
 use crate::error::Fatal;
-use crate::ingest::{Decoder, parse};
-use crate::kernel::{
-    self, btf, kallsyms::Kallsyms, kcore::ZeroRefcount, pins, preflight, probe_points,
-    programs::Probes, tracefs, zero_page,
+use crate::probes::{
+    self, btf,
+    kallsyms::Kallsyms,
+    kcore::ZeroRefcount,
+    pins, preflight, probe_points,
+    programs::{self, Probes},
+    tracefs, zero_page,
 };
-use crate::record::{
+use crate::source::resolve::Resolver;
+use crate::source::{Decoder, parse};
+use crate::stream::{
     Header, Line, ProbeState, ProbeStatus,
-    format::{IdSteps, ProbesChanged},
+    line::{IdSteps, ProbesChanged},
 };
 
 #[derive(Clone, Debug, Default)]
@@ -124,7 +128,7 @@ impl Session {
         .ok();
         let pins = opts.pin_root.as_deref().and_then(|root| {
             let ring = opts.ring_bytes.unwrap_or(pins::DEFAULT_RING_BYTES);
-            pins::prepare(root, &pins::build_id(), opts.fresh, ring)
+            pins::prepare(root, &programs::build_id(), opts.fresh, ring)
                 .inspect_err(|e| warn!("maps not pinned ({e}): counters restart with the agent"))
                 .ok()
         });
@@ -174,11 +178,11 @@ impl Session {
             unsafe { AsyncFd::register_with_interest(probes.take_events()?, Interest::READABLE) }
                 .map_err(|e| anyhow::anyhow!("ring buffer: {}", e.into_parts().1))?;
         let header = Header {
-            format: crate::record::format::FORMAT.into(),
-            version: crate::record::format::VERSION,
+            format: crate::stream::line::FORMAT.into(),
+            version: crate::stream::line::VERSION,
             agent_version: env!("CARGO_PKG_VERSION").into(),
-            kernel_release: kernel::release(),
-            kernel_version: kernel::version(),
+            kernel_release: probes::release(),
+            kernel_version: probes::version(),
             // Never the real pfn: it gives away where physical KASLR put the
             // kernel. The probes classify pages; replay needs no pfn.
             zero_pfn: 0,
@@ -188,7 +192,7 @@ impl Session {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
-            started_t_ns: kernel::monotonic_ns(),
+            started_t_ns: probes::monotonic_ns(),
             probes: status,
         };
         Ok(Session {
@@ -281,8 +285,8 @@ impl Session {
         sink(Line::Counters(c))
     }
 
-    fn counters(&mut self, settled: bool) -> crate::record::Counters {
-        let mut c = self.probes.counters(kernel::monotonic_ns(), settled);
+    fn counters(&mut self, settled: bool) -> crate::stream::Counters {
+        let mut c = self.probes.counters(probes::monotonic_ns(), settled);
         c.zero_refcount = self.refcount.as_ref().and_then(|r| r.read().ok());
         c
     }
@@ -370,7 +374,7 @@ impl Session {
     fn announce(&self, sink: &mut impl FnMut(Line) -> anyhow::Result<()>) -> anyhow::Result<()> {
         report_coverage(self.probes.status());
         sink(Line::Probes(ProbesChanged {
-            t_ns: kernel::monotonic_ns(),
+            t_ns: probes::monotonic_ns(),
             probes: self.probes.status().to_vec(),
         }))
     }
@@ -550,7 +554,7 @@ mod tests {
                 args: [0x1000, 1, 1, 0, 0, 0],
                 limit: 0,
             };
-            let record = crate::ingest::decode::tests::bytes(&raw);
+            let record = crate::source::decode::tests::bytes(&raw);
             Producer {
                 left,
                 taken: 0,
@@ -598,7 +602,7 @@ mod tests {
     }
 
     fn counters_at(t_ns: u64) -> Line {
-        Line::Counters(crate::record::Counters {
+        Line::Counters(crate::stream::Counters {
             t_ns,
             ..Default::default()
         })

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
+use crate::export::snapshot::Snapshot;
 use crate::model::verdict::Leak;
-use crate::record::{ProbeState, format::Memlock};
-use crate::snapshot::Snapshot;
+use crate::stream::{ProbeState, event::Memlock};
 
 const PAGE: i64 = 4096;
 
@@ -47,7 +47,7 @@ pub fn render(s: &Snapshot) -> String {
     let _ = r.register(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),
     ));
-    let _ = r.register(Box::new(crate::session::LOOP_LAG.clone()));
+    let _ = r.register(Box::new(crate::source::session::LOOP_LAG.clone()));
     let v = &s.verdicts;
     let mut names: BTreeMap<&str, PerName> = BTreeMap::new();
     for c in &v.containers {

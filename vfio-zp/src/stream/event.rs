@@ -135,7 +135,7 @@ pub enum What {
         ret: i64,
         /// The caller's soft RLIMIT_MEMLOCK, read by the probe at map time.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        memlock: Option<crate::record::format::Memlock>,
+        memlock: Option<Memlock>,
         /// The caller had CAP_IPC_LOCK (known when `memlock` is).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cap_ipc_lock: Option<bool>,
@@ -150,7 +150,29 @@ pub enum What {
 }
 
 impl What {
-    /// The probe label (kernel/probe_points.rs) the event came from.
+    /// Whether the event moved a zero page's references (what the agent
+    /// logs at debug level: a VM start makes thousands).
+    pub fn touches_zero_page(&self) -> bool {
+        match self {
+            What::Type1Pin { base, .. } | What::Type1Unpin { base, .. } => {
+                matches!(base, PageClass::Zero | PageClass::HugeZero)
+            }
+            What::PutPfn { .. } => true,
+            What::GupPin {
+                zero_pages,
+                huge_zero_pages,
+                ..
+            }
+            | What::GupUnpin {
+                zero_pages,
+                huge_zero_pages,
+                ..
+            } => zero_pages + huge_zero_pages > 0,
+            _ => false,
+        }
+    }
+
+    /// The probe label (probes/probe_points.rs) the event came from.
     pub fn kind_name(&self) -> &'static str {
         match self {
             What::Type1Pin { .. } => "type1_pin",
@@ -199,4 +221,14 @@ impl std::fmt::Display for Event {
         }
         Ok(())
     }
+}
+
+/// A soft RLIMIT_MEMLOCK as read from /proc/PID/limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Memlock {
+    Bytes(u64),
+    Unlimited,
+    /// The process was gone (or /proc unreadable) before it could be read.
+    Unknown,
 }

@@ -2,7 +2,7 @@
 //! here and never travel further: KASLR must not leak through vfio-zp.
 use std::collections::HashMap;
 
-use crate::event::Id;
+use crate::stream::event::Id;
 
 /// Ids for one kind of kernel object. A pointer is reused by the allocator
 /// once its object is freed, so a retired key gets a fresh id the next time

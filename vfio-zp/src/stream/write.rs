@@ -7,7 +7,7 @@
 //! stays whole lines up to there (see `Stream::cut_at`).
 use std::io::Write;
 
-use super::format::Line;
+use super::line::Line;
 
 pub struct Writer<W: Write> {
     out: W,

@@ -1,7 +1,7 @@
 //! Reading recordings back, with errors that name the line and the reason.
 use std::io::BufRead;
 
-use super::format::{FORMAT, Header, Line, VERSION};
+use super::line::{FORMAT, Header, Line, VERSION};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {

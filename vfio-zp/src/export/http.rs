@@ -14,7 +14,7 @@ use axum::{
     routing::get,
 };
 
-use crate::snapshot::Snapshot;
+use crate::export::snapshot::Snapshot;
 
 /// The default listen address: loopback, on a port above the range the
 /// Prometheus exporter port list allocates (9100-9999).
@@ -88,7 +88,7 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
                 "text/plain; version=0.0.4; charset=utf-8",
             )],
             p.metrics
-                .get_or_init(|| crate::metrics::render(&p.snapshot).into())
+                .get_or_init(|| crate::export::metrics::render(&p.snapshot).into())
                 .clone(),
         )
             .into_response(),
@@ -387,7 +387,7 @@ mod tests {
             .unwrap();
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared::default());
-        let header: crate::record::Header = serde_json::from_str(
+        let header: crate::stream::Header = serde_json::from_str(
             r#"{"format":"vfio-zp-recording","version":2,"agent_version":"t","kernel_release":"6.1.0","zero_pfn":0,"struct_page_size":64,"refcount_offset":52,"started_unix_ms":0,"started_t_ns":5,"probes":[]}"#,
         )
         .unwrap();

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::Event;
+use super::event::{Event, Memlock};
 
 pub const FORMAT: &str = "vfio-zp-recording";
 /// 2 added `cgroup` and `process` lines, `kernel_version` and counters'
@@ -26,13 +26,13 @@ pub enum Line {
     /// A process's memlock facts, written before its first event.
     Process(ProcessInfo),
     /// Only in the agent's journal, never in a recording: the id steps the
-    /// next event's decode took (see [`crate::ingest::IdOp`]).
+    /// next event's decode took (see [`IdOp`]).
     Ids(IdSteps),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdSteps {
-    pub ops: Vec<crate::ingest::IdOp>,
+    pub ops: Vec<IdOp>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,15 +52,6 @@ pub struct ProcessInfo {
     /// CAP_IPC_LOCK in the effective set: type1 then charges but never refuses.
     #[serde(default)]
     pub cap_ipc_lock: bool,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Memlock {
-    Bytes(u64),
-    Unlimited,
-    /// The process was gone (or /proc unreadable) before it could be read.
-    Unknown,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -89,7 +80,7 @@ pub struct Header {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbeStatus {
-    /// Stable label (kernel/probe_points.rs).
+    /// Stable label (probes/probe_points.rs).
     pub probe: String,
     /// Kernel function it hooks.
     pub function: String,
@@ -156,4 +147,15 @@ pub struct Totals {
 pub struct ProbesChanged {
     pub t_ns: u64,
     pub probes: Vec<ProbeStatus>,
+}
+
+/// One step of the id maps; replaying the steps of a journal after a
+/// checkpoint rebuilds the maps exactly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdOp {
+    Container { key: u64, birth: bool },
+    RetireContainer { key: u64 },
+    Dma { key: u64, birth: bool },
+    RetireDma { key: u64 },
 }

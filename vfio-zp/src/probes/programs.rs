@@ -19,7 +19,7 @@ use super::{
     retprobe::{self, TraceRetprobe},
 };
 use crate::error::Fatal;
-use crate::record::{Counters, ProbeState, ProbeStatus, Totals};
+use crate::stream::{Counters, ProbeState, ProbeStatus, Totals};
 
 /// The probes, built by build.rs and embedded at compile time.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vfio-zp"));
@@ -58,6 +58,24 @@ const MISSES_STALE: std::time::Duration = std::time::Duration::from_secs(5);
 /// and by the verifier test, which runs on kernels without kprobes.
 pub fn load_object() -> Result<Ebpf, Fatal> {
     load_object_pinned(None, None)
+}
+
+/// This build's id. `VFIO_ZP_BUILD_ID` overrides it (the VM lab uses that
+/// to play an older build).
+pub fn build_id() -> String {
+    if let Ok(id) = std::env::var("VFIO_ZP_BUILD_ID")
+        && !id.is_empty()
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return id;
+    }
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    OBJECT.hash(&mut h);
+    env!("CARGO_PKG_VERSION").hash(&mut h);
+    // 48 bits: plenty to tell builds apart, and never mistaken for a
+    // kernel address by anyone scanning logs.
+    format!("{:012x}", h.finish() >> 16)
 }
 
 /// As [`load_object`], with the maps of [`super::pins::PINNED_MAPS`]
@@ -426,5 +444,16 @@ impl Probes {
             }
         }
         misses
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_id_is_stable() {
+        assert_eq!(build_id(), build_id());
+        assert_eq!(build_id().len(), 12);
     }
 }

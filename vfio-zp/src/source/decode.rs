@@ -3,8 +3,9 @@
 use vfio_zp_common::{Event as Raw, ProbeId, flag};
 
 use super::ids::KeyIds;
-use crate::event::{Event, Id, PageClass, Refcount, UnpinFn, What, When};
-use crate::record::format::Memlock;
+use crate::stream::IdOp;
+use crate::stream::event::Memlock;
+use crate::stream::event::{Event, Id, PageClass, Refcount, UnpinFn, What, When};
 
 const VFIO_IOMMU_MAP_DMA: u64 = 0x3b71;
 
@@ -27,17 +28,6 @@ pub struct Decoder {
     /// What each decode did to the id maps, when the caller journals it.
     #[serde(skip)]
     ops: Option<Vec<IdOp>>,
-}
-
-/// One step of the id maps; replaying the steps of a journal after a
-/// checkpoint rebuilds the maps exactly.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum IdOp {
-    Container { key: u64, birth: bool },
-    RetireContainer { key: u64 },
-    Dma { key: u64, birth: bool },
-    RetireDma { key: u64 },
 }
 
 /// Reads a ring-buffer record; the buffer carries no alignment guarantee.

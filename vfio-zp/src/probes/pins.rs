@@ -19,24 +19,6 @@ pub const ROOT: &str = "/sys/fs/bpf/vfio-zp";
 pub const PINNED_MAPS: [&str; 5] = ["COUNTERS", "EVENTS", "THREADS", "SLOTS", "LENT"];
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
-/// This build's id. `VFIO_ZP_BUILD_ID` overrides it (the VM lab uses that
-/// to play an older build).
-pub fn build_id() -> String {
-    if let Ok(id) = std::env::var("VFIO_ZP_BUILD_ID")
-        && !id.is_empty()
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    {
-        return id;
-    }
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    super::programs::OBJECT.hash(&mut h);
-    env!("CARGO_PKG_VERSION").hash(&mut h);
-    // 48 bits: plenty to tell builds apart, and never mistaken for a
-    // kernel address by anyone scanning logs.
-    format!("{:012x}", h.finish() >> 16)
-}
-
 /// Where this build's maps are pinned, once stale builds' pins are gone.
 #[derive(Debug)]
 pub struct PinDir {
@@ -127,12 +109,6 @@ pub fn prepare(root: &Path, build: &str, fresh: bool, ring_bytes: u32) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn build_id_is_stable_and_overridable() {
-        assert_eq!(build_id(), build_id());
-        assert_eq!(build_id().len(), 12);
-    }
 
     #[test]
     fn refuses_a_directory_that_is_not_bpffs() {

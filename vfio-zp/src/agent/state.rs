@@ -20,9 +20,9 @@ use memmap2::MmapMut;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::ingest::Decoder;
 use crate::model::Model;
-use crate::record::Line;
+use crate::source::Decoder;
+use crate::stream::Line;
 
 const CHECKPOINT: &str = "checkpoint.json";
 /// Bumped when the checkpoint's shape changes.
@@ -310,7 +310,7 @@ fn private_dir(dir: &Path) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::model::Config;
-    use crate::record::Header;
+    use crate::stream::Header;
 
     fn header() -> Header {
         serde_json::from_str(
@@ -320,7 +320,7 @@ mod tests {
     }
 
     fn counters(t_ns: u64) -> Line {
-        Line::Counters(crate::record::Counters {
+        Line::Counters(crate::stream::Counters {
             t_ns,
             ..Default::default()
         })
