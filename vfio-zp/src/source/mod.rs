@@ -4,6 +4,7 @@
 //! looked up in /proc and cgroupfs.
 pub mod cgroup_id;
 pub mod decode;
+pub mod drain;
 pub mod ids;
 pub mod resolve;
 pub mod session;
