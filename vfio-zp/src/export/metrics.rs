@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::export::snapshot::Snapshot;
-use crate::model::verdict::Leak;
+use crate::model::verdict::{Leak, Verdicts};
 use crate::stream::{ProbeState, event::Memlock};
 
 const PAGE: i64 = 4096;
@@ -48,7 +48,20 @@ pub fn render(s: &Snapshot) -> String {
         prometheus::process_collector::ProcessCollector::for_self(),
     ));
     let _ = r.register(Box::new(crate::source::session::LOOP_LAG.clone()));
-    let v = &s.verdicts;
+    containers(&r, &s.verdicts);
+    zero_page(&r, &s.verdicts);
+    behaviour(&r, &s.verdicts);
+    probes(&r, s);
+    events(&r, s);
+    model(&r, s);
+    let mut out = Vec::new();
+    // Encoding into a Vec cannot fail.
+    let _ = TextEncoder::new().encode(&r.gather(), &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Per container name: pins, leaks, pinned and locked memory, memlock.
+fn containers(r: &Registry, v: &Verdicts) {
     let mut names: BTreeMap<&str, PerName> = BTreeMap::new();
     for c in &v.containers {
         let n = names.entry(c.name.as_str()).or_default();
@@ -73,55 +86,55 @@ pub fn render(s: &Snapshot) -> String {
 
     let c = ["container"];
     let pins = counter(
-        &r,
+        r,
         "vfio_zp_zero_page_pins_total",
         "GUP pins of the 4 KiB zero page taken for the container's DMA mappings (pages).",
         &c,
     );
     let zero = gauge(
-        &r,
+        r,
         "vfio_zp_zero_page_pinned_pages",
         "Pages type1 holds for the container that are the zero page.",
         &c,
     );
     let leaked = gauge(
-        &r,
+        r,
         "vfio_zp_zero_page_leaked_pins",
         "Zero-page pins that outlived the type1 call that took them and are never released (1024 references each).",
         &c,
     );
     let leak = gauge(
-        &r,
+        r,
         "vfio_zp_leak_detected",
         "1 when the container leaks zero-page pins.",
         &c,
     );
     let pinned = gauge(
-        &r,
+        r,
         "vfio_zp_pinned_pages",
         "All pages type1 holds for the container.",
         &c,
     );
     let locked = gauge(
-        &r,
+        r,
         "vfio_zp_locked_vm_bytes",
         "locked_vm type1 charged (source=kernel, seen in vfio_lock_acct) and as the model predicts it (source=model).",
         &["container", "source"],
     );
     let limit = gauge(
-        &r,
+        r,
         "vfio_zp_memlock_limit_bytes",
         "RLIMIT_MEMLOCK of the owning process (absent: unlimited, CAP_IPC_LOCK or unknown).",
         &c,
     );
     let uncharged = gauge(
-        &r,
+        r,
         "vfio_zp_memlock_uncharged_zero_page_bytes",
         "Zero-page-backed DMA bytes this kernel does not charge to locked_vm.",
         &c,
     );
     let shortfall = gauge(
-        &r,
+        r,
         "vfio_zp_memlock_shortfall_bytes",
         "How far RLIMIT_MEMLOCK falls short on a kernel that charges zero-page-backed DMA (6.2+); 0 when it fits.",
         &c,
@@ -145,21 +158,25 @@ pub fn render(s: &Snapshot) -> String {
         uncharged.with_label_values(&l).set(n.uncharged);
         shortfall.with_label_values(&l).set(n.shortfall);
     }
+}
 
+/// The zero page: its refcount, the headroom before overflow, and the
+/// references nobody the agent saw took.
+fn zero_page(r: &Registry, v: &Verdicts) {
     let refcount = gauge(
-        &r,
+        r,
         "vfio_zp_zero_page_refcount",
         "The 4 KiB zero page's _refcount.",
         &[],
     );
     let headroom = gauge(
-        &r,
+        r,
         "vfio_zp_zero_page_refcount_headroom_pins",
         "Zero-page pins left before its _refcount overflows.",
         &[],
     );
     let unexplained = gauge(
-        &r,
+        r,
         "vfio_zp_zero_page_unexplained_pins",
         "Pins' worth of the zero page's references held by nobody the agent saw: \
          references beyond 1 + 1024 x the live pins seen, / 1024, never negative. \
@@ -173,6 +190,10 @@ pub fn render(s: &Snapshot) -> String {
     if let Some(u) = v.host.unexplained_pins {
         unexplained.with_label_values::<&str>(&[]).set(u);
     }
+}
+
+/// The kernel behaviour the model inferred, as labels.
+fn behaviour(r: &Registry, v: &Verdicts) {
     let flag = |name: &str| {
         v.behaviour
             .iter()
@@ -181,7 +202,7 @@ pub fn render(s: &Snapshot) -> String {
             .unwrap_or_else(|| "unknown".into())
     };
     gauge(
-        &r,
+        r,
         "vfio_zp_kernel_behaviour_info",
         "The kernel behaviour the agent inferred (labels), always 1.",
         &[
@@ -196,14 +217,18 @@ pub fn render(s: &Snapshot) -> String {
         &flag("ro_longterm_unshares"),
     ])
     .set(1);
+}
+
+/// Each probe point's state.
+fn probes(r: &Registry, s: &Snapshot) {
     let attached = gauge(
-        &r,
+        r,
         "vfio_zp_probe_attached",
         "1 when the probe point is attached.",
         &["probe"],
     );
     let state = gauge(
-        &r,
+        r,
         "vfio_zp_probe_state",
         "1 for the probe point's current state (attached, missing, not_traceable, \
          module_not_loaded, failed), 0 for the others.",
@@ -227,8 +252,12 @@ pub fn render(s: &Snapshot) -> String {
                 .set((p.state == st) as i64);
         }
     }
+}
+
+/// Exact probe runs, and what was lost or missed.
+fn events(r: &Registry, s: &Snapshot) {
     let events = counter(
-        &r,
+        r,
         "vfio_zp_events_total",
         "Calls seen per probe (exact, kernel-side); a type1 pin or unpin call, \
          and the zero-page unpins inside a pin call, count when it returns.",
@@ -238,7 +267,7 @@ pub fn render(s: &Snapshot) -> String {
         events.with_label_values(&[p]).inc_by(*n);
     }
     counter(
-        &r,
+        r,
         "vfio_zp_events_lost_total",
         "Events lost: ring buffer full, or a return probe missed because every \
          kretprobe instance was busy (exact counters are not lost).",
@@ -247,7 +276,7 @@ pub fn render(s: &Snapshot) -> String {
     .with_label_values::<&str>(&[])
     .inc_by(s.drops.values().sum::<u64>() + s.misses.values().sum::<u64>());
     let missed = counter(
-        &r,
+        r,
         "vfio_zp_probe_missed_total",
         "Return-probe runs missed per probe (kretprobe maxactive exhausted); \
          0 for entry-only probes and where the kernel does not report misses.",
@@ -258,8 +287,14 @@ pub fn render(s: &Snapshot) -> String {
             .with_label_values(&[p])
             .inc_by(s.misses.get(p).copied().unwrap_or(0));
     }
+}
+
+/// The model's own accounts: uncharges after exit, divergences, and the
+/// build.
+fn model(r: &Registry, s: &Snapshot) {
+    let v = &s.verdicts;
     counter(
-        &r,
+        r,
         "vfio_zp_uncharges_after_exit_total",
         "Uncharges type1 made after the process's mm was gone (vfio_lock_acct \
          -ESRCH): VMMs that exited with DMA mappings live, the ordinary VM exit; \
@@ -269,7 +304,7 @@ pub fn render(s: &Snapshot) -> String {
     .with_label_values::<&str>(&[])
     .inc_by(v.host.uncharges_after_exit);
     let div = counter(
-        &r,
+        r,
         "vfio_zp_model_divergence_total",
         "Events the kernel reported otherwise than the model predicted, per kind.",
         &["kind"],
@@ -283,16 +318,11 @@ pub fn render(s: &Snapshot) -> String {
         div.with_label_values(&[kind.label()]).inc_by(n);
     }
     gauge(
-        &r,
+        r,
         "vfio_zp_build_info",
         "vfio-zp's version, always 1.",
         &["version"],
     )
     .with_label_values(&[&s.agent_version])
     .set(1);
-
-    let mut out = Vec::new();
-    // Encoding into a Vec cannot fail.
-    let _ = TextEncoder::new().encode(&r.gather(), &mut out);
-    String::from_utf8(out).unwrap_or_default()
 }
