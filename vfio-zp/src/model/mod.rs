@@ -525,90 +525,8 @@ impl Model {
                     self.container(id, e).closed_ns = Some(e.t_ns);
                 }
             }
-            What::GupPin {
-                in_type1,
-                zero_pages,
-                huge_zero_pages,
-                gup_flags,
-                pinned,
-                truncated,
-                ..
-            } => {
-                self.truncated_scans += *truncated as u64;
-                let zero = *zero_pages as i64;
-                let huge = *huge_zero_pages as i64;
-                self.zero.pinned(zero);
-                if *in_type1 {
-                    let read_only = gup_flags & FOLL_WRITE == 0;
-                    if read_only && zero > 0 {
-                        self.vote(Trait::RoLongtermUnshares, false, e.t_ns);
-                    }
-                    let call = self.in_flight.entry(e.pid).or_insert_with(|| PinCall {
-                        started_ns: e.t_ns,
-                        ..Default::default()
-                    });
-                    call.container = call.container.or(e.container);
-                    call.zero_pinned += zero;
-                    if zero > 0 {
-                        call.zero_pinned_ns = e.t_ns;
-                    }
-                    call.huge_zero_pinned += huge;
-                    call.read_only_gup |= read_only;
-                    let id = call.container.unwrap_or(UNATTRIBUTED);
-                    let c = self.container(id, e);
-                    c.zero_pins_taken += zero as u64;
-                    c.huge_zero_pins_live += huge;
-                    if read_only && *pinned > 0 {
-                        self.process(e).ro_longterm_pinned += pinned;
-                    }
-                } else {
-                    self.other_zero_pins += zero;
-                }
-                if let Some(r) = e.zero_refcount {
-                    self.probe_reading(r.value as i64, e);
-                }
-            }
-            What::GupUnpin {
-                func,
-                npages,
-                zero_pages,
-                huge_zero_pages,
-                ..
-            } => {
-                // Read before the unpin ran.
-                if let Some(r) = e.zero_refcount {
-                    self.probe_reading(r.value as i64, e);
-                }
-                let this = (*func, *npages, *zero_pages, *huge_zero_pages);
-                if let Some(outer) = self.last_unpin.insert(e.pid, this)
-                    && nested_unpin(outer, this)
-                {
-                    return;
-                }
-                let zero = *zero_pages as i64;
-                let huge = *huge_zero_pages as i64;
-                self.zero.pinned(-zero);
-                let in_call = self.in_flight.get_mut(&e.pid).map(|call| {
-                    call.zero_unpinned += zero;
-                    call.container
-                });
-                // On the release path the unpins carry no container: the
-                // mapping being removed names it.
-                let owner = in_call
-                    .unwrap_or(e.container)
-                    .or_else(|| self.removing.get(&e.pid).copied());
-                match owner {
-                    Some(id) => {
-                        let c = self.container(id, e);
-                        c.zero_pins_released += zero as u64;
-                        c.huge_zero_pins_live -= huge;
-                        if in_call.is_none() {
-                            c.zero_pins_survived -= zero;
-                        }
-                    }
-                    None => self.other_zero_pins -= zero,
-                }
-            }
+            What::GupPin { .. } => self.gup_pin(e),
+            What::GupUnpin { .. } => self.gup_unpin(e),
             What::PutPfn {
                 page: PageClass::Zero,
                 released,
@@ -632,17 +550,7 @@ impl Model {
             What::LockAcct {
                 dma, npage, ret, ..
             } => self.lock_acct(e, *dma, *npage, *ret),
-            What::RemoveDma { dma } => {
-                if let Some(d) = self.dmas.get_mut(dma) {
-                    d.removed = true;
-                    let c = d.container;
-                    self.removing.insert(e.pid, c);
-                    if let Some(c) = self.containers.get_mut(&c) {
-                        c.dmas.remove(dma);
-                    }
-                }
-                self.settle(*dma);
-            }
+            What::RemoveDma { dma } => self.remove_dma(e, dma),
             What::MapDma {
                 ret: 0,
                 vaddr,
@@ -650,23 +558,7 @@ impl Model {
                 size,
                 flags,
                 ..
-            } => {
-                if let Some(c) = e.container.and_then(|id| self.containers.get(&id)) {
-                    let range = *vaddr..vaddr.saturating_add(*size);
-                    for id in c.dmas.clone() {
-                        if let Some(d) = self.dmas.get_mut(&id)
-                            && d.iova.is_none()
-                            && range.contains(&d.vaddr)
-                        {
-                            d.vaddr = *vaddr;
-                            d.iova = Some(*iova);
-                            d.size = Some(*size);
-                            d.read_only = Some(flags & 2 == 0);
-                        }
-                    }
-                }
-                self.quiescent(e);
-            }
+            } => self.map_dma(e, *vaddr, *iova, *size, *flags),
             What::MapDma { ret, size, .. } if *ret == -(libc::ENOMEM as i64) => {
                 // Refused and unwound: what the mapping would have locked.
                 let p = self.process(e);
@@ -677,6 +569,135 @@ impl Model {
             What::UnmapDma { ret: 0, .. } => self.quiescent(e),
             What::MapDma { .. } | What::UnmapDma { .. } => {}
         }
+    }
+
+    /// A mapping made: the pinned ranges seen in its pin calls learn their
+    /// iova, size and direction.
+    fn map_dma(&mut self, e: &Event, vaddr: u64, iova: u64, size: u64, flags: u32) {
+        if let Some(c) = e.container.and_then(|id| self.containers.get(&id)) {
+            let range = vaddr..vaddr.saturating_add(size);
+            for id in c.dmas.clone() {
+                if let Some(d) = self.dmas.get_mut(&id)
+                    && d.iova.is_none()
+                    && range.contains(&d.vaddr)
+                {
+                    d.vaddr = vaddr;
+                    d.iova = Some(iova);
+                    d.size = Some(size);
+                    d.read_only = Some(flags & 2 == 0);
+                }
+            }
+        }
+        self.quiescent(e);
+    }
+
+    /// A GUP pin: zero pages pinned, inside a type1 pin call or not.
+    fn gup_pin(&mut self, e: &Event) {
+        let What::GupPin {
+            in_type1,
+            zero_pages,
+            huge_zero_pages,
+            gup_flags,
+            pinned,
+            truncated,
+            ..
+        } = &e.what
+        else {
+            return;
+        };
+        self.truncated_scans += *truncated as u64;
+        let zero = *zero_pages as i64;
+        let huge = *huge_zero_pages as i64;
+        self.zero.pinned(zero);
+        if *in_type1 {
+            let read_only = gup_flags & FOLL_WRITE == 0;
+            if read_only && zero > 0 {
+                self.vote(Trait::RoLongtermUnshares, false, e.t_ns);
+            }
+            let call = self.in_flight.entry(e.pid).or_insert_with(|| PinCall {
+                started_ns: e.t_ns,
+                ..Default::default()
+            });
+            call.container = call.container.or(e.container);
+            call.zero_pinned += zero;
+            if zero > 0 {
+                call.zero_pinned_ns = e.t_ns;
+            }
+            call.huge_zero_pinned += huge;
+            call.read_only_gup |= read_only;
+            let id = call.container.unwrap_or(UNATTRIBUTED);
+            let c = self.container(id, e);
+            c.zero_pins_taken += zero as u64;
+            c.huge_zero_pins_live += huge;
+            if read_only && *pinned > 0 {
+                self.process(e).ro_longterm_pinned += pinned;
+            }
+        } else {
+            self.other_zero_pins += zero;
+        }
+        if let Some(r) = e.zero_refcount {
+            self.probe_reading(r.value as i64, e);
+        }
+    }
+
+    /// A GUP unpin: zero pages released, by the call or mapping that held them.
+    fn gup_unpin(&mut self, e: &Event) {
+        let What::GupUnpin {
+            func,
+            npages,
+            zero_pages,
+            huge_zero_pages,
+            ..
+        } = &e.what
+        else {
+            return;
+        };
+        // Read before the unpin ran.
+        if let Some(r) = e.zero_refcount {
+            self.probe_reading(r.value as i64, e);
+        }
+        let this = (*func, *npages, *zero_pages, *huge_zero_pages);
+        if let Some(outer) = self.last_unpin.insert(e.pid, this)
+            && nested_unpin(outer, this)
+        {
+            return;
+        }
+        let zero = *zero_pages as i64;
+        let huge = *huge_zero_pages as i64;
+        self.zero.pinned(-zero);
+        let in_call = self.in_flight.get_mut(&e.pid).map(|call| {
+            call.zero_unpinned += zero;
+            call.container
+        });
+        // On the release path the unpins carry no container: the
+        // mapping being removed names it.
+        let owner = in_call
+            .unwrap_or(e.container)
+            .or_else(|| self.removing.get(&e.pid).copied());
+        match owner {
+            Some(id) => {
+                let c = self.container(id, e);
+                c.zero_pins_released += zero as u64;
+                c.huge_zero_pins_live -= huge;
+                if in_call.is_none() {
+                    c.zero_pins_survived -= zero;
+                }
+            }
+            None => self.other_zero_pins -= zero,
+        }
+    }
+
+    /// A mapping being removed: the unpins that follow are its.
+    fn remove_dma(&mut self, e: &Event, dma: &Id) {
+        if let Some(d) = self.dmas.get_mut(dma) {
+            d.removed = true;
+            let c = d.container;
+            self.removing.insert(e.pid, c);
+            if let Some(c) = self.containers.get_mut(&c) {
+                c.dmas.remove(dma);
+            }
+        }
+        self.settle(*dma);
     }
 
     fn type1_pin(&mut self, e: &Event, dma: Id, vaddr: u64, pinned: i64, base: PageClass) {
