@@ -538,6 +538,19 @@ fn yes(b: bool) -> &'static str {
 impl std::fmt::Display for Verdicts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut s = String::new();
+        self.write_kernel(&mut s);
+        self.write_zero_page(&mut s);
+        self.write_containers(&mut s);
+        self.write_memlock(&mut s);
+        self.write_coverage(&mut s);
+        writeln!(f, "{s}")
+    }
+}
+
+/// The text `replay` and the agent print, one section each.
+impl Verdicts {
+    /// The kernel and the behaviour inferred of it.
+    fn write_kernel(&self, s: &mut String) {
         let _ = writeln!(
             s,
             "kernel {} ({})",
@@ -561,6 +574,10 @@ impl std::fmt::Display for Verdicts {
                 let _ = writeln!(s, "  {:<24} ! {c}", "");
             }
         }
+    }
+
+    /// The zero page's refcount, what explains it, and the leak.
+    fn write_zero_page(&self, s: &mut String) {
         let h = &self.host;
         match h.zero_page_refcount {
             Some(r) => {
@@ -593,6 +610,10 @@ impl std::fmt::Display for Verdicts {
                 .map(|e| format!(", refcount overflow in {}", eta(e)))
                 .unwrap_or_default()
         );
+    }
+
+    /// One row per VFIO container.
+    fn write_containers(&self, s: &mut String) {
         let _ = writeln!(
             s,
             "{:>4} {:<28} {:<22} {:>4} {:>7} {:>6} {:>7} {:>8} {:>15}  VERDICT",
@@ -622,6 +643,10 @@ impl std::fmt::Display for Verdicts {
                 c.leak
             );
         }
+    }
+
+    /// Each process's memlock account and advice.
+    fn write_memlock(&self, s: &mut String) {
         if !self.processes.is_empty() {
             let _ = writeln!(s, "memlock:");
             for p in &self.processes {
@@ -638,6 +663,10 @@ impl std::fmt::Display for Verdicts {
                 );
             }
         }
+    }
+
+    /// Where the model and the kernel differed, and what the probes saw.
+    fn write_coverage(&self, s: &mut String) {
         if self.divergences.is_empty() {
             let _ = writeln!(s, "model divergences: none");
         }
@@ -652,6 +681,5 @@ impl std::fmt::Display for Verdicts {
         if let Some(u) = &c.uncertain {
             let _ = write!(s, "\n  ! verdicts uncertain: {u}");
         }
-        writeln!(f, "{s}")
     }
 }
