@@ -137,7 +137,7 @@ fn cargo() -> Command {
 
 /// The agent and the workload, built before anything boots.
 fn build_binaries() -> anyhow::Result<()> {
-    cmd::run(cargo().args(["build", "-p", "vfio-zp", "-p", "xtask", "--bins"]))
+    cmd::run(cargo().args(["build", "-p", "vfio-zp", "-p", "vfio-zp-workload", "--bins"]))
 }
 
 fn host_can_probe() -> bool {

@@ -260,7 +260,7 @@ fn boot(kernel: &str, dir: &Path, pages: u64, reps: u32) -> anyhow::Result<()> {
                 "-p",
                 "vfio-zp",
                 "-p",
-                "xtask",
+                "vfio-zp-workload",
                 "--bins",
             ]),
     )?;

@@ -1,13 +1,10 @@
 //! Drives VFIO type1 scenarios in a VM-lab guest and writes what the kernel
 //! itself says (zero page refcount via /proc/kcore, pagemap, VmLck) as JSON.
-#[path = "../workload/mod.rs"]
-mod workload;
-
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser};
-use workload::{
+use vfio_zp_workload::{
     scenarios::{self, SCENARIOS},
     vmm::{self, VMM_SCENARIOS},
 };
