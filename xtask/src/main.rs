@@ -5,6 +5,7 @@ mod fuzz;
 mod lab;
 #[cfg(test)]
 mod layout;
+mod shellcheck;
 mod skip;
 
 use std::{
@@ -121,6 +122,10 @@ enum Cmd {
         #[arg(long)]
         report_only: bool,
     },
+    /// Check every shell script of the tree (`*.sh`) with shellcheck
+    /// (Debian's, fetched into the lab's cache when not on PATH); fails on
+    /// any finding. `cargo xtask test` runs it too.
+    Shellcheck,
     /// Regenerate the golden recordings in vfio-zp/tests/fixtures (a
     /// small-page matrix run on every lab kernel).
     Fixtures {
@@ -148,6 +153,7 @@ fn host_can_probe() -> bool {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Bootstrap => bootstrap::run(),
+        Cmd::Shellcheck => shellcheck::run(Path::new(".")),
         Cmd::Bench {
             containers,
             kernel,
@@ -248,12 +254,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             // (QEMU alone, named as libvirt would name it, should libvirtd
             // not start); its read-only ROM pins take the leak path on
             // 5.10-leaky.
-            let body = format!(
-                "{up}if [ -n \"$LV_OK\" ]; then\n  \"{bin}/vfio-zp-workload\" --scenario libvirt-destroy || status=1\n  kill $LVP\nelse\n  \"{bin}/vfio-zp-workload\" --scenario qemu-pc-quit || status=1\nfi\n",
-                up = lab::matrix::LIBVIRT_UP,
-                bin = bin.display()
-            );
-            let script = lab::matrix::with_recorder("$RESULTS/demo.jsonl", true, &body, "")?;
+            let body = format!("{}{}", lab::matrix::LIBVIRT_UP, lab::matrix::DEMO);
+            let script = lab::matrix::with_recorder("demo.jsonl", true, &[], &body, "")?;
             let out = PathBuf::from("lab-out/demo");
             let r = lab::qemu::run(&k, &out, &script, Duration::from_secs(900), true)?;
             eprintln!(
@@ -313,6 +315,7 @@ fn test(kernels: &[String], no_vm: bool, allow: &[String], log: &Path) -> anyhow
     }
     cmd::run(&mut unit)?;
     alert_rules(log, allow)?;
+    shellcheck::check(Path::new("."), log, allow)?;
     if no_vm {
         eprintln!(
             "test: WARNING: --no-vm: the VM matrix was SKIPPED; attach and kernel-truth checks did not run"

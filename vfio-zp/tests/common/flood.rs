@@ -19,10 +19,10 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
     let gup_refcounts = kernel.starts_with("5.10");
 
     for f in [
-        "flood.jsonl",
-        "flood-verdicts.json",
-        "flood-metrics.txt",
-        "flood-recorder.log",
+        super::outputs::FLOOD_RECORDING,
+        super::outputs::FLOOD_VERDICTS,
+        super::outputs::FLOOD_METRICS,
+        super::outputs::FLOOD_RECORDER_LOG,
     ] {
         let text = std::fs::read_to_string(dir.join(f)).unwrap_or_default();
         if let Some(t) = super::hardening::kernel_address(&text) {
@@ -30,18 +30,18 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
         }
     }
     // The recorder's live verdicts are what its recording replays to.
-    if dir.join("flood.jsonl").exists() {
-        let replayed = super::verdicts::replay_file(&dir.join("flood.jsonl"));
+    if dir.join(super::outputs::FLOOD_RECORDING).exists() {
+        let replayed = super::verdicts::replay_file(&dir.join(super::outputs::FLOOD_RECORDING));
         for d in super::verdicts::replay_differs(
             "flood",
             &replayed,
-            &dir.join("flood-verdicts.json"),
+            &dir.join(super::outputs::FLOOD_VERDICTS),
             false,
         ) {
             fail(d);
         }
     }
-    let rec = match read_path(&dir.join("flood.jsonl")) {
+    let rec = match read_path(&dir.join(super::outputs::FLOOD_RECORDING)) {
         Ok(r) => r,
         Err(e) => {
             fail(format!("flood.jsonl: {e}"));
@@ -111,7 +111,8 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
     }
 
     // Exported, and said in the verdicts.
-    let metrics = std::fs::read_to_string(dir.join("flood-metrics.txt")).unwrap_or_default();
+    let metrics =
+        std::fs::read_to_string(dir.join(super::outputs::FLOOD_METRICS)).unwrap_or_default();
     let lost: f64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("vfio_zp_events_lost_total "))
@@ -122,7 +123,7 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
             "vfio_zp_events_lost_total {lost} after {drops} drops"
         ));
     }
-    let v: Verdicts = match std::fs::read_to_string(dir.join("flood-verdicts.json"))
+    let v: Verdicts = match std::fs::read_to_string(dir.join(super::outputs::FLOOD_VERDICTS))
         .map_err(|e| e.to_string())
         .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
     {

@@ -27,7 +27,10 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
     // Capabilities: every thread of the running recorder holds exactly the
     // set probes/privileges.rs documents for kernels with CAP_BPF (5.8+):
     // CAP_SYS_ADMIN too where perf_event_paranoid > 2 (Debian's default).
-    let paranoid: i32 = read("perf-event-paranoid").trim().parse().unwrap_or(3);
+    let paranoid: i32 = read(super::outputs::PERF_EVENT_PARANOID)
+        .trim()
+        .parse()
+        .unwrap_or(3);
     let mut kept = vec![
         Capability::CAP_BPF,
         Capability::CAP_PERFMON,
@@ -37,7 +40,7 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
         kept.push(Capability::CAP_SYS_ADMIN);
     }
     let want = kept.iter().fold(0u64, |m, c| m | c.bitmask());
-    let caps = read("recorder-capeff.txt");
+    let caps = read(super::outputs::RECORDER_CAPEFF);
     let effs: Vec<u64> = caps
         .lines()
         .filter_map(|l| u64::from_str_radix(l.strip_prefix("CapEff:")?.trim(), 16).ok())
@@ -56,7 +59,7 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
     }
 
     // /metrics under load from a second process, while workloads ran.
-    let wrk = read("wrk.txt");
+    let wrk = read(super::outputs::WRK);
     let rps: f64 = wrk
         .lines()
         .find_map(|l| l.strip_prefix("Requests/sec:"))
@@ -66,14 +69,17 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
         fail(format!("load test on /metrics: {rps} requests/s\n{wrk}"));
     }
     // hyper answers an unparseable request with 400 or just closes.
-    let garbage = read("http-garbage.txt");
+    let garbage = read(super::outputs::HTTP_GARBAGE);
     if !(garbage.is_empty() || garbage.starts_with("HTTP/1.1 400")) {
         fail(format!(
             "garbage request answered {:?}",
             garbage.lines().next()
         ));
     }
-    for (f, status) in [("http-post.txt", "405"), ("http-404.txt", "404")] {
+    for (f, status) in [
+        (super::outputs::HTTP_POST, "405"),
+        (super::outputs::HTTP_404, "404"),
+    ] {
         let got = read(f);
         if !got.contains(&format!("HTTP/1.1 {status}")) {
             fail(format!(
@@ -82,14 +88,14 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
             ));
         }
     }
-    if read("healthz-after.txt").trim().is_empty() {
+    if read(super::outputs::HEALTHZ_AFTER).trim().is_empty() {
         fail("/healthz did not answer after the bad requests".into());
     }
 
     // SIGTERM: out within a second, with the final counters written.
     if let Err(e) = timed(
         kernel,
-        &read("stop-uptime"),
+        &read(super::outputs::STOP_UPTIME),
         "SIGTERM to exit",
         1.0,
         TCG_STOP,
@@ -98,22 +104,22 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
     }
     // vfio_iommu_type1 unloaded and reloaded mid-matrix: seen detached, then
     // attached within 2 s of the load (the later scenarios check the counts).
-    if !read("type1-state-unloaded.txt").contains("module_not_loaded") {
+    if !read(super::outputs::TYPE1_STATE_UNLOADED).contains("module_not_loaded") {
         fail(format!(
             "type1 unload not seen in the snapshot: {:?}",
-            read("type1-state-unloaded.txt")
+            read(super::outputs::TYPE1_STATE_UNLOADED)
         ));
     }
     if let Err(e) = timed(
         kernel,
-        &read("reattach-uptime"),
+        &read(super::outputs::REATTACH_UPTIME),
         "type1 loaded to probes attached",
         2.0,
         TCG_REATTACH,
     ) {
         fail(e);
     }
-    match read_path(&dir.join("recording.jsonl")) {
+    match read_path(&dir.join(super::outputs::RECORDING)) {
         Ok(r) => {
             let type1_pin = |l: &Line| match l {
                 Line::Probes(p) => p
@@ -145,30 +151,31 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
     // Return probes: gone after a clean stop; left by SIGKILL; removed by
     // the next start.
     let ours = |f: &str| our_return_probes(&read(f));
-    if ours("kprobe-events-after-stop.txt") != 0 {
+    if ours(super::outputs::KPROBE_EVENTS_AFTER_STOP) != 0 {
         fail("return probes left in kprobe_events after SIGTERM".into());
     }
-    if ours("kprobe-events-after-kill.txt") != RETURN_PROBES {
+    if ours(super::outputs::KPROBE_EVENTS_AFTER_KILL) != RETURN_PROBES {
         fail(format!(
             "after SIGKILL {} return probes in kprobe_events, want the {RETURN_PROBES} it made",
-            ours("kprobe-events-after-kill.txt")
+            ours(super::outputs::KPROBE_EVENTS_AFTER_KILL)
         ));
     }
-    if ours("kprobe-events-final.txt") != 0
-        || !read("top-local.txt").contains(&format!("removed {RETURN_PROBES} return probes"))
+    if ours(super::outputs::KPROBE_EVENTS_FINAL) != 0
+        || !read(super::outputs::TOP_LOCAL)
+            .contains(&format!("removed {RETURN_PROBES} return probes"))
     {
         fail("the next start did not remove the killed agent's return probes".into());
     }
 
     // No kernel address in anything the agent writes or serves.
     for f in [
-        "recording.jsonl",
-        "verdicts.json",
-        "metrics.txt",
-        "snapshot.json",
-        "recorder.log",
-        "top.txt",
-        "top-local.txt",
+        super::outputs::RECORDING,
+        super::outputs::VERDICTS,
+        super::outputs::METRICS,
+        super::outputs::SNAPSHOT,
+        super::outputs::RECORDER_LOG,
+        super::outputs::TOP,
+        super::outputs::TOP_LOCAL,
     ] {
         if let Some(t) = kernel_address(&read(f)) {
             fail(format!("{f} holds a kernel address: {t}"));

@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 pub mod flood;
 pub mod hardening;
+#[path = "../../../xtask/src/lab/outputs.rs"]
+mod outputs;
 pub mod restart;
 pub mod sandbox;
 pub mod surfaces;

@@ -29,8 +29,8 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
     let mut fail = |m: String| bad.push(format!("{kernel}: restart: {m}"));
 
     // Another build's pins: there before, gone after, and said so.
-    let before = read("pins-before.txt");
-    let after = read("pins-after.txt");
+    let before = read(super::outputs::PINS_BEFORE);
+    let after = read(super::outputs::PINS_AFTER);
     let ours: Vec<&str> = after.split_whitespace().collect();
     if !before.contains("0ld-build")
         || after.contains("0ld-build")
@@ -43,15 +43,15 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
     }
     // Started before vfio_iommu_type1 was loaded: detached, then attached
     // within moments of the load.
-    if !read("late-state-before.txt").contains("module_not_loaded") {
+    if !read(super::outputs::LATE_STATE_BEFORE).contains("module_not_loaded") {
         fail(format!(
             "type1_pin before the late load: {:?} (want module_not_loaded)",
-            read("late-state-before.txt")
+            read(super::outputs::LATE_STATE_BEFORE)
         ));
     }
     if let Err(e) = super::hardening::timed(
         kernel,
-        &read("late-load-uptime"),
+        &read(super::outputs::LATE_LOAD_UPTIME),
         "type1 loaded after the agent started, to attached",
         2.0,
         TCG_FIRST_LOAD,
@@ -62,20 +62,21 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
     // checkpoint written; the restore below proves the latter) in time.
     if let Err(e) = super::hardening::timed(
         kernel,
-        &read("agent-stop-uptime"),
+        &read(super::outputs::AGENT_STOP_UPTIME),
         "agent SIGTERM to exit (detach + checkpoint)",
         1.0,
         super::hardening::TCG_STOP,
     ) {
         fail(e);
     }
-    let left = super::hardening::our_return_probes(&read("kprobe-events-after-agent-stop.txt"));
+    let left =
+        super::hardening::our_return_probes(&read(super::outputs::KPROBE_EVENTS_AFTER_AGENT_STOP));
     if left != 0 {
         fail(format!(
             "{left} return probes left in kprobe_events after the agent's SIGTERM"
         ));
     }
-    let log1 = read("agent-1.log");
+    let log1 = read(super::outputs::AGENT_1_LOG);
     for said in [
         "removed maps pinned by another vfio-zp build (0ld-build)",
         "kept state is from another vfio-zp build (0ld-build",
@@ -85,26 +86,29 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
         }
     }
     for f in [
-        "agent-old.log",
-        "agent-1.log",
-        "agent-2.log",
-        "agent-3.log",
-        "restart-1.json",
-        "restart-final.json",
+        super::outputs::AGENT_OLD_LOG,
+        super::outputs::AGENT_1_LOG,
+        super::outputs::AGENT_2_LOG,
+        super::outputs::AGENT_3_LOG,
+        super::outputs::RESTART_1,
+        super::outputs::RESTART_FINAL,
     ] {
         if let Some(t) = super::hardening::kernel_address(&read(f)) {
             fail(format!("{f} holds a kernel address: {t}"));
         }
     }
-    if !read("state-dir.txt").contains("checkpoint.json") {
-        fail(format!("no checkpoint kept: {}", read("state-dir.txt")));
+    if !read(super::outputs::STATE_DIR).contains("checkpoint.json") {
+        fail(format!(
+            "no checkpoint kept: {}",
+            read(super::outputs::STATE_DIR)
+        ));
     }
 
     let snaps: Vec<(&str, Result<Snapshot, String>)> = [
-        "restart-1.json",
-        "restart-2.json",
-        "restart-3.json",
-        "restart-final.json",
+        super::outputs::RESTART_1,
+        super::outputs::RESTART_2,
+        super::outputs::RESTART_3,
+        super::outputs::RESTART_FINAL,
     ]
     .into_iter()
     .map(|f| (f, snapshot(dir, f)))
@@ -138,9 +142,10 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
     // kept, after the matrix's workloads (on 5.10-leaky: hundreds of pins
     // leaked). What it never saw taken is said at once: the kcore reading
     // the workload took before its map, less the base, in whole pins.
-    let truth_before = serde_json::from_str::<serde_json::Value>(&read("restart-truth.json"))
-        .ok()
-        .and_then(|t| t["refcount_before"].as_i64());
+    let truth_before =
+        serde_json::from_str::<serde_json::Value>(&read(super::outputs::RESTART_TRUTH))
+            .ok()
+            .and_then(|t| t["refcount_before"].as_i64());
     let want = truth_before.map(|r| (r - 1).max(0) / 1024);
     if first.verdicts.host.unexplained_pins != want {
         fail(format!(
@@ -148,7 +153,8 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
             first.verdicts.host.unexplained_pins
         ));
     }
-    let said = read("agent-1.log").contains("pins' worth of references nobody vfio-zp saw take");
+    let said = read(super::outputs::AGENT_1_LOG)
+        .contains("pins' worth of references nobody vfio-zp saw take");
     if said != want.is_some_and(|w| w > 0) {
         fail(format!(
             "agent-1.log: the start-up line on unexplained pins is {}, {want:?} of them",
@@ -259,7 +265,7 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
         ));
     }
     let truth: serde_json::Value =
-        serde_json::from_str(&read("restart-truth.json")).unwrap_or_default();
+        serde_json::from_str(&read(super::outputs::RESTART_TRUTH)).unwrap_or_default();
     let grew = truth["refcount_after"]
         .as_i64()
         .zip(truth["refcount_before"].as_i64());

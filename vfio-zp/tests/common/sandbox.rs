@@ -112,19 +112,19 @@ pub fn calls_after_exec(trace: &str, program: &str) -> Option<BTreeSet<String>> 
 pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
     let mut bad = Vec::new();
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
-    if let Ok(why) = std::fs::read_to_string(dir.join("sandbox-skipped")) {
+    if let Ok(why) = std::fs::read_to_string(dir.join(super::outputs::SANDBOX_SKIPPED)) {
         vfio_zp::testing::skip("lab-sandbox", why.trim());
         return bad;
     }
-    if read("sandbox-exit").trim() != "0" {
+    if read(super::outputs::SANDBOX_EXIT).trim() != "0" {
         bad.push(format!(
             "{kernel}: the sandboxed agent exited {:?}:\n{}",
-            read("sandbox-exit").trim(),
-            read("sandbox-agent.log")
+            read(super::outputs::SANDBOX_EXIT).trim(),
+            read(super::outputs::SANDBOX_AGENT_LOG)
         ));
     }
     // Served from a network namespace of its own, through the socket passed in.
-    let ns: Vec<String> = read("sandbox-netns.txt")
+    let ns: Vec<String> = read(super::outputs::SANDBOX_NETNS)
         .lines()
         .map(str::to_string)
         .collect();
@@ -133,7 +133,7 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
             "{kernel}: the sandboxed agent's network namespace is not its own: {ns:?}"
         ));
     }
-    match serde_json::from_str::<Snapshot>(&read("sandbox-snapshot.json")) {
+    match serde_json::from_str::<Snapshot>(&read(super::outputs::SANDBOX_SNAPSHOT)) {
         Ok(v) => {
             let names: Vec<&str> = v
                 .verdicts
@@ -148,7 +148,7 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
             }
             // Every point as the recorder found it on this kernel, the
             // type1 ones re-attached after the reload.
-            match vfio_zp::stream::read_path(&dir.join("recording.jsonl")) {
+            match vfio_zp::stream::read_path(&dir.join(super::outputs::RECORDING)) {
                 Ok(rec) => {
                     let states = |p: &[vfio_zp::stream::ProbeStatus]| -> Vec<(String, ProbeState)> {
                         p.iter().map(|s| (s.probe.clone(), s.state)).collect()
@@ -166,7 +166,7 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
         Err(e) => bad.push(format!("{kernel}: sandbox-snapshot.json: {e}")),
     }
     // Every call it made is one the unit allows.
-    let Some(calls) = calls_after_exec(&read("sandbox-strace.txt"), "vfio-zp") else {
+    let Some(calls) = calls_after_exec(&read(super::outputs::SANDBOX_STRACE), "vfio-zp") else {
         bad.push(format!(
             "{kernel}: sandbox-strace.txt has no exec of the agent"
         ));

@@ -18,19 +18,21 @@ pub fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
 pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
     let mut bad = Vec::new();
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
-    let v: Verdicts = match serde_json::from_str(&read("verdicts.json")) {
+    let v: Verdicts = match serde_json::from_str(&read(super::outputs::VERDICTS)) {
         Ok(v) => v,
         Err(e) => return vec![format!("{kernel}: verdicts.json: {e}")],
     };
     // check: everything resolvable once type1 is loaded, verifier included.
-    let check = read("check.txt");
-    if read("check-exit").trim() != "0" || !check.contains("ok   probes load (verifier)") {
+    let check = read(super::outputs::CHECK);
+    if read(super::outputs::CHECK_EXIT).trim() != "0"
+        || !check.contains("ok   probes load (verifier)")
+    {
         bad.push(format!(
             "{kernel}: `vfio-zp check` exit {}:\n{check}",
-            read("check-exit").trim()
+            read(super::outputs::CHECK_EXIT).trim()
         ));
     }
-    let m = parse_metrics(&read("metrics.txt"));
+    let m = parse_metrics(&read(super::outputs::METRICS));
     if m.is_empty() {
         bad.push(format!("{kernel}: no metrics scraped"));
         return bad;
@@ -73,7 +75,7 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
         ));
     }
     for name in CONTRACT.iter().chain(&PROCESS) {
-        if !read("metrics.txt").contains(&format!("# TYPE {name} ")) {
+        if !read(super::outputs::METRICS).contains(&format!("# TYPE {name} ")) {
             bad.push(format!("{kernel}: metric {name} missing from the scrape"));
         }
     }
@@ -101,7 +103,7 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
         println!("{kernel}: event-loop tick lag p99 > 0.5 s over {ticks} ticks (emulated)");
     }
     // top shows the same numbers.
-    let top = read("top.txt");
+    let top = read(super::outputs::TOP);
     for (name, n) in &leaked {
         let row = top
             .lines()
@@ -114,17 +116,21 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
         }
     }
     // What a real Prometheus server scraped: the same values.
-    if dir.join("prometheus-skipped").exists() {
+    if dir.join(super::outputs::PROMETHEUS_SKIPPED).exists() {
         vfio_zp::testing::skip(
             "lab-prometheus",
             &format!("{kernel}: no Prometheus server; only the scrape client's view was checked"),
         );
     } else {
-        bad.extend(check_prometheus(kernel, &read("prometheus-query.json"), &m));
+        bad.extend(check_prometheus(
+            kernel,
+            &read(super::outputs::PROMETHEUS_QUERY),
+            &m,
+        ));
     }
     // The interactive view in tmux, and top loading the probes itself.
-    let screen = read("top-tmux.txt");
-    if dir.join("top-tmux-skipped").exists() {
+    let screen = read(super::outputs::TOP_TMUX);
+    if dir.join(super::outputs::TOP_TMUX_SKIPPED).exists() {
         vfio_zp::testing::skip(
             "lab-tmux",
             &format!("{kernel}: no tmux in the guest; the interactive view was not tested"),
@@ -151,11 +157,11 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
                 !leaks
             ));
         }
-        if !read("top-tmux-sorted.txt").contains("sort: pin rate") {
+        if !read(super::outputs::TOP_TMUX_SORTED).contains("sort: pin rate") {
             bad.push(format!("{kernel}: the s key did not change the sort"));
         }
     }
-    let local = read("top-local.txt");
+    let local = read(super::outputs::TOP_LOCAL);
     let rc = v.host.zero_page_refcount.unwrap_or(-1);
     if !local.contains("probes 13/13 attached")
         || !local.contains(&format!("zero page refcount {rc} "))

@@ -110,7 +110,7 @@ fn truths(dir: &Path) -> BTreeMap<String, Truth> {
 
 /// The recording replayed through the model.
 pub fn replay(dir: &Path) -> Verdicts {
-    replay_file(&dir.join("recording.jsonl"))
+    replay_file(&dir.join(super::outputs::RECORDING))
 }
 
 pub fn replay_file(path: &Path) -> Verdicts {
@@ -194,7 +194,7 @@ fn check_fields(kernel: &str, dir: &Path, known_only: bool) -> Vec<String> {
     bad.extend(replay_differs(
         kernel,
         &v,
-        &dir.join("verdicts.json"),
+        &dir.join(super::outputs::VERDICTS),
         known_only,
     ));
     print!("{v}");
@@ -227,7 +227,7 @@ fn check_fields(kernel: &str, dir: &Path, known_only: bool) -> Vec<String> {
             let tids: Vec<u32> = run.threads.iter().map(|t| t.tid).collect();
             println!(
                 "{ctx}: {} type1 pin calls interleaved with another thread's",
-                interleaved_pin_calls(&dir.join("recording.jsonl"), &tids),
+                interleaved_pin_calls(&dir.join(super::outputs::RECORDING), &tids),
             );
         }
         // Leaked pins are the refcount growth / 1024, exactly.

@@ -158,7 +158,7 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
             truths.len()
         ));
     }
-    let rec = match read_path(&dir.join("recording.jsonl")) {
+    let rec = match read_path(&dir.join(super::outputs::RECORDING)) {
         Ok(r) => r,
         Err(e) => return vec![format!("{kernel}: {e}")],
     };
@@ -171,7 +171,7 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
         })
         .collect();
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
-    let v: Verdicts = match serde_json::from_str(&read("verdicts.json")) {
+    let v: Verdicts = match serde_json::from_str(&read(super::outputs::VERDICTS)) {
         Ok(v) => v,
         Err(e) => return vec![format!("{kernel}: verdicts.json: {e}")],
     };
@@ -351,7 +351,7 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
         }
     }
     // The exits are counted, and never taken for a memlock refusal.
-    let metrics = super::surfaces::parse_metrics(&read("metrics.txt"));
+    let metrics = super::surfaces::parse_metrics(&read(super::outputs::METRICS));
     let exits = metrics
         .get("vfio_zp_uncharges_after_exit_total")
         .copied()
@@ -361,7 +361,7 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
             "{kernel}: vfio_zp_uncharges_after_exit_total {exits} for {vms} VM exits"
         ));
     }
-    let log = read("recorder.log");
+    let log = read(super::outputs::RECORDER_LOG);
     let warned: Vec<&str> = log
         .lines()
         .filter(|l| {

@@ -1,0 +1,118 @@
+# shellcheck shell=dash
+# The bench guest (the host's /bin/sh, dash). Set by the preamble: BIN (the
+# release binaries), PAGES, REPS (runs per set), FULL_RING_KIB, STORM (wrk's
+# connections), ENTRY_ONLY (points without a return program, |-separated).
+set -u
+busybox ip link set lo up 2>/dev/null || busybox ifconfig lo 127.0.0.1 up
+echo 1 > /proc/sys/kernel/bpf_stats_enabled || echo "bench: no bpf_stats"
+SNAP=http://127.0.0.1:10986/api/v1/snapshot
+status=0
+HZ=$(getconf CLK_TCK 2>/dev/null || echo 100)
+# Workload on CPU 0, tracer on CPU 1, as on a host where the agent is not
+# on the VM's core. ON0 and ON1 are command prefixes, split on purpose.
+if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
+  ON0="taskset -c 0"; ON1="taskset -c 1"
+else
+  ON0=""; ON1=""; echo "bench: NOT PINNED (taskset or a second vCPU missing)" | tee "$RESULTS/bench-unpinned"
+fi
+work() {
+  # shellcheck disable=SC2086
+  $ON0 "$BIN/vfio-zp-workload" --scenario "$1" --pages "$PAGES" --hold-ms 0 --truth "$RESULTS/$2.json" > /dev/null 2>&1 || { echo "bench: workload $1 failed"; status=1; }
+}
+set_of() {
+  i=1
+  while [ $i -le "$REPS" ]; do work ro-read-touched "bench-$1-ro-$i"; work rw-read-touched "bench-$1-rw-$i"; i=$((i+1)); done
+}
+# utime + stime of a process, in clock ticks.
+# shellcheck disable=SC2046 # the two fields, split on purpose
+ticks() { set -- $(cut -d' ' -f14,15 "/proc/$1/stat"); echo $(($1 + $2)); }
+progs() { bpftool prog show -j > "$RESULTS/bench-progs-$1.json" 2>/dev/null || echo "bench: bpftool failed"; }
+# $2: the agent's extra options, split on purpose.
+agent() {
+  # shellcheck disable=SC2086
+  $ON1 "$BIN/vfio-zp" agent --listen 127.0.0.1:10986 --no-wait --fresh $2 2> "$RESULTS/bench-agent-$1.log" &
+  AP=$!
+  i=0
+  until busybox wget -q -O /dev/null $SNAP 2>/dev/null; do
+    sleep 0.5; i=$((i+1))
+    if ! kill -0 "$AP" 2>/dev/null || [ $i -gt 900 ]; then echo "bench: agent did not start"; status=1; return 1; fi
+  done
+  sleep 1
+}
+progs before
+for round in 1 2; do
+  set_of detached-$round
+  # A ring that holds every record of a set: the cost measured is the cost
+  # of every event delivered (a full ring makes dropped events cheap).
+  agent $round "--ring-buffer-kib $FULL_RING_KIB"
+  if [ $round = 1 ]; then
+    # The idle agent's CPU (attached, nothing mapping): utime + stime in
+    # clock ticks over 30 s.
+    a=$(ticks "$AP"); sleep 30; b=$(ticks "$AP")
+    echo "$a $b $HZ 30" > "$RESULTS/bench-idle.txt"
+    # A scrape storm while a read-only run maps: HTTP has its own thread,
+    # so the event loop's ticks must stay on time (its lag histogram,
+    # read before and after).
+    if command -v wrk >/dev/null; then
+      busybox wget -q -O "$RESULTS/bench-lag-before.txt" http://127.0.0.1:10986/metrics
+      # shellcheck disable=SC2086
+      $ON0 wrk -t1 -c"$STORM" -d30s http://127.0.0.1:10986/metrics > "$RESULTS/bench-wrk.txt" 2>&1 &
+      WP=$!
+      work ro-read-touched bench-storm-ro-1
+      wait $WP
+      busybox wget -q -O "$RESULTS/bench-lag-after.txt" http://127.0.0.1:10986/metrics || echo "bench: no metrics after the storm"
+    else
+      echo "no wrk on the host" > "$RESULTS/bench-wrk-skipped"
+    fi
+  fi
+  a=$(ticks "$AP")
+  set_of attached-$round
+  sleep 2 # the agent drains what the last run left in the ring
+  echo "$a $(ticks "$AP") $HZ" > "$RESULTS/bench-agent-cpu-$round.txt"
+  busybox wget -q -O "$RESULTS/bench-snap-$round.json" $SNAP
+  progs vfio-zp-$round
+  if [ $round = 1 ]; then
+    busybox wget -q -O - $SNAP | grep -o '"probe":"[a-z_0-9]*","function":"[^"]*","symbol":"[^"]*","state":"attached"' \
+      | sed 's/"probe":"\([^"]*\)","function":"[^"]*","symbol":"\([^"]*\)".*/\1 \2/' > "$RESULTS/bench-points.txt"
+  fi
+  kill -TERM "$AP"; wait "$AP"
+done
+# The default ring, one read-only run: what a host with defaults loses when
+# one large mapping pins faster than the agent drains.
+agent default "" && {
+  work ro-read-touched bench-default-ro-1
+  sleep 2
+  busybox wget -q -O "$RESULTS/bench-snap-default.json" $SNAP
+  kill -TERM "$AP"; wait "$AP"
+}
+# The same points counted by bpftrace (clone suffixes become wildcards).
+while read -r label sym; do
+  s=$(echo "$sym" | sed 's/\./*/g')
+  echo "kprobe:$s { @[\"$label\"] = count(); }"
+  case "|$ENTRY_ONLY|" in *"|$label|"*) ;; *) echo "kretprobe:$s { @[\"${label}_ret\"] = count(); }";; esac
+done < "$RESULTS/bench-points.txt" > "$RESULTS/bench.bt"
+# bpftrace twice: counting, then with empty bodies (the cost of a program
+# that does nothing: this guest's floor for both tools).
+bt() {
+  progs "before-$1"
+  # shellcheck disable=SC2086
+  $ON1 bpftrace "$RESULTS/$1.bt" > "$RESULTS/$1.log" 2>&1 &
+  BP=$!
+  i=0
+  until grep -q Attaching "$RESULTS/$1.log" 2>/dev/null || [ $i -gt 600 ]; do sleep 0.5; i=$((i+1)); done
+  sleep 3
+  set_of "$1"
+  progs "$1"
+  # Which program is on which point and side (bpftrace's names are cut).
+  bpftool perf list -j > "$RESULTS/bench-perf-$1.json" 2>/dev/null || echo "bench: bpftool perf failed"
+  kill -INT "$BP"; wait "$BP"
+}
+if command -v bpftrace >/dev/null; then
+  sed 's/{ .* }$/{ }/' "$RESULTS/bench.bt" > "$RESULTS/floor.bt"
+  cp "$RESULTS/bench.bt" "$RESULTS/bpftrace.bt"
+  bt bpftrace
+  bt floor
+else
+  echo "no bpftrace on the host" > "$RESULTS/bench-bpftrace-skipped"
+fi
+exit $status
