@@ -87,9 +87,14 @@ pub fn run_smp(
         .arg(&k.vmlinuz)
         .arg("-initrd")
         .arg(&initrd)
+        // no_timer_check: under TCG on a busy host, 5.10's boot-time check
+        // that the timer interrupt arrives through the remapped IO-APIC can
+        // time out, and with interrupt remapping on it panics ("timer doesn't
+        // work through Interrupt-remapped IO-APIC"); seen once in a 5.10-leaky
+        // boot. The check proves nothing the lab relies on.
         .arg("-append")
         .arg(format!(
-            "console=ttyS0 intel_iommu=on panic=-1 quiet vfiozp_results={}",
+            "console=ttyS0 intel_iommu=on no_timer_check panic=-1 quiet vfiozp_results={}",
             results.display()
         ))
         .arg("-virtfs")
