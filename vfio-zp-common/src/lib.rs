@@ -4,7 +4,9 @@
 //! ring buffer and the counter map, the agent reads the same bytes back.
 //! Kernel pointers travel in these structs only as opaque keys; the agent maps
 //! them to small ids before anything leaves the process.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
+
+pub mod payload;
 
 /// Length of `task_struct::comm`.
 pub const COMM_LEN: usize = 16;
@@ -139,33 +141,22 @@ pub mod flag {
     /// With `LIMITS`: the caller had CAP_IPC_LOCK in its effective set.
     pub const CAP_IPC_LOCK: u16 = 1 << 8;
     /// A GupUnpinPage record that sums the zero-page `unpin_user_page`
-    /// calls one `vfio_pin_pages_remote` call made (args: calls, zero
-    /// pages); written before that thread's next record.
+    /// calls one `vfio_pin_pages_remote` call made (`payload::GupUnpin`'s
+    /// `npages` counts the calls); written before that thread's next record.
     pub const FOLDED: u16 = 1 << 9;
 }
 
-/// One record in the ring buffer. The meaning of `args` depends on `probe`:
-///
-/// | probe | args |
-/// |---|---|
-/// | Type1Pin | dma, vaddr, npage requested, pinned (i64 return), pfn_base, limit |
-/// | Type1Unpin | dma, iova, pfn, npage, do_accounting, unlocked (i64 return) |
-/// | PutPfn | pfn, prot, returned (i64: 1 = page released) |
-/// | LockAcct | dma, npage (i64 delta), async, returned (i64) |
-/// | GupPinRemote / GupPin | start, nr_pages, gup_flags, returned (i64), zero pages, huge-zero pages |
-/// | GupUnpin* | npages, zero pages, huge-zero pages, make_dirty (GupUnpinPage with `flag::FOLDED`: several calls) |
-/// | Type1Open | container (iommu_data; 0 when the open failed) |
-/// | Type1Release | container |
-/// | RemoveDma | container, dma |
-/// | Type1Ioctl | cmd, returned (i64), flags, vaddr, iova, size (as returned for UNMAP); MAP also sets `limit` (`flag::LIMITS`) |
+/// One record in the ring buffer: who and when, then the payload of the
+/// record's kind, one of the structs in [`payload`] (named by `probe`, as
+/// each struct's doc says).
 ///
 /// Type1Pin and Type1Unpin records of zero pages inside one MAP/UNMAP ioctl
 /// may each sum a run of calls (docs/recording.md).
 ///
 /// `container` is the container key of the enclosing type1 ioctl or release
-/// on this thread (0 when none); `dma` and `container` are opaque kernel keys.
+/// on this thread (0 when none); kernel pointers are opaque keys.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Event {
     pub ts_ns: u64,
     pub cgroup_id: u64,
@@ -177,7 +168,8 @@ pub struct Event {
     pub flags: u16,
     /// The zero page's `_refcount` when `flag::REFCOUNT` is set.
     pub zero_refcount: i32,
-    pub args: [u64; 6],
+    /// The kind's payload ([`payload::Payload::words`]).
+    pub payload: payload::Words,
     /// With `flag::LIMITS`: soft RLIMIT_MEMLOCK in bytes (`u64::MAX`: unlimited).
     pub limit: u64,
 }
@@ -185,6 +177,10 @@ pub struct Event {
 impl Event {
     pub const SIZE: usize = core::mem::size_of::<Event>();
 }
+
+// The agent reads records with this layout from a build of the probes made
+// from the same source; the size pins it against an accidental change.
+const _: () = assert!(Event::SIZE == 112);
 
 /// What the agent tells the probes about the zero page, written once into
 /// the one-entry `CONFIG` array before attaching.

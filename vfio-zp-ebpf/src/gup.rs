@@ -7,12 +7,31 @@ use aya_ebpf::{
     maps::PerCpuArray,
     programs::{ProbeContext, RetProbeContext},
 };
-use vfio_zp_common::{MAX_PAGES_SCANNED, ProbeId, counter, flag};
+use bytemuck::{Pod, Zeroable};
+use vfio_zp_common::{
+    MAX_PAGES_SCANNED, ProbeId, counter, flag,
+    payload::{GupPin, GupUnpin, Payload},
+};
 
 use crate::{
-    shared::{NO_REFCOUNT, Tally, ZeroIds, hit, stash, unstash},
-    thread::{NO_FOLD, emit, emit_on, thread},
+    shared::{NO_REFCOUNT, Record, Tally, ZeroIds, hit, stash, unstash},
+    thread::{NO_FOLD, emit, thread},
 };
+
+/// A GUP pin call's arguments, parked at its entry.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct PinCall {
+    start: u64,
+    nr_pages: u64,
+    gup_flags: u64,
+    /// The `struct page *` array the call fills in.
+    pages: u64,
+    /// 1 when the call runs inside a type1 pin call on this thread.
+    in_type1: u64,
+}
+
+impl Payload for PinCall {}
 
 const MAX: usize = MAX_PAGES_SCANNED as usize;
 
@@ -105,28 +124,34 @@ fn scan(z: &ZeroIds, pages: u64, n: u64) -> (u64, u64, u16, u64) {
 fn pin_entry(ctx: &ProbeContext, probe: ProbeId, first: usize) {
     hit(probe);
     // Its refcount reading must come after the unpins before it.
-    let in_type1 = thread().is_some_and(|t| t.flush_folded(ctx)) as u64;
+    let in_type1 = thread().is_some_and(|t| t.flush_folded()) as u64;
     // (start, nr_pages, gup_flags, pages) start at argument `first`.
-    let a = [
-        ctx.arg::<u64>(first).unwrap_or(0),
-        ctx.arg::<u64>(first + 1).unwrap_or(0),
-        ctx.arg::<u64>(first + 2).unwrap_or(0) & 0xffff_ffff,
-        ctx.arg::<u64>(first + 3).unwrap_or(0),
+    let arg = |n: usize| ctx.arg::<u64>(first + n).unwrap_or(0);
+    let call = PinCall {
+        start: arg(0),
+        nr_pages: arg(1),
+        gup_flags: arg(2) & 0xffff_ffff,
+        pages: arg(3),
         in_type1,
-        0,
-    ];
-    stash(probe, &a);
+    };
+    stash(probe, &call);
 }
 
 #[inline(always)]
 fn pin_return(ctx: &RetProbeContext, probe: ProbeId) {
     let ret: i64 = ctx.ret();
-    let Some(a) = unstash(probe) else { return };
-    let mut flags = if a[4] != 0 { flag::IN_TYPE1 } else { 0 };
+    let Some(call) = unstash::<PinCall>(probe) else {
+        return;
+    };
+    let mut flags = if call.in_type1 != 0 {
+        flag::IN_TYPE1
+    } else {
+        0
+    };
     let (mut zero, mut huge, mut refcount, mut pinned) = (0, 0, NO_REFCOUNT, ret as u64);
     match ZeroIds::load() {
-        Some(z) if ret > 0 && a[3] != 0 => {
-            let (zz, hh, f, n) = scan(&z, a[3], ret as u64);
+        Some(z) if ret > 0 && call.pages != 0 => {
+            let (zz, hh, f, n) = scan(&z, call.pages, ret as u64);
             (zero, huge, pinned) = (zz, hh, n);
             flags |= f;
             let t = Tally::get();
@@ -138,13 +163,15 @@ fn pin_return(ctx: &RetProbeContext, probe: ProbeId) {
         None => flags |= flag::NO_ZERO_PAGE_ID,
     }
     if flags & flag::IN_TYPE1 != 0 || zero > 0 || huge > 0 {
-        emit(
-            ctx,
-            probe,
-            flags,
-            refcount,
-            [a[0], a[1], a[2], pinned, zero, huge],
-        );
+        let pin = GupPin {
+            start: call.start,
+            nr_pages: call.nr_pages,
+            gup_flags: call.gup_flags,
+            pinned: pinned as i64,
+            zero_pages: zero,
+            huge_zero_pages: huge,
+        };
+        emit(thread(), Record::new(probe, flags, &pin).refcount(refcount));
     }
 }
 
@@ -176,7 +203,7 @@ pub fn gup_pin_ret(ctx: RetProbeContext) -> u32 {
 
 /// Unpins are seen at entry, so the refcount is the one before the unpin.
 #[inline(always)]
-fn unpin(ctx: &ProbeContext, probe: ProbeId, pages: u64, n: u64, make_dirty: u64) {
+fn unpin(probe: ProbeId, pages: u64, n: u64, make_dirty: u64) {
     let t = hit(probe);
     let Some(z) = ZeroIds::load() else { return };
     // One page (type1's put_pfn unpins page by page): classified directly,
@@ -202,18 +229,20 @@ fn unpin(ctx: &ProbeContext, probe: ProbeId, pages: u64, n: u64, make_dirty: u64
     // same pages: those must stay records of their own (see NO_FOLD).
     let mut t = thread();
     if let Some(t) = t.as_deref_mut()
-        && t.flush_folded(ctx)
+        && t.flush_folded()
     {
-        t.pin.args[5] |= NO_FOLD;
+        t.pin.args.folded |= NO_FOLD;
     }
     let rc = z.refcount_if(zero > 0);
-    emit_on(
+    let unpin = GupUnpin {
+        npages: n,
+        zero_pages: zero,
+        huge_zero_pages: huge,
+        make_dirty,
+    };
+    emit(
         t,
-        ctx,
-        probe,
-        flags | flag::REFCOUNT_BEFORE,
-        rc,
-        [n, zero, huge, make_dirty, 0, 0],
+        Record::new(probe, flags | flag::REFCOUNT_BEFORE, &unpin).refcount(rc),
     );
 }
 
@@ -238,11 +267,11 @@ pub fn gup_unpin_page(ctx: ProbeContext) -> u32 {
     if let Some(t) = t.as_deref_mut()
         && t.pin.live != 0
     {
-        if zero != 0 && t.pin.args[5] & NO_FOLD == 0 {
-            t.pin.args[5] += 1;
+        if zero != 0 && t.pin.args.folded & NO_FOLD == 0 {
+            t.pin.args.folded += 1;
             return 0;
         }
-        t.flush_folded(&ctx);
+        t.flush_folded();
     }
     let tally = hit(ProbeId::GupUnpinPage);
     if zero != 0 {
@@ -251,13 +280,15 @@ pub fn gup_unpin_page(ctx: ProbeContext) -> u32 {
         tally.add(counter::GUP_HUGE_ZERO_UNPINNED, 1);
     }
     let rc = z.refcount_if(zero != 0);
-    emit_on(
+    let unpin = GupUnpin {
+        npages: 1,
+        zero_pages: zero,
+        huge_zero_pages: 1 - zero,
+        make_dirty: 0,
+    };
+    emit(
         t,
-        &ctx,
-        ProbeId::GupUnpinPage,
-        class | flag::REFCOUNT_BEFORE,
-        rc,
-        [1, zero, 1 - zero, 0, 0, 0],
+        Record::new(ProbeId::GupUnpinPage, class | flag::REFCOUNT_BEFORE, &unpin).refcount(rc),
     );
     0
 }
@@ -267,7 +298,7 @@ pub fn gup_unpin_page(ctx: ProbeContext) -> u32 {
 pub fn gup_unpin_pages(ctx: ProbeContext) -> u32 {
     let pages = ctx.arg::<u64>(0).unwrap_or(0);
     let n = ctx.arg::<u64>(1).unwrap_or(0);
-    unpin(&ctx, ProbeId::GupUnpinPages, pages, n, 0);
+    unpin(ProbeId::GupUnpinPages, pages, n, 0);
     0
 }
 
@@ -277,6 +308,6 @@ pub fn gup_unpin_pages_dirty(ctx: ProbeContext) -> u32 {
     let pages = ctx.arg::<u64>(0).unwrap_or(0);
     let n = ctx.arg::<u64>(1).unwrap_or(0);
     let dirty = ctx.arg::<u64>(2).unwrap_or(0) & 0xff;
-    unpin(&ctx, ProbeId::GupUnpinPagesDirty, pages, n, dirty);
+    unpin(ProbeId::GupUnpinPagesDirty, pages, n, dirty);
     0
 }

@@ -4,11 +4,14 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use aya_log_ebpf::warn;
-use vfio_zp_common::ProbeId;
+use vfio_zp_common::{
+    ProbeId,
+    payload::{Container, RemoveDma},
+};
 
 use crate::{
-    shared::{NO_REFCOUNT, hit},
-    thread::{emit_keyed, thread},
+    shared::{Record, hit},
+    thread::{emit, thread},
 };
 
 /// vfio_iommu_type1_open(arg) returns the container (or an ERR_PTR).
@@ -22,14 +25,10 @@ pub fn type1_open_ret(ctx: RetProbeContext) -> u32 {
         // Rare and worth a line in the agent's log (forwarded by aya-log).
         warn!(&ctx, "vfio_iommu_type1_open failed: {}", ret as i64);
     }
-    emit_keyed(
+    let open = Container { container };
+    emit(
         thread(),
-        ProbeId::Type1Open,
-        0,
-        NO_REFCOUNT,
-        container,
-        [container, 0, 0, 0, 0, 0],
-        0,
+        Record::new(ProbeId::Type1Open, 0, &open).container(container),
     );
     0
 }
@@ -39,14 +38,10 @@ pub fn type1_open_ret(ctx: RetProbeContext) -> u32 {
 pub fn type1_release(ctx: ProbeContext) -> u32 {
     hit(ProbeId::Type1Release);
     let c = ctx.arg::<u64>(0).unwrap_or(0);
-    emit_keyed(
+    let release = Container { container: c };
+    emit(
         thread(),
-        ProbeId::Type1Release,
-        0,
-        NO_REFCOUNT,
-        c,
-        [c, 0, 0, 0, 0, 0],
-        0,
+        Record::new(ProbeId::Type1Release, 0, &release).container(c),
     );
     0
 }
@@ -57,14 +52,10 @@ pub fn remove_dma(ctx: ProbeContext) -> u32 {
     hit(ProbeId::RemoveDma);
     let c = ctx.arg::<u64>(0).unwrap_or(0);
     let dma = ctx.arg::<u64>(1).unwrap_or(0);
-    emit_keyed(
+    let remove = RemoveDma { container: c, dma };
+    emit(
         thread(),
-        ProbeId::RemoveDma,
-        0,
-        NO_REFCOUNT,
-        c,
-        [c, dma, 0, 0, 0, 0],
-        0,
+        Record::new(ProbeId::RemoveDma, 0, &remove).container(c),
     );
     0
 }

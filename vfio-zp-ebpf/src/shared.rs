@@ -11,6 +11,7 @@ use aya_ebpf::{
 use vfio_zp_common::{
     CAP_IPC_LOCK, CounterBlock, Event, HUGE_ZERO_PAGES, ProbeId, RLIMIT_MEMLOCK, ZeroPageConfig,
     counter, flag,
+    payload::{Payload, Words},
 };
 
 #[map]
@@ -30,30 +31,31 @@ pub struct StashKey {
     pub probe: u64,
 }
 
-/// A thread's parked arguments; `live` is cleared when the return takes them.
+/// A call's arguments parked until its return; `live` is cleared when the
+/// return takes them.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct Slot {
-    pub args: [u64; 6],
+pub struct Slot<T> {
+    pub args: T,
     pub live: u64,
 }
 
-impl Slot {
+impl<T: Copy> Slot<T> {
     #[inline(always)]
-    pub fn park(&mut self, args: &[u64; 6]) {
+    pub fn park(&mut self, args: &T) {
         self.args = *args;
         self.live = 1;
     }
 
     /// The parked arguments, if any (the slot stays as it is).
     #[inline(always)]
-    pub fn peek(&self) -> Option<[u64; 6]> {
+    pub fn peek(&self) -> Option<T> {
         (self.live != 0).then_some(self.args)
     }
 
     /// Takes the parked arguments; counts a return with none.
     #[inline(always)]
-    pub fn take(&mut self) -> Option<[u64; 6]> {
+    pub fn take(&mut self) -> Option<T> {
         if self.live != 0 {
             self.live = 0;
             return Some(self.args);
@@ -69,7 +71,7 @@ impl Slot {
 /// (allocation and locks) and a delete. LRU only evicts the slots of
 /// threads long gone.
 #[map]
-pub static STASH: LruHashMap<StashKey, Slot> = LruHashMap::with_max_entries(16384, 0);
+pub static STASH: LruHashMap<StashKey, Slot<Words>> = LruHashMap::with_max_entries(16384, 0);
 
 /// This CPU's counters, looked up once per program run.
 #[derive(Clone, Copy)]
@@ -118,35 +120,31 @@ fn key(probe: ProbeId) -> StashKey {
 
 /// This thread's slot for `probe`, live or not.
 #[inline(always)]
-fn slot(probe: ProbeId) -> Option<&'static mut Slot> {
+fn slot(probe: ProbeId) -> Option<&'static mut Slot<Words>> {
     let p = STASH.get_ptr_mut(key(probe))?;
     // SAFETY: only this thread uses this key, and a thread runs one program
     // at a time.
     Some(unsafe { &mut *p })
 }
 
+/// Parks a call's arguments (any plain struct of at most six words) until
+/// its return.
 #[inline(always)]
-pub fn stash(probe: ProbeId, args: &[u64; 6]) {
+pub fn stash<A: Payload>(probe: ProbeId, args: &A) {
+    let args = args.words();
     match slot(probe) {
-        Some(p) => p.park(args),
+        Some(p) => p.park(&args),
         None => {
-            let _ = STASH.insert(
-                key(probe),
-                Slot {
-                    args: *args,
-                    live: 1,
-                },
-                0,
-            );
+            let _ = STASH.insert(key(probe), Slot { args, live: 1 }, 0);
         }
     }
 }
 
 /// Takes the parked entry arguments; counts a return with none.
 #[inline(always)]
-pub fn unstash(probe: ProbeId) -> Option<[u64; 6]> {
+pub fn unstash<A: Payload>(probe: ProbeId) -> Option<A> {
     match slot(probe) {
-        Some(p) => p.take(),
+        Some(p) => p.take().map(|w| A::from_words(&w)),
         None => {
             add(counter::UNMATCHED_RETURNS, 1);
             None
@@ -339,33 +337,95 @@ pub fn current_limits() -> (u64, u16) {
     (limit, flags)
 }
 
-/// Writes one event; a full ring buffer is counted per probe, never silent.
-#[inline(always)]
-pub fn write(
-    probe: u16,
-    flags: u16,
-    zero_refcount: i32,
+/// A record before it is written: its kind, flags and payload, and the
+/// optional parts, each set by name.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Record {
+    pub payload: Words,
     container: u64,
-    args: [u64; 6],
     limit: u64,
-) {
+    /// The zero page's `_refcount` or `NO_REFCOUNT` (see `with_refcount`).
+    refcount: i64,
+    pub probe: u16,
+    flags: u16,
+    /// 1 when `container` was named: the thread's ioctl does not apply.
+    keyed: u16,
+    _pad: u16,
+}
+
+impl Record {
+    #[inline(always)]
+    pub fn new<P: Payload>(probe: ProbeId, flags: u16, payload: &P) -> Record {
+        Record {
+            payload: payload.words(),
+            container: 0,
+            limit: 0,
+            refcount: NO_REFCOUNT,
+            probe: probe as u16,
+            flags,
+            keyed: 0,
+            _pad: 0,
+        }
+    }
+
+    /// The zero page's `_refcount` read for this record, or `NO_REFCOUNT`.
+    #[inline(always)]
+    pub fn refcount(mut self, refcount: i64) -> Record {
+        self.refcount = refcount;
+        self
+    }
+
+    /// The container the record is about, named by the probe (open,
+    /// release, remove, the ioctl's return) rather than taken from the
+    /// ioctl the thread is inside.
+    #[inline(always)]
+    pub fn container(mut self, container: u64) -> Record {
+        self.container = container;
+        self.keyed = 1;
+        self
+    }
+
+    /// The caller's memlock limit (with `flag::LIMITS` in the flags).
+    #[inline(always)]
+    pub fn limit(mut self, limit: u64) -> Record {
+        self.limit = limit;
+        self
+    }
+
+    /// The container of the thread's ioctl, unless one was named.
+    #[inline(always)]
+    pub fn in_container(self, container: u64) -> Record {
+        if self.keyed != 0 {
+            self
+        } else {
+            self.container(container)
+        }
+    }
+}
+
+/// Writes one record: the only way a record reaches the ring buffer. A
+/// full ring buffer is counted per probe, never silent.
+#[inline(always)]
+pub fn write(r: &Record) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        add(counter::DROPS + probe as u32, 1);
+        add(counter::DROPS + r.probe as u32, 1);
         return;
     };
+    let (flags, zero_refcount) = with_refcount(r.flags, r.refcount);
     let pid_tgid = bpf_get_current_pid_tgid();
     entry.write(Event {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        container,
+        container: r.container,
         tgid: (pid_tgid >> 32) as u32,
         pid: pid_tgid as u32,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
-        probe,
+        probe: r.probe,
         flags,
         zero_refcount,
-        args,
-        limit,
+        payload: r.payload,
+        limit: r.limit,
     });
     entry.submit(wake_flags());
 }

@@ -8,37 +8,64 @@
 //! verifier inlines, where a hash lookup was most of a hot program's cost.
 //! Elsewhere, or when another thread holds the slot, it lives in `THREADS`.
 use aya_ebpf::{
-    EbpfContext,
     bindings::BPF_NOEXIST,
     helpers::bpf_get_current_pid_tgid,
     macros::map,
     maps::{Array, HashMap, LruHashMap},
 };
-use vfio_zp_common::{ProbeId, counter, flag};
+use bytemuck::{Pod, Zeroable};
+use vfio_zp_common::{
+    ProbeId, counter, flag,
+    payload::{GupUnpin, Payload, Type1Pin, Type1Unpin},
+};
 
-use crate::shared::{NO_REFCOUNT, Slot, Tally, ZeroIds, add, with_refcount, write};
+use crate::shared::{Record, Slot, Tally, ZeroIds, add, write};
 
-/// The record a run will become: `probe` is the ProbeId + 1 (0: no run),
-/// `flags` and `refcount` as in `Event` (the first call's reading).
+/// `vfio_pin_pages_remote`'s arguments, parked at its entry.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct PinCall {
+    pub dma: u64,
+    pub vaddr: u64,
+    pub npage: u64,
+    /// Where the call writes the first pfn it pinned.
+    pub pfn_base_at: u64,
+    pub limit: u64,
+    /// Zero-page GUP unpins folded inside the call, and `NO_FOLD`.
+    pub folded: u64,
+}
+
+/// A MAP/UNMAP ioctl this thread is inside: the container and the
+/// command, then for MAP the request, read at entry, and for UNMAP the
+/// user pointer its reply is read back from at return.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct IoctlCall {
+    pub container: u64,
+    pub cmd: u64,
+    pub arg: u64,
+    pub size: u64,
+    pub flags: u64,
+    pub vaddr: u64,
+    pub iova: u64,
+}
+
+/// Calls held back to be written as one record: a zero-page Type1Pin or
+/// Type1Unpin record whose payload sums the run (`held` 0: none).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Run {
-    pub probe: u64,
-    pub flags: u64,
-    pub refcount: u64,
-    pub args: [u64; 6],
+    pub held: u64,
+    pub record: Record,
 }
 
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Thread {
-    /// MAP/UNMAP only: container, cmd, then the request (see type1_ioctl).
-    pub ioctl: Slot,
-    /// vfio_pin_pages_remote's arguments; `args[5]` counts the zero-page
-    /// GUP unpins folded inside the call (see `NO_FOLD`).
-    pub pin: Slot,
-    /// vfio_unpin_pages_remote's arguments.
-    pub unpin: Slot,
+    pub ioctl: Slot<IoctlCall>,
+    pub pin: Slot<PinCall>,
+    /// vfio_unpin_pages_remote's arguments (`unlocked` comes at return).
+    pub unpin: Slot<Type1Unpin>,
     pub run: Run,
     /// In `SLOTS`: the pid_tgid of the thread the slot is lent to (0: free).
     pub owner: u64,
@@ -140,7 +167,7 @@ pub fn thread_for_ioctl() -> Option<&'static mut Thread> {
 /// until the thread's next ioctl return).
 #[inline(always)]
 pub fn give_back(t: &mut Thread) {
-    if t.owner == 0 || t.pin.live != 0 || t.unpin.live != 0 || t.run.probe != 0 {
+    if t.owner == 0 || t.pin.live != 0 || t.unpin.live != 0 || t.run.held != 0 {
         return;
     }
     let idx = slot_index(t.owner);
@@ -150,13 +177,14 @@ pub fn give_back(t: &mut Thread) {
 
 /// Zero-page `unpin_user_page` calls inside one `vfio_pin_pages_remote` call
 /// (the 873aefb loop: 512 per GUP batch on 6.1) are counted in the call's
-/// `pin.args[5]` and written as one GupUnpinPage record: a record costs
+/// `pin.args.folded` and written as one GupUnpinPage record: a record costs
 /// several times an entry program. This bit stops folding for the rest of
 /// the call once a batch unpin ran inside it, whose nested
 /// `unpin_user_page` the model matches against the batch record.
 pub const NO_FOLD: u64 = 1 << 63;
 
 const PAGE_SIZE: u64 = 4096;
+// A held run's probe is one of these two, which `flush_run` relies on.
 const _: () = assert!(ProbeId::Type1Pin as u16 == 0 && ProbeId::Type1Unpin as u16 == 1);
 
 impl Thread {
@@ -164,7 +192,7 @@ impl Thread {
     #[inline(always)]
     fn container(&self) -> u64 {
         if self.ioctl.live != 0 {
-            self.ioctl.args[0]
+            self.ioctl.args.container
         } else {
             0
         }
@@ -174,8 +202,8 @@ impl Thread {
     /// is one whose return was missed: its held-back unpins are written
     /// first, and it is counted here, as its return never will.
     #[inline(always)]
-    pub fn park_pin<C: EbpfContext>(&mut self, ctx: &C, args: &[u64; 6]) {
-        if self.flush_folded(ctx) {
+    pub fn park_pin(&mut self, args: &PinCall) {
+        if self.flush_folded() {
             add(counter::HITS + ProbeId::Type1Pin as u32, 1);
         }
         self.pin.park(args);
@@ -184,23 +212,11 @@ impl Thread {
     /// Parks a `vfio_unpin_pages_remote` call's arguments; a call still
     /// open (its return missed) is counted here.
     #[inline(always)]
-    pub fn park_unpin(&mut self, args: &[u64; 6]) {
+    pub fn park_unpin(&mut self, args: &Type1Unpin) {
         if self.unpin.live != 0 {
             add(counter::HITS + ProbeId::Type1Unpin as u32, 1);
         }
         self.unpin.park(args);
-    }
-
-    /// Takes the parked call of `probe` (Type1Pin or Type1Unpin); counts a
-    /// return with none.
-    #[inline(always)]
-    pub fn take(&mut self, probe: ProbeId) -> Option<[u64; 6]> {
-        let slot = if probe == ProbeId::Type1Pin {
-            &mut self.pin
-        } else {
-            &mut self.unpin
-        };
-        slot.take()
     }
 
     /// Writes the unpins this thread's open pin call holds back, so they
@@ -208,14 +224,14 @@ impl Thread {
     /// every unpin that ran first. Returns whether a pin call is open (a
     /// closed one's count was written by its return).
     #[inline(always)]
-    pub fn flush_folded<C: EbpfContext>(&mut self, ctx: &C) -> bool {
+    pub fn flush_folded(&mut self) -> bool {
         if self.pin.live == 0 {
             return false;
         }
-        let n = self.pin.args[5] & !NO_FOLD;
+        let n = self.pin.args.folded & !NO_FOLD;
         if n != 0 {
-            self.pin.args[5] &= NO_FOLD;
-            self.emit_folded(ctx, n);
+            self.pin.args.folded &= NO_FOLD;
+            self.emit_folded(n);
         }
         true
     }
@@ -225,66 +241,85 @@ impl Thread {
     /// to this one counter lookup (every path that ends a pin call, or
     /// finds it still open, comes here).
     #[inline(always)]
-    pub fn emit_folded<C: EbpfContext>(&mut self, ctx: &C, n: u64) {
+    pub fn emit_folded(&mut self, n: u64) {
         let tally = Tally::get();
         tally.add(counter::HITS + ProbeId::GupUnpinPage as u32, n);
         tally.add(counter::GUP_ZERO_UNPINNED, n);
-        self.emit(
-            ctx,
+        let calls = GupUnpin {
+            npages: n,
+            zero_pages: n,
+            ..GupUnpin::default()
+        };
+        self.emit(Record::new(
             ProbeId::GupUnpinPage,
             flag::PFN_ZERO | flag::FOLDED,
-            NO_REFCOUNT,
-            [n, n, 0, 0, 0, 0],
-        );
+            &calls,
+        ));
     }
 
-    /// Inside a MAP/UNMAP ioctl, type1 pins and unpins a read-only mapping
-    /// of zero pages one call per page (each is its own pfn run). Such calls
-    /// (`probe` Type1Pin or Type1Unpin, of the zero page) join the held run
-    /// when they continue it: same dma, the next address (`args[1]`), and
-    /// the same `same` fields; `args[3]` (and `sum`) add up. Anything else
-    /// writes the held run and holds this call as a new one, with the zero
-    /// page's refcount read now: one reading serves the run, as whatever
-    /// this thread does that moves the refcount writes a record first,
-    /// which ends the run. Returns false when the call must be written now
-    /// (no ioctl on this thread).
+    /// Inside a MAP/UNMAP ioctl type1 pins a read-only mapping of zero
+    /// pages one call per page (each is its own pfn run). A zero-page pin
+    /// that continues the held run (same dma, the next address, the same
+    /// pfn and limit) joins it, its pages summed. Returns false when the
+    /// call must be written now (no ioctl on this thread).
     #[inline(always)]
-    pub fn fold_run(
-        &mut self,
-        probe: ProbeId,
-        z: &ZeroIds,
-        args: &[u64; 6],
-        same: [usize; 2],
-        sum: Option<usize>,
-    ) -> bool {
+    pub fn fold_pin(&mut self, z: &ZeroIds, p: &Type1Pin) -> bool {
         if self.ioctl.live == 0 {
             return false;
         }
-        let r = &mut self.run;
-        let id = probe as u64 + 1;
-        if r.probe == id
-            && r.args[0] == args[0]
-            && r.args[1] + r.args[3] * PAGE_SIZE == args[1]
-            && r.args[same[0]] == args[same[0]]
-            && r.args[same[1]] == args[same[1]]
-        {
-            r.args[3] += args[3];
-            if let Some(i) = sum {
-                r.args[i] += args[i];
+        if self.run.held != 0 && self.run.record.probe == ProbeId::Type1Pin as u16 {
+            let mut run = Type1Pin::from_words(&self.run.record.payload);
+            if run.dma == p.dma
+                && run.vaddr + run.pinned as u64 * PAGE_SIZE == p.vaddr
+                && run.pfn_base == p.pfn_base
+                && run.limit == p.limit
+            {
+                run.pinned += p.pinned;
+                self.run.record.payload = run.words();
+                return true;
             }
-            return true;
         }
-        self.flush_run();
-        self.run.probe = id;
-        self.run.args = *args;
-        // Plain integers: an Option spilled across the lookups above leaves
-        // its payload's stack slot unwritten when None, which 5.10's
-        // verifier refuses to read.
-        let rc = z.refcount_raw();
-        let has = (rc != NO_REFCOUNT) as u64;
-        self.run.flags = flag::PFN_ZERO as u64 | (has * flag::REFCOUNT as u64);
-        self.run.refcount = has * (rc as i32 as u32 as u64);
+        self.hold(z, Record::new(ProbeId::Type1Pin, flag::PFN_ZERO, p));
         true
+    }
+
+    /// As `fold_pin`, for zero-page unpins of an UNMAP: same dma, the next
+    /// iova, the same pfn and `do_accounting`; pages and `unlocked` summed.
+    #[inline(always)]
+    pub fn fold_unpin(&mut self, z: &ZeroIds, p: &Type1Unpin) -> bool {
+        if self.ioctl.live == 0 {
+            return false;
+        }
+        if self.run.held != 0 && self.run.record.probe == ProbeId::Type1Unpin as u16 {
+            let mut run = Type1Unpin::from_words(&self.run.record.payload);
+            if run.dma == p.dma
+                && run.iova + run.npage * PAGE_SIZE == p.iova
+                && run.pfn == p.pfn
+                && run.do_accounting == p.do_accounting
+            {
+                run.npage += p.npage;
+                run.unlocked += p.unlocked;
+                self.run.record.payload = run.words();
+                return true;
+            }
+        }
+        self.hold(z, Record::new(ProbeId::Type1Unpin, flag::PFN_ZERO, p));
+        true
+    }
+
+    /// Writes the held run and holds `record` as a new one, with the zero
+    /// page's refcount read now: one reading serves the run, as whatever
+    /// this thread does that moves the refcount writes a record first,
+    /// which ends the run.
+    #[inline(always)]
+    fn hold(&mut self, z: &ZeroIds, record: Record) {
+        self.flush_run();
+        // A plain integer: an Option spilled across the lookups above
+        // leaves its payload's stack slot unwritten when None, which
+        // 5.10's verifier refuses to read.
+        let refcount = z.refcount_raw();
+        self.run.record = record.refcount(refcount).container(self.container());
+        self.run.held = 1;
     }
 
     /// Writes the held run, if any. Straight from the slot, with no branch
@@ -292,85 +327,35 @@ impl Thread {
     /// each path before it.
     #[inline(always)]
     pub fn flush_run(&mut self) {
-        let r = &mut self.run;
-        if r.probe == 0 {
+        if self.run.held == 0 {
             return;
         }
-        // Type1Pin (0) or Type1Unpin (1); the mask gives the verifier the
-        // bound of the drop counter's index.
-        let probe = ((r.probe - 1) & 1) as u16;
-        r.probe = 0;
-        write(
-            probe,
-            r.flags as u16,
-            r.refcount as i32,
-            self.ioctl.args[0],
-            r.args,
-            0,
-        );
+        self.run.held = 0;
+        let mut record = self.run.record;
+        // Type1Pin (0) or Type1Unpin (1): the mask gives the verifier the
+        // bound of the drop counter's index, read back from map memory.
+        record.probe &= 1;
+        write(&record);
     }
 
-    /// Writes one event for the container of the ioctl this thread is
-    /// inside, after the run the thread holds back, so a thread's records
-    /// keep their order.
+    /// Writes one record, after the run the thread holds back, so a
+    /// thread's records keep their order; it is about the container of the
+    /// ioctl this thread is inside unless the record names one.
     #[inline(always)]
-    pub fn emit<C: EbpfContext>(
-        &mut self,
-        _ctx: &C,
-        probe: ProbeId,
-        flags: u16,
-        refcount: i64,
-        args: [u64; 6],
-    ) {
+    pub fn emit(&mut self, record: Record) {
         self.flush_run();
-        let (flags, refcount) = with_refcount(flags, refcount);
-        write(probe as u16, flags, refcount, self.container(), args, 0)
+        write(&record.in_container(self.container()));
     }
 }
 
-/// `Thread::emit` for the current thread, or with no container when it
-/// never ran type1.
+/// Writes one record for thread `t` (`Thread::emit`), or as it is when the
+/// thread never ran type1.
 #[inline(always)]
-pub fn emit<C: EbpfContext>(ctx: &C, probe: ProbeId, flags: u16, refcount: i64, args: [u64; 6]) {
-    emit_on(thread(), ctx, probe, flags, refcount, args)
-}
-
-/// `emit` with the thread already looked up.
-#[inline(always)]
-pub fn emit_on<C: EbpfContext>(
-    t: Option<&mut Thread>,
-    ctx: &C,
-    probe: ProbeId,
-    flags: u16,
-    refcount: i64,
-    args: [u64; 6],
-) {
+pub fn emit(t: Option<&mut Thread>, record: Record) {
     match t {
-        Some(t) => t.emit(ctx, probe, flags, refcount, args),
-        None => {
-            let (flags, refcount) = with_refcount(flags, refcount);
-            write(probe as u16, flags, refcount, 0, args, 0)
-        }
+        Some(t) => t.emit(record),
+        None => write(&record),
     }
-}
-
-/// Writes for a given container, with `limit` (see `Event`), after the
-/// run thread `t` holds.
-#[inline(always)]
-pub fn emit_keyed(
-    t: Option<&mut Thread>,
-    probe: ProbeId,
-    flags: u16,
-    refcount: i64,
-    container: u64,
-    args: [u64; 6],
-    limit: u64,
-) {
-    if let Some(t) = t {
-        t.flush_run();
-    }
-    let (flags, refcount) = with_refcount(flags, refcount);
-    write(probe as u16, flags, refcount, container, args, limit)
 }
 
 /// A return that found no thread state at all (its entry was missed).

@@ -4,25 +4,22 @@ use aya_ebpf::{
     macros::{kprobe, kretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use vfio_zp_common::{ProbeId, counter, flag};
+use vfio_zp_common::{
+    ProbeId, counter, flag,
+    payload::{Ioctl, LockAcct, PutPfn, Type1Pin, Type1Unpin},
+};
 
 use crate::{
-    shared::{NO_REFCOUNT, Tally, ZeroIds, add, hit, stash, unstash},
+    shared::{Record, Tally, ZeroIds, add, hit, stash, unstash},
     thread::{
-        NO_FOLD, emit, emit_keyed, emit_on, give_back, thread, thread_for_ioctl, thread_or_new,
+        IoctlCall, NO_FOLD, PinCall, emit, give_back, thread, thread_for_ioctl, thread_or_new,
         unmatched,
     },
 };
 
 #[inline(always)]
-fn args<const N: usize>(ctx: &ProbeContext) -> [u64; 6] {
-    let mut a = [0u64; 6];
-    let mut i = 0;
-    while i < N {
-        a[i] = ctx.arg::<u64>(i).unwrap_or(0);
-        i += 1;
-    }
-    a
+fn arg(ctx: &ProbeContext, n: usize) -> u64 {
+    ctx.arg::<u64>(n).unwrap_or(0)
 }
 
 /// vfio_pin_pages_remote(dma, vaddr, npage, *pfn_base, limit, batch)
@@ -31,7 +28,14 @@ pub fn type1_pin(ctx: ProbeContext) -> u32 {
     // Counted at the return (see counter::HITS), but for a thread with no
     // state, whose return cannot match.
     match thread_or_new() {
-        Some(t) => t.park_pin(&ctx, &args::<5>(&ctx)),
+        Some(t) => t.park_pin(&PinCall {
+            dma: arg(&ctx, 0),
+            vaddr: arg(&ctx, 1),
+            npage: arg(&ctx, 2),
+            pfn_base_at: arg(&ctx, 3),
+            limit: arg(&ctx, 4),
+            folded: 0,
+        }),
         None => {
             hit(ProbeId::Type1Pin);
         }
@@ -46,16 +50,16 @@ pub fn type1_pin_ret(ctx: RetProbeContext) -> u32 {
         unmatched();
         return 0;
     };
-    let Some(a) = t.take(ProbeId::Type1Pin) else {
+    let Some(call) = t.pin.take() else {
         return 0;
     };
     // The call's zero-page unpins, held back (gup.rs), go before its record.
-    let folded = a[5] & !NO_FOLD;
+    let folded = call.folded & !NO_FOLD;
     if folded != 0 {
-        t.emit_folded(&ctx, folded);
+        t.emit_folded(folded);
     }
     let pfn_base = if ret > 0 {
-        unsafe { bpf_probe_read_kernel(a[3] as *const u64) }.unwrap_or(0)
+        unsafe { bpf_probe_read_kernel(call.pfn_base_at as *const u64) }.unwrap_or(0)
     } else {
         0
     };
@@ -75,25 +79,36 @@ pub fn type1_pin_ret(ctx: RetProbeContext) -> u32 {
             tally.add(counter::TYPE1_ZERO_PINNED, ret as u64);
         }
     }
-    let args = [a[0], a[1], a[2], ret as u64, pfn_base, a[4]];
-    // Same dma, next vaddr, the zero pfn, the same limit: one run.
-    if ret > 0 && flags == flag::PFN_ZERO && t.fold_run(ProbeId::Type1Pin, &z, &args, [4, 5], None)
-    {
+    let pin = Type1Pin {
+        dma: call.dma,
+        vaddr: call.vaddr,
+        npage: call.npage,
+        pinned: ret,
+        pfn_base,
+        limit: call.limit,
+    };
+    if ret > 0 && flags == flag::PFN_ZERO && t.fold_pin(&z, &pin) {
         return 0;
     }
     let refcount = z.refcount_if(flags & flag::PFN_ZERO != 0);
-    t.emit(&ctx, ProbeId::Type1Pin, flags, refcount, args);
+    t.emit(Record::new(ProbeId::Type1Pin, flags, &pin).refcount(refcount));
     0
 }
 
 /// vfio_unpin_pages_remote(dma, iova, pfn, npage, do_accounting)
 #[kprobe]
 pub fn type1_unpin(ctx: ProbeContext) -> u32 {
-    let mut a = args::<5>(&ctx);
-    a[4] &= 0xff; // bool in a full register
+    let call = Type1Unpin {
+        dma: arg(&ctx, 0),
+        iova: arg(&ctx, 1),
+        pfn: arg(&ctx, 2),
+        npage: arg(&ctx, 3),
+        do_accounting: arg(&ctx, 4) & 0xff, // a bool in a full register
+        unlocked: 0,
+    };
     // Counted at the return, as type1_pin.
     match thread_or_new() {
-        Some(t) => t.park_unpin(&a),
+        Some(t) => t.park_unpin(&call),
         None => {
             hit(ProbeId::Type1Unpin);
         }
@@ -108,25 +123,27 @@ pub fn type1_unpin_ret(ctx: RetProbeContext) -> u32 {
         unmatched();
         return 0;
     };
-    let Some(a) = t.take(ProbeId::Type1Unpin) else {
+    let Some(call) = t.unpin.take() else {
         return 0;
     };
     let tally = Tally::get();
     tally.add(counter::HITS + ProbeId::Type1Unpin as u32, 1);
-    tally.add(counter::TYPE1_UNPINNED, a[3]);
+    tally.add(counter::TYPE1_UNPINNED, call.npage);
     let (z, unknown) = ZeroIds::load_flagged();
     let flags = if unknown != 0 {
         unknown
     } else {
-        z.class_of_pfn(a[2])
+        z.class_of_pfn(call.pfn)
     };
-    let args = [a[0], a[1], a[2], a[3], a[4], ret as u64];
-    // Same dma, next iova, the zero pfn, the same do_accounting: one run.
-    if flags == flag::PFN_ZERO && t.fold_run(ProbeId::Type1Unpin, &z, &args, [2, 4], Some(5)) {
+    let unpin = Type1Unpin {
+        unlocked: ret,
+        ..call
+    };
+    if flags == flag::PFN_ZERO && t.fold_unpin(&z, &unpin) {
         return 0;
     }
     let refcount = z.refcount_if(flags & flag::PFN_ZERO != 0);
-    t.emit(&ctx, ProbeId::Type1Unpin, flags, refcount, args);
+    t.emit(Record::new(ProbeId::Type1Unpin, flags, &unpin).refcount(refcount));
     0
 }
 
@@ -134,32 +151,34 @@ pub fn type1_unpin_ret(ctx: RetProbeContext) -> u32 {
 #[kprobe]
 pub fn put_pfn(ctx: ProbeContext) -> u32 {
     hit(ProbeId::PutPfn);
-    stash(ProbeId::PutPfn, &args::<2>(&ctx));
+    let call = PutPfn {
+        pfn: arg(&ctx, 0),
+        prot: arg(&ctx, 1),
+        released: 0,
+    };
+    stash(ProbeId::PutPfn, &call);
     0
 }
 
 #[kretprobe]
 pub fn put_pfn_ret(ctx: RetProbeContext) -> u32 {
     let ret: i32 = ctx.ret();
-    let Some(a) = unstash(ProbeId::PutPfn) else {
+    let Some(call) = unstash::<PutPfn>(ProbeId::PutPfn) else {
         return 0;
     };
     let Some(z) = ZeroIds::load() else { return 0 };
-    let f = z.class_of_pfn(a[0]);
+    let f = z.class_of_pfn(call.pfn);
     if f != 0 {
         let mut t = thread();
         if let Some(t) = t.as_deref_mut() {
-            t.flush_folded(&ctx);
+            t.flush_folded();
         }
         let rc = z.refcount_if(f & flag::PFN_ZERO != 0);
-        emit_on(
-            t,
-            &ctx,
-            ProbeId::PutPfn,
-            f,
-            rc,
-            [a[0], a[1], ret as i64 as u64, 0, 0, 0],
-        );
+        let put = PutPfn {
+            released: ret as i64,
+            ..call
+        };
+        emit(t, Record::new(ProbeId::PutPfn, f, &put).refcount(rc));
     }
     0
 }
@@ -168,19 +187,23 @@ pub fn put_pfn_ret(ctx: RetProbeContext) -> u32 {
 #[kprobe]
 pub fn lock_acct(ctx: ProbeContext) -> u32 {
     hit(ProbeId::LockAcct);
-    let mut a = args::<3>(&ctx);
-    a[2] &= 0xff;
-    stash(ProbeId::LockAcct, &a);
+    let call = LockAcct {
+        dma: arg(&ctx, 0),
+        npage: arg(&ctx, 1) as i64,
+        is_async: arg(&ctx, 2) & 0xff, // a bool in a full register
+        ret: 0,
+    };
+    stash(ProbeId::LockAcct, &call);
     0
 }
 
 #[kretprobe]
 pub fn lock_acct_ret(ctx: RetProbeContext) -> u32 {
     let ret: i32 = ctx.ret();
-    let Some(a) = unstash(ProbeId::LockAcct) else {
+    let Some(call) = unstash::<LockAcct>(ProbeId::LockAcct) else {
         return 0;
     };
-    let delta = a[1] as i64;
+    let delta = call.npage;
     if ret == 0 {
         if delta > 0 {
             add(counter::LOCK_ACCT_CHARGED, delta as u64);
@@ -188,13 +211,11 @@ pub fn lock_acct_ret(ctx: RetProbeContext) -> u32 {
             add(counter::LOCK_ACCT_UNCHARGED, delta.unsigned_abs());
         }
     }
-    emit(
-        &ctx,
-        ProbeId::LockAcct,
-        0,
-        NO_REFCOUNT,
-        [a[0], a[1], a[2], ret as i64 as u64, 0, 0],
-    );
+    let acct = LockAcct {
+        ret: ret as i64,
+        ..call
+    };
+    emit(thread(), Record::new(ProbeId::LockAcct, 0, &acct));
     0
 }
 
@@ -227,23 +248,32 @@ struct DmaUnmap {
 #[kprobe]
 pub fn type1_ioctl(ctx: ProbeContext) -> u32 {
     hit(ProbeId::Type1Ioctl);
-    let a = args::<3>(&ctx);
-    let cmd = a[1] & 0xffff_ffff;
+    let cmd = arg(&ctx, 1) & 0xffff_ffff;
     if cmd != VFIO_IOMMU_MAP_DMA && cmd != VFIO_IOMMU_UNMAP_DMA {
         return 0;
     }
-    // Slots: container, cmd, then for MAP the request (size, flags, vaddr,
-    // iova) read now; for UNMAP the user pointer, read back at return.
-    let mut s = [a[0], cmd, a[2], 0, 0, 0];
+    let mut call = IoctlCall {
+        container: arg(&ctx, 0),
+        cmd,
+        arg: arg(&ctx, 2),
+        size: 0,
+        flags: 0,
+        vaddr: 0,
+        iova: 0,
+    };
+    // MAP's request is read now; UNMAP's reply at the return.
     if cmd == VFIO_IOMMU_MAP_DMA
-        && let Ok(m) = unsafe { bpf_probe_read_user(a[2] as *const DmaMap) }
+        && let Ok(m) = unsafe { bpf_probe_read_user(call.arg as *const DmaMap) }
     {
-        s = [a[0], cmd, m.size, m.flags as u64, m.vaddr, m.iova];
+        call.size = m.size;
+        call.flags = m.flags as u64;
+        call.vaddr = m.vaddr;
+        call.iova = m.iova;
     }
     // A run still held means the last ioctl's return was missed.
     if let Some(t) = thread_for_ioctl() {
         t.flush_run();
-        t.ioctl.park(&s);
+        t.ioctl.park(&call);
     }
     0
 }
@@ -253,35 +283,38 @@ pub fn type1_ioctl_ret(ctx: RetProbeContext) -> u32 {
     let ret: i64 = ctx.ret();
     // Not take(): ioctls other than MAP/UNMAP were never parked.
     let Some(t) = thread() else { return 0 };
-    let Some(s) = t.ioctl.peek() else {
+    let Some(call) = t.ioctl.peek() else {
         return 0;
     };
     t.ioctl.live = 0;
     // MAP_DMA: the limit type1 checks the caller against, read while the
     // caller certainly still exists.
-    let (limit, ev_flags) = if s[1] == VFIO_IOMMU_MAP_DMA {
+    let (limit, ev_flags) = if call.cmd == VFIO_IOMMU_MAP_DMA {
         crate::shared::current_limits()
     } else {
         (0, 0)
     };
-    let (flags, vaddr, iova, size) = if s[1] == VFIO_IOMMU_MAP_DMA {
-        (s[3], s[4], s[5], s[2])
+    let (flags, vaddr, iova, size) = if call.cmd == VFIO_IOMMU_MAP_DMA {
+        (call.flags, call.vaddr, call.iova, call.size)
     } else {
         // UNMAP: the kernel writes back how much it unmapped.
-        match unsafe { bpf_probe_read_user(s[2] as *const DmaUnmap) } {
+        match unsafe { bpf_probe_read_user(call.arg as *const DmaUnmap) } {
             Ok(u) => (u.flags as u64, 0, u.iova, u.size),
             Err(_) => (0, 0, 0, 0),
         }
     };
-    emit_keyed(
-        Some(&mut *t),
-        ProbeId::Type1Ioctl,
-        ev_flags,
-        NO_REFCOUNT,
-        s[0],
-        [s[1], ret as u64, flags, vaddr, iova, size],
-        limit,
-    );
+    let ioctl = Ioctl {
+        cmd: call.cmd,
+        ret,
+        flags,
+        vaddr,
+        iova,
+        size,
+    };
+    let record = Record::new(ProbeId::Type1Ioctl, ev_flags, &ioctl)
+        .container(call.container)
+        .limit(limit);
+    t.emit(record);
     give_back(t);
     0
 }

@@ -1,5 +1,6 @@
-//! Raw ring-buffer records (vfio_zp_common::Event) to [`Event`]s.
-//! The argument layout per probe is documented on `vfio_zp_common::Event`.
+//! Raw ring-buffer records (vfio_zp_common::Event) to [`Event`]s, each
+//! payload read through its kind's struct (vfio_zp_common::payload).
+use vfio_zp_common::payload::{self as p, Payload};
 use vfio_zp_common::{Event as Raw, ProbeId, flag};
 
 use super::ids::KeyIds;
@@ -35,8 +36,7 @@ pub fn parse(bytes: &[u8]) -> Result<Raw, DecodeError> {
     if bytes.len() < Raw::SIZE {
         return Err(DecodeError::Size(bytes.len()));
     }
-    // SAFETY: length checked; Raw is plain old data valid for any bytes.
-    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Raw>()) })
+    Ok(bytemuck::pod_read_unaligned(&bytes[..Raw::SIZE]))
 }
 
 fn class(flags: u16) -> PageClass {
@@ -119,89 +119,112 @@ impl Decoder {
 
     pub fn decode(&mut self, raw: &Raw) -> Result<Event, DecodeError> {
         let probe = ProbeId::from_u16(raw.probe).ok_or(DecodeError::Probe(raw.probe))?;
-        let a = raw.args;
+        let w = &raw.payload;
         let f = raw.flags;
         let truncated = f & flag::TRUNCATED != 0;
         let what = match probe {
-            ProbeId::Type1Pin => What::Type1Pin {
-                dma: self.dma(a[0], true),
-                vaddr: a[1],
-                npage: a[2],
-                pinned: a[3] as i64,
-                base: class(f),
-            },
-            ProbeId::Type1Unpin => What::Type1Unpin {
-                dma: self.dma(a[0], false),
-                iova: a[1],
-                npage: a[3],
-                do_accounting: a[4] != 0,
-                unlocked: a[5] as i64,
-                base: class(f),
-            },
-            ProbeId::PutPfn => What::PutPfn {
-                page: class(f),
-                prot: a[1] as u32,
-                released: a[2] as i64 != 0,
-            },
-            ProbeId::LockAcct => What::LockAcct {
-                dma: self.dma(a[0], false),
-                npage: a[1] as i64,
-                is_async: a[2] != 0,
-                ret: a[3] as i64 as i32,
-            },
-            ProbeId::GupPinRemote | ProbeId::GupPin => What::GupPin {
-                remote: probe == ProbeId::GupPinRemote,
-                start: a[0],
-                nr_pages: a[1],
-                gup_flags: a[2] as u32,
-                pinned: a[3] as i64,
-                zero_pages: a[4],
-                huge_zero_pages: a[5],
-                in_type1: f & flag::IN_TYPE1 != 0,
-                truncated,
-            },
+            ProbeId::Type1Pin => {
+                let r = p::Type1Pin::from_words(w);
+                What::Type1Pin {
+                    dma: self.dma(r.dma, true),
+                    vaddr: r.vaddr,
+                    npage: r.npage,
+                    pinned: r.pinned,
+                    base: class(f),
+                }
+            }
+            ProbeId::Type1Unpin => {
+                let r = p::Type1Unpin::from_words(w);
+                What::Type1Unpin {
+                    dma: self.dma(r.dma, false),
+                    iova: r.iova,
+                    npage: r.npage,
+                    do_accounting: r.do_accounting != 0,
+                    unlocked: r.unlocked,
+                    base: class(f),
+                }
+            }
+            ProbeId::PutPfn => {
+                let r = p::PutPfn::from_words(w);
+                What::PutPfn {
+                    page: class(f),
+                    prot: r.prot as u32,
+                    released: r.released != 0,
+                }
+            }
+            ProbeId::LockAcct => {
+                let r = p::LockAcct::from_words(w);
+                What::LockAcct {
+                    dma: self.dma(r.dma, false),
+                    npage: r.npage,
+                    is_async: r.is_async != 0,
+                    ret: r.ret as i32,
+                }
+            }
+            ProbeId::GupPinRemote | ProbeId::GupPin => {
+                let r = p::GupPin::from_words(w);
+                What::GupPin {
+                    remote: probe == ProbeId::GupPinRemote,
+                    start: r.start,
+                    nr_pages: r.nr_pages,
+                    gup_flags: r.gup_flags as u32,
+                    pinned: r.pinned,
+                    zero_pages: r.zero_pages,
+                    huge_zero_pages: r.huge_zero_pages,
+                    in_type1: f & flag::IN_TYPE1 != 0,
+                    truncated,
+                }
+            }
             ProbeId::GupUnpinPage | ProbeId::GupUnpinPages | ProbeId::GupUnpinPagesDirty => {
+                let r = p::GupUnpin::from_words(w);
                 What::GupUnpin {
                     func: match probe {
                         ProbeId::GupUnpinPage => UnpinFn::UnpinUserPage,
                         ProbeId::GupUnpinPages => UnpinFn::UnpinUserPages,
                         _ => UnpinFn::UnpinUserPagesDirtyLock,
                     },
-                    npages: a[0],
-                    zero_pages: a[1],
-                    huge_zero_pages: a[2],
+                    npages: r.npages,
+                    zero_pages: r.zero_pages,
+                    huge_zero_pages: r.huge_zero_pages,
                     truncated,
                 }
             }
-            ProbeId::Type1Open => What::ContainerOpen { ok: a[0] != 0 },
+            ProbeId::Type1Open => What::ContainerOpen {
+                ok: p::Container::from_words(w).container != 0,
+            },
             ProbeId::Type1Release => What::ContainerRelease,
             ProbeId::RemoveDma => {
-                let dma = self.dma(a[1], false);
-                let key = self.key(a[1]);
+                let r = p::RemoveDma::from_words(w);
+                let dma = self.dma(r.dma, false);
+                let key = self.key(r.dma);
                 self.step(IdOp::RetireDma { key });
                 What::RemoveDma { dma }
             }
-            ProbeId::Type1Ioctl if a[0] == VFIO_IOMMU_MAP_DMA => {
-                let limits = f & flag::LIMITS != 0;
-                What::MapDma {
-                    ret: a[1] as i64,
-                    flags: a[2] as u32,
-                    vaddr: a[3],
-                    iova: a[4],
-                    size: a[5],
-                    memlock: limits.then_some(match raw.limit {
-                        u64::MAX => Memlock::Unlimited,
-                        b => Memlock::Bytes(b),
-                    }),
-                    cap_ipc_lock: limits.then_some(f & flag::CAP_IPC_LOCK != 0),
+            ProbeId::Type1Ioctl => {
+                let r = p::Ioctl::from_words(w);
+                if r.cmd == VFIO_IOMMU_MAP_DMA {
+                    let limits = f & flag::LIMITS != 0;
+                    What::MapDma {
+                        ret: r.ret,
+                        flags: r.flags as u32,
+                        vaddr: r.vaddr,
+                        iova: r.iova,
+                        size: r.size,
+                        memlock: limits.then_some(match raw.limit {
+                            u64::MAX => Memlock::Unlimited,
+                            b => Memlock::Bytes(b),
+                        }),
+                        cap_ipc_lock: limits.then_some(f & flag::CAP_IPC_LOCK != 0),
+                    }
+                } else {
+                    What::UnmapDma {
+                        ret: r.ret,
+                        flags: r.flags as u32,
+                        iova: r.iova,
+                        size: r.size,
+                    }
                 }
             }
-            ProbeId::Type1Ioctl => What::UnmapDma {
-                ret: a[1] as i64,
-                flags: a[2] as u32,
-                iova: a[4],
-                size: a[5],
-            },
         };
         let container = match (probe, raw.container) {
             (_, 0) => None,
@@ -261,15 +284,14 @@ pub(crate) mod tests {
             probe: probe as u16,
             flags,
             zero_refcount: 1025,
-            args,
+            payload: args,
             limit: 0,
         }
     }
 
     /// A record as the ring buffer holds it.
     pub(crate) fn bytes(r: &Raw) -> Vec<u8> {
-        // SAFETY: viewing a POD struct as bytes.
-        unsafe { std::slice::from_raw_parts((r as *const Raw).cast::<u8>(), Raw::SIZE) }.to_vec()
+        bytemuck::bytes_of(r).to_vec()
     }
 
     #[test]
