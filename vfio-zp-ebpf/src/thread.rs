@@ -203,10 +203,18 @@ impl Thread {
     /// first, and it is counted here, as its return never will.
     #[inline(always)]
     pub fn park_pin(&mut self, args: &PinCall) {
+        self.end_missed_pin();
+        self.pin.park(args);
+    }
+
+    /// Ends a pin call whose return was missed, if one is open: writes the
+    /// unpins it holds back and counts it, as its return never will.
+    #[inline(always)]
+    pub fn end_missed_pin(&mut self) {
         if self.flush_folded() {
             add(counter::HITS + ProbeId::Type1Pin as u32, 1);
+            self.pin.live = 0;
         }
-        self.pin.park(args);
     }
 
     /// Parks a `vfio_unpin_pages_remote` call's arguments; a call still

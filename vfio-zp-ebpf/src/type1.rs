@@ -287,6 +287,10 @@ pub fn type1_ioctl_ret(ctx: RetProbeContext) -> u32 {
         return 0;
     };
     t.ioctl.live = 0;
+    // A pin call still open here is over, its return missed: its held-back
+    // unpins go before the ioctl's record, which tells the model that the
+    // thread's pin call ended (model `end_calls`).
+    t.end_missed_pin();
     // MAP_DMA: the limit type1 checks the caller against, read while the
     // caller certainly still exists.
     let (limit, ev_flags) = if call.cmd == VFIO_IOMMU_MAP_DMA {

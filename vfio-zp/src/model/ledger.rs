@@ -79,9 +79,6 @@ pub struct PinCall {
     /// Charges made before the mapping they belong to was first seen.
     pub unattached: i64,
     pub read_only_gup: bool,
-    /// When it last took GUP zero-page pins (event time).
-    #[serde(default)]
-    pub zero_pinned_ns: u64,
     /// Its first GUP call (event time): a blind window since then may
     /// have hidden some of its records.
     #[serde(default)]

@@ -189,10 +189,6 @@ const MAX_BLIND: usize = 64;
 /// Unattributed type1 activity (no container id seen) is kept under id 0.
 pub const UNATTRIBUTED: Id = 0;
 const MAX_NOTES: usize = 1000;
-/// How long a pin call holding zero-page pins can make another thread's
-/// refcount reading race (event time); a call whose return was lost stops
-/// mattering after it.
-const RACE_WINDOW_NS: u64 = 1_000_000_000;
 
 impl Model {
     pub fn new(header: &Header, cfg: Config) -> Model {
@@ -389,17 +385,28 @@ impl Model {
     /// not all accounted for: its unpins may already have run in the kernel
     /// while their event (folded until the thread writes again) is still to
     /// come, so a reading now compares with a count that is not there yet.
-    fn racing(&self, pid: u32, t_ns: u64) -> bool {
-        self.in_flight.iter().any(|(p, c)| {
-            *p != pid
-                && c.zero_pinned > c.zero_unpinned
-                && t_ns.saturating_sub(c.zero_pinned_ns) < RACE_WINDOW_NS
-        })
+    fn racing(&self, pid: u32) -> bool {
+        self.in_flight
+            .iter()
+            .any(|(p, c)| *p != pid && c.zero_pinned > c.zero_unpinned)
+    }
+
+    /// Forgets a pin call of `e`'s thread whose return never came (a
+    /// return probe that missed, a record lost) once the thread's MAP or
+    /// UNMAP ioctl returns: the probes end such a call there and write the
+    /// unpins it held back before the ioctl's record, so it holds nothing
+    /// back any more. An order the probes guarantee, where a time window
+    /// (1 s before) could expire under a call still running. A call outside
+    /// an ioctl (group attach) ends at its thread's next pin call.
+    fn end_calls(&mut self, e: &Event) {
+        if matches!(e.what, What::MapDma { .. } | What::UnmapDma { .. }) {
+            self.in_flight.remove(&e.pid);
+        }
     }
 
     fn probe_reading(&mut self, value: i64, e: &Event) {
         let t_ns = e.t_ns;
-        if self.racing(e.pid, t_ns) {
+        if self.racing(e.pid) {
             return;
         }
         // Pins lost in between would skew the comparison: it rests on the
@@ -511,6 +518,7 @@ impl Model {
         ) {
             self.removing.remove(&e.pid);
         }
+        self.end_calls(e);
         match &e.what {
             What::ContainerOpen { ok: true } => {
                 if let Some(id) = e.container {
@@ -620,9 +628,6 @@ impl Model {
             });
             call.container = call.container.or(e.container);
             call.zero_pinned += zero;
-            if zero > 0 {
-                call.zero_pinned_ns = e.t_ns;
-            }
             call.huge_zero_pinned += huge;
             call.read_only_gup |= read_only;
             let id = call.container.unwrap_or(UNATTRIBUTED);
@@ -714,7 +719,7 @@ impl Model {
         // 1024 per pin would turn seen pins and unpins into false rises.
         if let Some(r) = e.zero_refcount
             && self.behaviour.known(Trait::GupPinsZeroPage)
-            && !self.racing(e.pid, e.t_ns)
+            && !self.racing(e.pid)
             && let Some(rise) = self.zero.type1_reading(r.value as i64, self.per_pin(), id)
         {
             self.container(rise.container, e).unseen_pins += rise.pins;

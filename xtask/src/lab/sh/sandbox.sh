@@ -35,7 +35,11 @@ if command -v systemd-socket-activate >/dev/null && command -v strace >/dev/null
     i=0
     until sb_type1 | grep -q '"attached"' || [ $i -gt 600 ]; do sleep 0.1; i=$((i+1)); done
   fi
-  sleep 2
+  # Under strace (every system call stopped) and TCG the agent's event
+  # loop may trail the workload by seconds: wait, 60 s at most, until the
+  # snapshot names the workload's VM rather than a fixed time.
+  i=0
+  until busybox wget -q -O - "$SBS" 2>/dev/null | grep -q '"name":"sandbox"' || [ $i -gt 120 ]; do sleep 0.5; i=$((i+1)); done
   busybox wget -q -O "$RESULTS/sandbox-snapshot.json" "$SBS" || echo "lab: sandboxed agent's snapshot failed"
   busybox wget -q -O "$RESULTS/sandbox-metrics.txt" "http://$SB/metrics" || echo "lab: sandboxed agent's metrics failed"
   [ -n "$SAP" ] && kill -TERM "$SAP"
