@@ -28,9 +28,11 @@ struct Cli {
     /// Print the VMM scenario names, one per line, and exit.
     #[arg(long)]
     list_vmm_scenarios: bool,
-    /// VMM scenarios: a shell command run while every VM lives, with
-    /// VFIO_ZP_PHASE=alive in its environment (and once more, with
-    /// VFIO_ZP_PHASE=unplugged, while a hot-plugged device is out).
+    /// VMM scenarios: a shell command that prints the agent's snapshot,
+    /// run while every VM lives, with VFIO_ZP_PHASE=alive in its
+    /// environment (and once more, with VFIO_ZP_PHASE=unplugged, while a
+    /// hot-plugged device is out); run again until the snapshot's time has
+    /// reached that moment (30 s at most).
     #[arg(long, value_name = "COMMAND")]
     while_alive: Option<String>,
     /// Write the truth as JSON here.

@@ -389,22 +389,49 @@ impl Vm {
     }
 }
 
-/// Runs the lab's `--while-alive` command (it snapshots the agent) at a
-/// moment of a VM's life, named in `VFIO_ZP_PHASE`: `alive`, or
-/// `unplugged` while a hot-plugged device is out.
+/// Runs the lab's `--while-alive` command (it prints the agent's snapshot,
+/// and keeps it) at a moment of a VM's life, named in `VFIO_ZP_PHASE`:
+/// `alive`, or `unplugged` while a hot-plugged device is out. The command
+/// runs again, 30 s at most, until the snapshot's time (`verdicts.t_ns`,
+/// kernel monotonic) has reached this moment: the agent publishes at its
+/// counters' pace and may trail a slow guest by seconds, and a snapshot
+/// from before the moment would show the VM's state half seen.
 pub fn snapshot(cmd: Option<&str>, phase: &str) {
     let Some(cmd) = cmd else { return };
-    // The agent publishes at its counters' pace.
-    std::thread::sleep(Duration::from_millis(1500));
-    match Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .env("VFIO_ZP_PHASE", phase)
-        .status()
-    {
-        Ok(st) if st.success() => {}
-        other => eprintln!("vfio-zp-workload: --while-alive `{cmd}` ({phase}): {other:?}"),
+    let since = monotonic_ns();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .env("VFIO_ZP_PHASE", phase)
+            .output();
+        let t_ns = match &out {
+            Ok(o) if o.status.success() => serde_json::from_slice::<serde_json::Value>(&o.stdout)
+                .ok()
+                .and_then(|v| v["verdicts"]["t_ns"].as_u64()),
+            other => {
+                eprintln!("vfio-zp-workload: --while-alive `{cmd}` ({phase}): {other:?}");
+                None
+            }
+        };
+        if t_ns.is_some_and(|t| t >= since) {
+            return;
+        }
+        if Instant::now() >= deadline {
+            eprintln!(
+                "vfio-zp-workload: --while-alive ({phase}): the snapshot did not reach {since} ns in 30 s (last {t_ns:?})"
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// CLOCK_MONOTONIC, the clock of the agent's event and counters times.
+fn monotonic_ns() -> u64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Runs `s` on `groups` (one per VM); `while_alive` is a shell command run

@@ -25,7 +25,10 @@ if command -v tmux >/dev/null; then
   mkdir -p /dev/pts; mount -t devpts devpts /dev/pts 2>/dev/null
   export TMUX_TMPDIR=/run TERM=xterm-256color
   tmux new-session -d -s top -x 200 -y 50 "$BIN/vfio-zp top --agent 127.0.0.1:10983 --interval 500ms" || echo "lab: tmux failed"
-  sleep 3; tmux capture-pane -p -t top > "$RESULTS/top-tmux.txt"
+  # Until top shows the containers of its first snapshot (20 s at most): a
+  # fixed 3 s was outrun by a slow TCG guest.
+  i=0
+  until tmux capture-pane -p -t top > "$RESULTS/top-tmux.txt" && grep -q '^zero page refcount' "$RESULTS/top-tmux.txt" || [ $i -gt 40 ]; do sleep 0.5; i=$((i+1)); done
   tmux send-keys -t top s; sleep 2; tmux capture-pane -p -t top > "$RESULTS/top-tmux-sorted.txt"
   tmux send-keys -t top q; sleep 1
   tmux has-session -t top 2>/dev/null && { echo "lab: top did not quit"; tmux kill-server; }
