@@ -385,6 +385,29 @@ fn a_pin_call_whose_return_was_missed_ends_with_its_ioctl() {
     }
 }
 
+/// A kcore reading taken while a pin call holds a zero-page pin whose
+/// unpin already ran unwritten (folded) is short of the count: it must not
+/// become the base the next reading is compared with (a 5.10 lab run: a
+/// thread preempted for seconds inside its call, a counters tick between).
+#[test]
+fn a_kcore_reading_inside_a_held_pin_call_is_no_base() {
+    let mut r = Run::new("5.10.0-32-amd64", Some("#1 SMP Debian 5.10.223-1"));
+    r.gup(1, 1 + 1024);
+    // The kernel already dropped the pin; its unpin is still folded.
+    r.t += 1;
+    r.m.apply(&Line::Counters(crate::stream::Counters {
+        t_ns: r.t,
+        zero_refcount: Some(1),
+        ..Default::default()
+    }));
+    r.unpin_on(PID, 1, None);
+    r.pin(1, 1, PageClass::Zero);
+    // The next call's reading is the kernel's truth: one pin outstanding.
+    r.gup(1, 1 + 1024);
+    let v = r.m.verdicts();
+    assert!(v.divergences.is_empty(), "{:?}", v.divergences);
+}
+
 #[test]
 fn lock_acct_is_checked_against_the_page_classes() {
     let mut r = Run::new("6.12.117", None);

@@ -13,11 +13,12 @@ const RETURN_PROBES: usize = 8;
 /// Time bounds in the lab. The targets (1 s from SIGTERM to exit, 2 s from a
 /// type1 load to attached) are for real hosts; the lab guest is emulated
 /// (TCG), where every kprobe arm and disarm patches code and waits for RCU:
-/// measured 0.5-1.2 s to stop and 1.2 s to re-attach on 5.10, with the host's
-/// other core busy. The bounds catch what a regression looks like there
-/// (re-reading kallsyms on every reload took 9 s).
+/// measured 0.5-1.2 s to stop on 5.10, and to re-attach 1.2-1.6 s with the
+/// host's other core idle or busy, 3.88 s and 4.93 s with a second lab guest
+/// on it (the same code). The bounds catch what a regression looks like
+/// there (re-reading kallsyms on every reload took 9 s).
 pub const TCG_STOP: f64 = 3.0;
-pub const TCG_REATTACH: f64 = 4.0;
+pub const TCG_REATTACH: f64 = 6.0;
 
 pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
     let mut bad = Vec::new();
