@@ -85,6 +85,15 @@ pub struct PinCall {
     pub started_ns: u64,
 }
 
+impl PinCall {
+    /// Whether it holds GUP zero-page pins beyond the unpins seen: their
+    /// unpins may have run in the kernel while their record (folded until
+    /// the thread writes again) is still to come.
+    pub fn may_hold_unwritten_unpins(&self) -> bool {
+        self.zero_pinned > self.zero_unpinned
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Container {
     pub id: Id,

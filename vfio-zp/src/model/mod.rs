@@ -388,7 +388,7 @@ impl Model {
     fn racing(&self, pid: u32) -> bool {
         self.in_flight
             .iter()
-            .any(|(p, c)| *p != pid && c.zero_pinned > c.zero_unpinned)
+            .any(|(p, c)| *p != pid && c.may_hold_unwritten_unpins())
     }
 
     /// Forgets a pin call of `e`'s thread whose return never came (a
@@ -468,7 +468,7 @@ impl Model {
         // not hold the reading back.
         let blind = &self.blind;
         if self.in_flight.values().any(|c| {
-            c.zero_pinned > c.zero_unpinned && !blind.iter().any(|w| w.to_ns >= c.started_ns)
+            c.may_hold_unwritten_unpins() && !blind.iter().any(|w| w.to_ns >= c.started_ns)
         }) {
             return;
         }
