@@ -155,8 +155,13 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
                     };
                     let (want, got) = (states(&rec.header.probes), states(&v.probes));
                     if want != got {
+                        // How long the script waited for the re-attach
+                        // ("start end" in guest uptime seconds), and the
+                        // agent's own account of it.
                         bad.push(format!(
-                            "{kernel}: the sandboxed agent's probes {got:?}, the recorder's {want:?}"
+                            "{kernel}: the sandboxed agent's probes {got:?}, the recorder's {want:?}; re-attach wait (uptime) {:?}; agent log:\n{}",
+                            read(super::outputs::SANDBOX_REATTACH_UPTIME).trim(),
+                            read(super::outputs::SANDBOX_AGENT_LOG)
                         ));
                     }
                 }

@@ -68,3 +68,4 @@ pub const SANDBOX_AGENT_LOG: &str = "sandbox-agent.log";
 pub const SANDBOX_NETNS: &str = "sandbox-netns.txt";
 pub const SANDBOX_SNAPSHOT: &str = "sandbox-snapshot.json";
 pub const SANDBOX_STRACE: &str = "sandbox-strace.txt";
+pub const SANDBOX_REATTACH_UPTIME: &str = "sandbox-reattach-uptime";
