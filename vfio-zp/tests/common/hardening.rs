@@ -13,12 +13,17 @@ const RETURN_PROBES: usize = 8;
 /// Time bounds in the lab. The targets (1 s from SIGTERM to exit, 2 s from a
 /// type1 load to attached) are for real hosts; the lab guest is emulated
 /// (TCG), where every kprobe arm and disarm patches code and waits for RCU:
-/// measured 0.5-1.2 s to stop on 5.10, and to re-attach 1.2-1.6 s with the
-/// host's other core idle or busy, 3.88 s and 4.93 s with a second lab guest
-/// on it (the same code). The bounds catch what a regression looks like
-/// there (re-reading kallsyms on every reload took 9 s).
+/// measured 0.5-1.2 s to stop on 5.10. Re-attaching measured 1.2-1.6 s with
+/// the host's other core idle or busy, and 3.9-6.1 s with a second lab guest
+/// on it (the same code; the agent's own share 0.5-4 s): too spread for a
+/// time to tell a regression from a busy host. So the re-attach is checked
+/// by how it happened (at the previous symbols, without re-reading
+/// kallsyms, whose regression took 9 s), and its bound only catches a
+/// re-attach that waits for something other than the 100 ms module poll.
 pub const TCG_STOP: f64 = 3.0;
-pub const TCG_REATTACH: f64 = 6.0;
+pub const TCG_REATTACH: f64 = 15.0;
+/// The agent's log line for a reload re-attached at the previous symbols.
+const REATTACHED_FAST: &str = "re-attached at their previous symbols";
 
 pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
     let mut bad = Vec::new();
@@ -119,6 +124,11 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
         TCG_REATTACH,
     ) {
         fail(e);
+    }
+    if !read(super::outputs::RECORDER_LOG).contains(REATTACHED_FAST) {
+        fail(format!(
+            "the recorder's log has no \"{REATTACHED_FAST}\" for the type1 reload: it took the slow path (kallsyms) or never re-attached"
+        ));
     }
     match read_path(&dir.join(super::outputs::RECORDING)) {
         Ok(r) => {
