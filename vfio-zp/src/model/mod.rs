@@ -288,12 +288,18 @@ impl Model {
         }
     }
 
+    /// Whether records may have been lost at or after `from_ns` (a blind
+    /// window reaching that far).
+    fn blind_since(&self, from_ns: u64) -> bool {
+        self.blind.iter().any(|w| w.to_ns >= from_ns)
+    }
+
     /// Counts an observation of `t` from records that began at `from_ns`,
     /// unless a blind window has overlapped them since: evidence that may
     /// be missing a record never decides a trait (nor overrides a prior).
     /// Losses not yet counted withdraw it at the next counters line.
     fn vote(&mut self, t: Trait, yes: bool, from_ns: u64) {
-        if self.blind.iter().any(|w| w.to_ns >= from_ns) {
+        if self.blind_since(from_ns) {
             self.behaviour.set_aside(t);
             return;
         }
@@ -466,10 +472,11 @@ impl Model {
         // its call, left such a base, and the next reading diverged). A
         // call that records lost since it began may have ended unseen does
         // not hold the reading back.
-        let blind = &self.blind;
-        if self.in_flight.values().any(|c| {
-            c.may_hold_unwritten_unpins() && !blind.iter().any(|w| w.to_ns >= c.started_ns)
-        }) {
+        if self
+            .in_flight
+            .values()
+            .any(|c| c.may_hold_unwritten_unpins() && !self.blind_since(c.started_ns))
+        {
             return;
         }
         if !self.zero.moved_since_kcore
