@@ -68,5 +68,17 @@ pub fn check_kprobes() -> Result<(), Fatal> {
 }
 
 pub fn type1_loaded() -> bool {
-    Path::new("/sys/module").join(TYPE1_MODULE).exists()
+    type1_instance().is_some()
+}
+
+/// Which load of vfio_iommu_type1 is in the kernel: the inode of its
+/// /sys/module directory, which every load makes afresh (kernfs numbers
+/// its nodes cyclically). An unload and reload between two polls leaves
+/// the module loaded at both, but not the same instance: its kprobes went
+/// with the old one.
+pub fn type1_instance() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(Path::new("/sys/module").join(TYPE1_MODULE))
+        .ok()
+        .map(|m| m.ino())
 }

@@ -41,7 +41,9 @@ pub struct Session {
     decoder: Decoder,
     resolver: Resolver,
     refcount: Option<ZeroRefcount>,
-    type1_loaded: bool,
+    /// The vfio_iommu_type1 load the type1 probes are attached to
+    /// (preflight::type1_instance), None while it is not loaded.
+    type1: Option<u64>,
     /// Ticks left to retry type1 points that failed to attach right after
     /// the module loaded (it may still be initialising).
     type1_retries: u32,
@@ -146,7 +148,8 @@ impl Session {
             opts.ring_bytes,
         )?;
         debug!("attaching");
-        let type1_loaded = preflight::type1_loaded();
+        let type1 = preflight::type1_instance();
+        let type1_loaded = type1.is_some();
         let status = probes
             .attach(
                 &syms,
@@ -199,7 +202,7 @@ impl Session {
             decoder,
             resolver: Resolver::default(),
             refcount,
-            type1_loaded,
+            type1,
             type1_retries: 0,
             type1_verify: false,
             header,
@@ -310,11 +313,21 @@ impl Session {
         &mut self,
         sink: &mut impl FnMut(Line) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
-        let loaded = preflight::type1_loaded();
-        if loaded && loaded == self.type1_loaded && std::mem::take(&mut self.type1_verify) {
+        let now = preflight::type1_instance();
+        if now.is_some() && self.type1.is_some() && now != self.type1 {
+            // Unloaded and loaded again between two polls (or while the
+            // agent was stopped): the probes went with the old module.
+            warn!(
+                "vfio_iommu_type1 was reloaded between two looks at /sys/module: re-attaching its probes"
+            );
+            self.probes.detach_type1();
+            self.type1 = None;
+        }
+        let loaded = now.is_some();
+        if loaded && self.type1.is_some() && std::mem::take(&mut self.type1_verify) {
             return self.resolve_type1(sink);
         }
-        if loaded == self.type1_loaded {
+        if loaded == self.type1.is_some() {
             let failed = self.probes.status().iter().any(|s| {
                 s.state == ProbeState::Failed
                     && probe_points::by_label(&s.probe).is_some_and(|p| p.in_type1)
@@ -326,7 +339,7 @@ impl Session {
             info!("retrying the type1 probes that failed to attach");
             return self.resolve_type1(sink);
         }
-        self.type1_loaded = loaded;
+        self.type1 = now;
         self.type1_retries = 3;
         if loaded {
             info!("vfio_iommu_type1 loaded: attaching its probes");

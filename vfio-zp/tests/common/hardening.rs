@@ -24,6 +24,9 @@ pub const TCG_STOP: f64 = 3.0;
 pub const TCG_REATTACH: f64 = 15.0;
 /// The agent's log line for a reload re-attached at the previous symbols.
 const REATTACHED_FAST: &str = "re-attached at their previous symbols";
+/// The agent's log line for a reload it saw only as a new module instance
+/// (reload-type1.sh's second reload, made while the recorder was stopped).
+const RELOAD_UNSEEN: &str = "reloaded between two looks at /sys/module";
 
 pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
     let mut bad = Vec::new();
@@ -128,6 +131,15 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
     if !read(super::outputs::RECORDER_LOG).contains(REATTACHED_FAST) {
         fail(format!(
             "the recorder's log has no \"{REATTACHED_FAST}\" for the type1 reload: it took the slow path (kallsyms) or never re-attached"
+        ));
+    }
+    if read(super::outputs::RECORDER_LOG)
+        .matches(RELOAD_UNSEEN)
+        .count()
+        != 1
+    {
+        fail(format!(
+            "the recorder's log does not say once \"{RELOAD_UNSEEN}\": the reload made while it was stopped went unnoticed (its type1 probes stay on the unloaded module)"
         ));
     }
     match read_path(&dir.join(super::outputs::RECORDING)) {

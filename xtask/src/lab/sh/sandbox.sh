@@ -30,21 +30,31 @@ if command -v systemd-socket-activate >/dev/null && command -v strace >/dev/null
   done
   { readlink /proc/self/ns/net; readlink "/proc/$SAP/ns/net"; } > "$RESULTS/sandbox-netns.txt"
   "$BIN/vfio-zp-workload" --scenario ro-read-touched --pages "$PAGES" --truth "$RESULTS/sandbox-truth.json" --cgroup "$SANDBOX_CGROUP" > "$RESULTS/sandbox-workload.txt" 2>&1 || { echo "lab: sandbox workload failed"; status=1; }
-  if rmmod vfio_iommu_type1; then
-    eval "$TYPE1_LOAD" || echo "lab: reloading type1 failed"
-    # Under strace every call of the re-attach (kallsyms, perf_event_open)
-    # stops; a CI's 6.12 and 6.18 guests, two TCG guests on two cores,
-    # took more than the 60 s this wait once had. It ends at the
-    # re-attach, so a generous bound costs nothing when it is fast; the
-    # re-attach's own time is checked without strace (reattach-uptime).
-    T0=$(cut -d' ' -f1 /proc/uptime)
-    until sb_type1 | grep -q '"attached"'; do
+  # Waits, 300 s at most by the guest's clock, until the sandboxed agent's
+  # snapshot shows type1_pin in state $1. Under strace every call of the
+  # agent (kallsyms, perf_event_open) stops; a CI's 6.12 and 6.18 guests,
+  # two TCG guests on two cores, took more than the 60 s this wait once
+  # had. It ends when the state shows, so a generous bound costs nothing
+  # when it is fast; the re-attach's own time is checked without strace
+  # (reattach-uptime).
+  sb_wait_type1() {
+    W0=$(cut -d' ' -f1 /proc/uptime)
+    until sb_type1 | grep -q "\"$1\""; do
       NOW=$(cut -d' ' -f1 /proc/uptime)
-      if [ $((${NOW%.*} - ${T0%.*})) -gt 300 ]; then
-        echo "lab: the sandboxed agent did not re-attach type1 within 300 s"; break
+      if [ $((${NOW%.*} - ${W0%.*})) -gt 300 ]; then
+        echo "lab: the sandboxed agent's type1 probes not $1 within 300 s"; break
       fi
       sleep 0.2
     done
+  }
+  if rmmod vfio_iommu_type1; then
+    # The unload must be seen before the load: a wait for "attached" that
+    # began while the agent had not yet noticed the unload ended at once,
+    # and the snapshot then caught the probes detached (a CI's 6.18 guest).
+    sb_wait_type1 module_not_loaded
+    eval "$TYPE1_LOAD" || echo "lab: reloading type1 failed"
+    T0=$(cut -d' ' -f1 /proc/uptime)
+    sb_wait_type1 attached
     echo "$T0 $(cut -d' ' -f1 /proc/uptime)" > "$RESULTS/sandbox-reattach-uptime"
   fi
   # Under strace (every system call stopped) and TCG the agent's event
