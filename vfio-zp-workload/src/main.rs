@@ -20,8 +20,14 @@ struct Cli {
     group2: Option<String>,
     /// Scenario to run: a type1 scenario driven by this program, or a VMM
     /// scenario (a real QEMU as the VFIO client).
-    #[arg(long, required_unless_present_any = ["list_scenarios", "list_vmm_scenarios"])]
+    #[arg(long, required_unless_present_any = ["list_scenarios", "list_vmm_scenarios", "vm_lifecycle_mib"])]
     scenario: Option<String>,
+    /// The bench's real VM instead of a scenario: one QEMU (-M pc, paused)
+    /// with this much RAM (MiB) on the group's device, timed from its start
+    /// until its mappings are made and from `quit` until it exited
+    /// (written to --truth as `runs[0].map_ns` and `unmap_ns`).
+    #[arg(long, value_name = "MIB", conflicts_with = "scenario", value_parser = clap::value_parser!(u64).range(16..=65536))]
+    vm_lifecycle_mib: Option<u64>,
     /// Print the type1 scenario names, one per line, and exit.
     #[arg(long)]
     list_scenarios: bool,
@@ -69,6 +75,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .filter(|_| cli.list_vmm_scenarios),
         ) {
             println!("{n}");
+        }
+        return Ok(());
+    }
+    if let Some(mib) = cli.vm_lifecycle_mib {
+        let group = cli.group.context("--group (or VFIO_GROUP) is needed")?;
+        let l = vmm::lifecycle(&group, mib)?;
+        for r in &l.runs {
+            println!(
+                "workload: {} {} MiB: started and mapped in {:.3} s (VmLck {:?} kB), quit and gone in {:.3} s",
+                l.scenario,
+                r.ram_mib,
+                r.map_ns as f64 / 1e9,
+                r.vmlck_kb,
+                r.unmap_ns as f64 / 1e9
+            );
+        }
+        if let Some(p) = cli.truth {
+            std::fs::write(&p, serde_json::to_string_pretty(&l)?)
+                .with_context(|| format!("writing {}", p.display()))?;
         }
         return Ok(());
     }

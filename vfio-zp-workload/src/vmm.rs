@@ -197,14 +197,21 @@ fn qmp_path(name: &str) -> String {
     format!("{RUN_DIR}/{name}.qmp")
 }
 
-fn start(
-    s: &VmmScenario,
-    machine: &str,
+/// What QEMU is started with.
+struct Shape<'a> {
+    machine: &'a str,
+    ram_mib: u64,
     memlock_mib: Option<u64>,
-    guest: Option<&Path>,
-    i: usize,
-    group: &str,
-) -> anyhow::Result<Vm> {
+    guest: Option<&'a Path>,
+}
+
+fn start(s: &VmmScenario, shape: &Shape, i: usize, group: &str) -> anyhow::Result<Vm> {
+    let Shape {
+        machine,
+        ram_mib,
+        memlock_mib,
+        guest,
+    } = *shape;
     let name = format!("{}-{}", s.name.trim_start_matches("qemu-"), i + 1);
     let cgroup = cgroup_for(10 + i, &name);
     let device = device_of(group)?;
@@ -229,7 +236,7 @@ fn start(
         ]);
     }
     cmd.arg("qemu-system-x86_64")
-        .args(["-M", machine, "-accel", "tcg", "-m", &RAM_MIB.to_string()])
+        .args(["-M", machine, "-accel", "tcg", "-m", &ram_mib.to_string()])
         .args(["-nodefaults", "-display", "none", "-S", "-monitor", "stdio"])
         .args(["-name", &name])
         .args(["-device", &format!("vfio-pci,host={device},id=hostdev0")]);
@@ -532,8 +539,14 @@ fn run_qemu(
         groups.len()
     );
     let mut vms = Vec::new();
+    let shape = Shape {
+        machine: q.machine,
+        ram_mib: RAM_MIB,
+        memlock_mib: q.memlock_mib,
+        guest: q.guest,
+    };
     for (i, g) in groups.iter().take(n).enumerate() {
-        vms.push(start(s, q.machine, q.memlock_mib, q.guest, i, g)?);
+        vms.push(start(s, &shape, i, g)?);
     }
     let mut running = true;
     for vm in &mut vms {
@@ -587,6 +600,73 @@ fn run_qemu(
         t.vms.push(vm.truth);
     }
     Ok(())
+}
+
+/// The bench's real VM (`--vm-lifecycle-mib`): not a lab scenario.
+const LIFECYCLE: VmmScenario = VmmScenario {
+    name: "qemu-lifecycle",
+    about: "one QEMU (-M pc, paused) started until its mappings are made, then quit",
+    client: qemu("pc", 1, Stop::Quit, None),
+    refused: false,
+};
+
+/// One start and stop of the bench's VM, as `bench-*.json` holds it (the
+/// bench reads `runs[0].map_ns` and `unmap_ns`, as of the other workloads).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LifecycleRun {
+    pub ram_mib: u64,
+    /// From QEMU's start until its monitor answers: the machine realized
+    /// and every DMA mapping made (all its RAM pinned, read-write).
+    pub map_ns: u64,
+    /// From `quit` until QEMU has exited: its container released, every
+    /// page unpinned, with the mm.
+    pub unmap_ns: u64,
+    /// VmLck once realized: the RAM type1 charged (the pin happened).
+    pub vmlck_kb: Option<u64>,
+    pub exit: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Lifecycle {
+    pub scenario: String,
+    pub runs: Vec<LifecycleRun>,
+}
+
+/// Starts one QEMU with `ram_mib` of RAM on `group`'s device, paused, waits
+/// until its mappings are made, quits it and waits for its exit: the two
+/// spans a VM's start and stop cost with the probes on the way.
+pub fn lifecycle(group: &str, ram_mib: u64) -> anyhow::Result<Lifecycle> {
+    let shape = Shape {
+        machine: "pc",
+        ram_mib,
+        memlock_mib: None,
+        guest: None,
+    };
+    let t0 = Instant::now();
+    let mut vm = start(&LIFECYCLE, &shape, 0, group)?;
+    if let Err(e) = vm.wait_realized(Duration::from_secs(1800)) {
+        let _ = vm.child.kill();
+        let _ = vm.child.wait();
+        return Err(e);
+    }
+    let map_ns = t0.elapsed().as_nanos() as u64;
+    let vmlck_kb = status_kb(vm.truth.pid, "VmLck:");
+    let t1 = Instant::now();
+    vm.stop(Stop::Quit)?;
+    let st = vm.child.wait().context("waiting for QEMU")?;
+    let unmap_ns = t1.elapsed().as_nanos() as u64;
+    drop(vm.monitor.take());
+    anyhow::ensure!(st.success(), "QEMU exited {st}: {}", vm.output().trim());
+    Ok(Lifecycle {
+        scenario: LIFECYCLE.name.into(),
+        runs: vec![LifecycleRun {
+            ram_mib,
+            map_ns,
+            unmap_ns,
+            vmlck_kb,
+            exit: st.to_string(),
+        }],
+    })
 }
 
 #[cfg(test)]

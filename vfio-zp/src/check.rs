@@ -1,7 +1,11 @@
 //! `vfio-zp check`: can this host run the agent, and what will it see?
 //! Each finding is ok, degraded (runs, with less coverage) or unusable;
 //! the exit code is the worst of them (0 / 1 / 3: 2 is a usage error).
+use std::time::Duration;
+
 use serde::Serialize;
+
+use crate::stream::ProbeState;
 
 use crate::model::behaviour::{KernelVersion, TRAITS};
 use crate::probes::{
@@ -87,7 +91,7 @@ impl Checks {
 }
 
 /// Runs every check; `load` also loads the probes through the verifier.
-pub fn run(load: bool) -> Report {
+pub fn run(load: bool, agent: Option<&str>) -> Report {
     let mut c = Checks(Vec::new());
     let release = probes::release();
     let version = probes::version();
@@ -245,6 +249,9 @@ pub fn run(load: bool) -> Report {
             Level::Unusable,
         );
     }
+    if let Some(addr) = agent {
+        agent_probes(&mut c, addr);
+    }
     let level = c.0.iter().map(|f| f.level).max().unwrap_or(Level::Ok);
     Report {
         kernel: format!(
@@ -253,6 +260,42 @@ pub fn run(load: bool) -> Report {
         ),
         findings: c.0,
         level,
+    }
+}
+
+/// The running agent's probe states: what it decided on this kernel, and
+/// the evidence for each point it left off.
+fn agent_probes(c: &mut Checks, addr: &str) {
+    let url = format!("http://{addr}/api/v1/snapshot");
+    let snap = match crate::top::Source::Agent(url.clone()).fetch_within(Duration::from_secs(5)) {
+        Ok(Some(s)) => s,
+        Ok(None) => return,
+        Err(e) => {
+            c.add("running agent", Level::Degraded, format!("{e:#}"));
+            return;
+        }
+    };
+    let count = |st: ProbeState| snap.probes.iter().filter(|p| p.state == st).count();
+    c.add(
+        "running agent",
+        Level::Ok,
+        format!(
+            "at {addr}: probes {}/{} attached, {} left off as not needed",
+            count(ProbeState::Attached),
+            snap.probes.len(),
+            count(ProbeState::NotNeeded)
+        ),
+    );
+    for p in snap
+        .probes
+        .iter()
+        .filter(|p| p.state == ProbeState::NotNeeded)
+    {
+        c.add(
+            &format!("agent: probe {} ({})", p.probe, p.function),
+            Level::Ok,
+            format!("not needed: {}", p.detail.as_deref().unwrap_or("")),
+        );
     }
 }
 

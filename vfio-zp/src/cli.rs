@@ -79,12 +79,20 @@ pub enum Cmd {
     /// tracefs, vfio_iommu_type1, every probe point (resolved, inlined or
     /// missing, and what each loss costs), the verdicts that remain
     /// certain, the kernel behaviour priors, and (unless --quick) whether
-    /// the verifier accepts the probes. Exit code 0 ok, 1 degraded,
-    /// 3 unusable (2 is a usage error).
+    /// the verifier accepts the probes; with --agent, the running agent's
+    /// probe decisions and their evidence (a point it left off as not
+    /// needed, and why). Exit code 0 ok, 1 degraded, 3 unusable (2 is a
+    /// usage error).
     Check {
         /// Skip loading the probes through the verifier.
         #[arg(long)]
         quick: bool,
+        /// Also read the probe states of the agent serving at HOST:PORT
+        /// (e.g. 127.0.0.1:10983): which points it left off as not needed
+        /// on this kernel, with the evidence. An agent that does not
+        /// answer is a degraded finding.
+        #[arg(long, value_name = "HOST:PORT")]
+        agent: Option<String>,
         /// Print the findings as JSON.
         #[arg(long)]
         json: bool,

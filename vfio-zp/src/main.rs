@@ -28,8 +28,8 @@ fn main() -> ExitCode {
         _ => {}
     }
     // `check` reports every finding itself; its exit code is its verdict.
-    if let Cmd::Check { quick, json } = cli.cmd {
-        let r = check::run(!quick);
+    if let Cmd::Check { quick, json, agent } = cli.cmd {
+        let r = check::run(!quick, agent.as_deref());
         let printed = if json {
             stdout::print(&(serde_json::to_string_pretty(&r).unwrap_or_default() + "\n"))
         } else {

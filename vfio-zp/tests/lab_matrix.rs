@@ -530,6 +530,7 @@ fn lab_recordings_match_kernel_truth() {
         bad.extend(common::flood::check(k, &dir));
         bad.extend(common::vmm::check(k, &dir));
         bad.extend(common::sandbox::check(k, &dir));
+        bad.extend(common::lean::check(k, &dir));
     }
     assert!(
         bad.is_empty(),

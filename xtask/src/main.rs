@@ -97,24 +97,33 @@ enum Cmd {
     },
     /// Benchmarks, printed as figures next to a baseline taken in the same
     /// run: model replay throughput (one core) and the replaying process's
-    /// peak RSS for 10 000 containers natively; then, in a lab guest, the
-    /// probes' cost per run against bpftrace counting the same points,
-    /// MAP_DMA + UNMAP with the agent attached against detached, the idle
-    /// agent's CPU, and the event loop's tick lag while `wrk -c500` scrapes
-    /// /metrics (installs bpftrace and bpftool).
+    /// peak RSS for 10 000 containers natively; then, in a lab guest per
+    /// kernel, the probes' cost per run against bpftrace counting the same
+    /// points, MAP_DMA + UNMAP and a real QEMU's start and stop (1 GiB,
+    /// vfio-pci) with nothing attached, the agent, bpftrace and empty
+    /// programs taking turns, the idle agent's CPU, and the event loop's
+    /// tick lag while `wrk -c500` scrapes /metrics (installs bpftrace and
+    /// bpftool). Hours under TCG with the defaults.
     Bench {
         /// Containers in the replayed stream.
         #[arg(long, default_value_t = 10_000)]
         containers: u32,
-        /// Lab kernel for the guest benchmarks.
-        #[arg(long, default_value = "6.1")]
-        kernel: String,
+        /// Lab kernels for the guest benchmarks, comma-separated, one guest
+        /// after the other: 5.10 (GUP refcounts the zero page), 6.1 (it
+        /// does not; type1 may keep the huge zero page) and one whose
+        /// generic unpin probes are not needed (6.12).
+        #[arg(long, value_delimiter = ',', default_value = "5.10,6.1,6.12")]
+        kernels: Vec<String>,
         /// Pages per mapping in the guest (65536 = 256 MiB).
         #[arg(long, default_value_t = 65536)]
         pages: u64,
-        /// Runs per set (each set is run twice, detached and attached in turn).
+        /// Runs of each workload per set.
         #[arg(long, default_value_t = 3)]
         reps: u32,
+        /// Rounds: each runs the four arrangements (detached, vfio-zp,
+        /// bpftrace, empty programs) in turn; ratios are per round.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+        rounds: u32,
         /// Native figures only.
         #[arg(long)]
         no_vm: bool,
@@ -156,15 +165,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Shellcheck => shellcheck::run(Path::new(".")),
         Cmd::Bench {
             containers,
-            kernel,
+            kernels,
             pages,
             reps,
+            rounds,
             no_vm,
             report_only,
         } => {
             let out = std::fs::canonicalize(".")?.join("lab-out").join("bench");
+            let plan = lab::bench::Plan {
+                pages,
+                reps,
+                rounds,
+            };
             if report_only {
-                return lab::bench::run(&kernel, &out, pages, reps, true);
+                return lab::bench::run(&kernels, &out, plan, true);
             }
             // The probes are not needed to replay.
             cmd::run(
@@ -179,7 +194,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             bootstrap::run()?;
             build_binaries()?;
-            lab::bench::run(&kernel, &out, pages, reps, false)
+            lab::bench::run(&kernels, &out, plan, false)
         }
         Cmd::Kernels { kernels } => {
             for k in kernels {

@@ -24,6 +24,8 @@ pub struct Live {
     continuity: Option<crate::export::snapshot::Continuity>,
     /// Whether the first refcount reading's unexplained pins were judged.
     unexplained_judged: bool,
+    /// Where the model's probe needs go to the session (model/needs.rs).
+    pub steer: Option<crate::source::session::Wanted>,
 }
 
 /// Opens the state directory; trouble there costs continuity, never the agent.
@@ -63,6 +65,7 @@ impl Live {
             kept: None,
             continuity: None,
             unexplained_judged: false,
+            steer: None,
         }
     }
 
@@ -144,6 +147,9 @@ impl Live {
         // Verdicts are worth computing at the counters' pace, not per event.
         if let Line::Counters(counters) = line {
             self.counters = Some(counters.clone());
+            if let Some(w) = &self.steer {
+                w.set(self.model.unpins_not_needed());
+            }
             if self.kept.as_ref().is_some_and(|(st, _)| st.due()) {
                 self.checkpoint();
             }

@@ -80,6 +80,7 @@ pub async fn agent(args: crate::cli::AgentArgs) -> anyhow::Result<()> {
     );
     let mut live = Live::new(&s.header);
     live.publish = Some(publish);
+    live.steer = Some(s.wanted.clone());
     live.keep(kept, restored, decoder, &s.header, s.pins.as_ref());
     s.run(
         |line| {
@@ -153,6 +154,7 @@ pub async fn record(args: crate::cli::RecordArgs) -> anyhow::Result<()> {
     info!("recording to {}", output.display());
     let mut live = Live::new(&s.header);
     live.publish = publish;
+    live.steer = Some(s.wanted.clone());
     let stop = async {
         match duration {
             Some(d) => {

@@ -231,15 +231,16 @@ fn probes(r: &Registry, s: &Snapshot) {
         r,
         "vfio_zp_probe_state",
         "1 for the probe point's current state (attached, missing, not_traceable, \
-         module_not_loaded, failed), 0 for the others.",
+         module_not_loaded, failed, not_needed), 0 for the others.",
         &["probe", "state"],
     );
-    const STATES: [ProbeState; 5] = [
+    const STATES: [ProbeState; 6] = [
         ProbeState::Attached,
         ProbeState::Missing,
         ProbeState::NotTraceable,
         ProbeState::ModuleNotLoaded,
         ProbeState::Failed,
+        ProbeState::NotNeeded,
     ];
     for p in &s.probes {
         attached

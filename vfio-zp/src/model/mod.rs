@@ -7,6 +7,7 @@
 //! divergence by kind with an explanation.
 pub mod behaviour;
 pub mod ledger;
+pub mod needs;
 pub mod refcount;
 pub mod verdict;
 pub mod workload;
@@ -136,6 +137,14 @@ pub struct Model {
     /// the ordinary exit of a VMM whose mappings were still live.
     #[serde(default)]
     pub(crate) uncharges_after_exit: u64,
+    /// Since when the generic GUP unpin probes are left off (not_needed):
+    /// zero-page unpins go unseen, so pins are not held against them.
+    #[serde(default)]
+    unpins_off_since: Option<u64>,
+    /// Whether a type1 pin call ever took the huge zero page, which GUP
+    /// refcounts on every kernel: its unpins are then needed.
+    #[serde(default)]
+    type1_huge_zero_seen: bool,
     /// Explanations not yet taken by [`Model::take_notes`].
     #[serde(skip)]
     notes: Vec<Note>,
@@ -218,6 +227,8 @@ impl Model {
             uncharges_after_exit: 0,
             events: 0,
             now: header.started_t_ns,
+            unpins_off_since: None,
+            type1_huge_zero_seen: false,
             notes: Vec::new(),
         };
         m.set_probes(&ProbesChanged {
@@ -369,6 +380,7 @@ impl Model {
             .iter()
             .map(|s| (s.probe.clone(), s.state))
             .collect();
+        self.follow_unpins(p.t_ns);
     }
 
     fn per_pin(&self) -> i64 {
@@ -636,8 +648,13 @@ impl Model {
         self.truncated_scans += *truncated as u64;
         let zero = *zero_pages as i64;
         let huge = *huge_zero_pages as i64;
+        // Counted for the refcount readings' votes even with the unpins
+        // unseen (the evidence must stay able to change, needs.rs).
         self.zero.pinned(zero);
+        // Unpins unseen: no pin is held against them.
+        let held = if self.unpins_unseen() { 0 } else { zero };
         if *in_type1 {
+            self.type1_huge_zero_seen |= huge > 0;
             let read_only = gup_flags & FOLL_WRITE == 0;
             if read_only && zero > 0 {
                 self.vote(Trait::RoLongtermUnshares, false, e.t_ns);
@@ -647,7 +664,7 @@ impl Model {
                 ..Default::default()
             });
             call.container = call.container.or(e.container);
-            call.zero_pinned += zero;
+            call.zero_pinned += held;
             call.huge_zero_pinned += huge;
             call.read_only_gup |= read_only;
             let id = call.container.unwrap_or(UNATTRIBUTED);
@@ -658,7 +675,7 @@ impl Model {
                 self.process(e).ro_longterm_pinned += pinned;
             }
         } else {
-            self.other_zero_pins += zero;
+            self.other_zero_pins += held;
         }
         if let Some(r) = e.zero_refcount {
             self.probe_reading(r.value as i64, e);
@@ -726,7 +743,13 @@ impl Model {
     }
 
     fn type1_pin(&mut self, e: &Event, dma: Id, vaddr: u64, pinned: i64, base: PageClass) {
-        let call = self.in_flight.remove(&e.pid).unwrap_or_default();
+        let mut call = self.in_flight.remove(&e.pid).unwrap_or_default();
+        if self.unpins_unseen() {
+            // A call that began before the unpin probes went off may have
+            // unpinned unseen since: its zero-page pins say nothing of
+            // type1's unpinning, and hold nothing (needs.rs).
+            (call.zero_pinned, call.zero_unpinned) = (0, 0);
+        }
         let id = e
             .container
             .or(call.container)

@@ -133,6 +133,12 @@ pub enum Vote {
 }
 
 impl ZeroLedger {
+    /// Starts the explanation afresh: the pins counted may have been
+    /// released unseen (model/needs.rs), so no reading before now is a base.
+    pub fn forget_outstanding(&mut self) {
+        *self = ZeroLedger::default();
+    }
+
     pub fn pinned(&mut self, n: i64) {
         self.outstanding += n;
         self.moved_since_kcore |= n != 0;

@@ -963,3 +963,148 @@ fn a_lock_acct_error_other_than_enomem_is_no_refusal() {
     assert!(notes[0].text.contains("error -4"), "{notes:?}");
     assert_eq!(notes[0].level, Level::Warn);
 }
+
+/// An event of the agent's own thread, in no container.
+fn host_ev(r: &mut Run, what: What, refcount: Option<(i32, When)>) {
+    r.t += 1_000_000;
+    r.m.apply(&Line::Event(Event {
+        t_ns: r.t,
+        tgid: 999,
+        pid: 999,
+        comm: "vfio-zp".into(),
+        cgroup_id: 1,
+        container: None,
+        zero_refcount: refcount.map(|(value, when)| Refcount { value, when }),
+        what,
+    }));
+}
+
+/// The agent's zero-page reads at start (probes/provoke.rs): one page,
+/// then two, pinned outside type1 and unpinned in the call, the refcount
+/// moving by `per_pin` for each from `base`.
+fn provoke(r: &mut Run, per_pin: i32, base: i32) {
+    for n in [1u64, 2] {
+        let held = base + per_pin * n as i32;
+        host_pin(r, n, held);
+        host_ev(
+            r,
+            What::GupUnpin {
+                func: UnpinFn::UnpinUserPages,
+                npages: n,
+                zero_pages: n,
+                huge_zero_pages: 0,
+                truncated: false,
+            },
+            Some((held, When::Before)),
+        );
+    }
+}
+
+/// The generic unpin probes' state set to `state`, as the session announces.
+fn unpins_now(r: &mut Run, state: ProbeState) {
+    r.t += 1_000_000;
+    let mut probes = header("x", None).probes;
+    for p in &mut probes {
+        if crate::stream::line::GUP_UNPIN_PROBES.contains(&p.probe.as_str()) {
+            p.state = state;
+        }
+    }
+    r.m.apply(&Line::Probes(ProbesChanged { t_ns: r.t, probes }));
+}
+
+const TRIXIE: (&str, Option<&str>) = (
+    "6.12.117+deb13-amd64",
+    Some("#1 SMP PREEMPT_DYNAMIC Debian 6.12.117-1"),
+);
+
+#[test]
+fn unpin_probes_are_not_needed_only_where_gup_is_seen_to_ignore_the_zero_page() {
+    // The version's prior alone (6.12: GUP takes no reference) never decides.
+    let mut r = Run::new(TRIXIE.0, TRIXIE.1);
+    assert_eq!(r.m.unpins_not_needed(), None);
+    provoke(&mut r, 0, 1);
+    let why = r.m.unpins_not_needed().expect("6.12 was seen to ignore it");
+    assert!(why.contains("no reference on the zero page"), "{why}");
+    // GUP seen pinning it (5.10): needed.
+    let mut r = Run::new(LEAKY.0, LEAKY.1);
+    provoke(&mut r, 1024, 1);
+    assert!(r.m.behaviour.get(Trait::GupPinsZeroPage));
+    assert_eq!(r.m.unpins_not_needed(), None);
+    // 6.1.y with the GUP fix but no read-only unsharing: type1 may keep
+    // the huge zero page, whose unpins the model counts. Needed.
+    let mut r = Run::new("6.1.0-56-amd64", Some("#1 SMP Debian 6.1.192-1"));
+    provoke(&mut r, 0, 1);
+    assert!(!r.m.behaviour.get(Trait::GupPinsZeroPage));
+    assert_eq!(r.m.unpins_not_needed(), None);
+    // A type1 pin of the huge zero page seen anywhere: needed.
+    let mut r = Run::new(TRIXIE.0, TRIXIE.1);
+    provoke(&mut r, 0, 1);
+    r.ev(
+        What::GupPin {
+            remote: true,
+            start: 0,
+            nr_pages: 512,
+            gup_flags: 0x10000,
+            pinned: 512,
+            zero_pages: 0,
+            huge_zero_pages: 512,
+            in_type1: true,
+            truncated: false,
+        },
+        None,
+    );
+    assert_eq!(r.m.unpins_not_needed(), None);
+}
+
+#[test]
+fn with_the_unpins_off_pins_hold_nothing_until_the_evidence_changes() {
+    let mut r = Run::new(TRIXIE.0, TRIXIE.1);
+    provoke(&mut r, 0, 1);
+    unpins_now(&mut r, ProbeState::NotNeeded);
+    // Off on evidence: no probe counts as missing, and pins whose unpins
+    // go unseen are held by nobody.
+    provoke_pins_only(&mut r, 0, 1);
+    let v = r.m.verdicts();
+    assert_eq!(v.coverage.uncertain, None);
+    assert_eq!(r.m.other_zero_pins, 0);
+    assert!(r.m.unpins_not_needed().is_some());
+    // A reading that moved by 1024 for the pin in between: the evidence
+    // changed, the probes are wanted back and count as missing meanwhile.
+    provoke_pins_only(&mut r, 1024, 1);
+    assert_eq!(r.m.unpins_not_needed(), None);
+    assert!(
+        r.m.verdicts()
+            .coverage
+            .uncertain
+            .is_some_and(|u| u.contains("gup_unpin_pages_dirty")),
+    );
+    r.m.take_notes();
+    unpins_now(&mut r, ProbeState::Attached);
+    let notes = r.m.take_notes();
+    assert!(
+        notes.iter().any(|n| n.text.contains("were off for")),
+        "{notes:?}"
+    );
+    assert_eq!(r.m.zero.outstanding, 0, "the explanation starts afresh");
+}
+
+/// A zero-page pin outside type1 with no unpin seen (the probes are off).
+fn provoke_pins_only(r: &mut Run, per_pin: i32, base: i32) {
+    host_pin(r, 1, base + per_pin);
+}
+
+/// `n` zero pages pinned by the agent's own read, the refcount `after`.
+fn host_pin(r: &mut Run, n: u64, after: i32) {
+    let pin = What::GupPin {
+        remote: true,
+        start: 0,
+        nr_pages: n,
+        gup_flags: 0,
+        pinned: n as i64,
+        zero_pages: n,
+        huge_zero_pages: 0,
+        in_type1: false,
+        truncated: false,
+    };
+    host_ev(r, pin, Some((after, When::After)));
+}

@@ -8,6 +8,7 @@ pub mod preflight;
 pub mod privileges;
 pub mod probe_points;
 pub mod programs;
+pub mod provoke;
 pub mod retprobe;
 pub mod tracefs;
 pub mod zero_page;

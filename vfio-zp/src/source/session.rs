@@ -18,7 +18,8 @@ use crate::probes::{
 };
 use crate::source::Decoder;
 use crate::source::resolve::Resolver;
-use crate::stream::{Header, Line, ProbeState, ProbeStatus, line::ProbesChanged};
+use crate::stream::line::{GUP_UNPIN_PROBES, ProbesChanged};
+use crate::stream::{Header, Line, ProbeState, ProbeStatus};
 
 #[derive(Clone, Debug, Default)]
 pub struct Options {
@@ -53,6 +54,27 @@ pub struct Session {
     pub header: Header,
     /// Where the maps are pinned, what was reused and what was stale.
     pub pins: Option<pins::PinDir>,
+    /// The probe set the model asks for, followed at every tick.
+    pub wanted: Wanted,
+}
+
+/// The probe set the model asks for: set by the agent's runtime at each
+/// counters line (`Model::unpins_not_needed`), followed by the session at
+/// its next tick. `Some(evidence)` leaves the generic GUP unpin probes off.
+/// Shared because the runtime holds the sink while the session runs.
+#[derive(Clone, Debug, Default)]
+pub struct Wanted(std::sync::Arc<std::sync::Mutex<Option<String>>>);
+
+impl Wanted {
+    pub fn set(&self, unpins_not_needed: Option<String>) {
+        if let Ok(mut w) = self.0.lock() {
+            *w = unpins_not_needed;
+        }
+    }
+
+    fn unpins_not_needed(&self) -> Option<String> {
+        self.0.lock().ok().and_then(|w| w.clone())
+    }
 }
 
 const POLL: Duration = Duration::from_millis(500);
@@ -196,6 +218,16 @@ impl Session {
             started_t_ns: probes::monotonic_ns(),
             probes: status,
         };
+        // Evidence of how GUP counts the zero page on every kernel, even
+        // one whose type1 never pins it (probes/provoke.rs).
+        if header
+            .probes
+            .iter()
+            .any(|s| s.probe == "gup_pin_remote" && s.state == ProbeState::Attached)
+            && let Err(e) = crate::probes::provoke::pin_zero_pages()
+        {
+            warn!("could not pin zero pages to see how this kernel counts them: {e:#}");
+        }
         Ok(Session {
             probes,
             ring,
@@ -207,6 +239,7 @@ impl Session {
             type1_verify: false,
             header,
             pins,
+            wanted: Wanted::default(),
         })
     }
 
@@ -230,6 +263,17 @@ impl Session {
         // until the drain passes their time: events stamped before them may
         // still be in the ring when one drain's budget runs out.
         let mut stamped = Stamped::default();
+        // Events handed on since the last counters line: the next tick
+        // writes one even if no counter moved (a held run's record comes
+        // after its hits), so a snapshot never waits for the heartbeat to
+        // show them.
+        let fresh = std::sync::atomic::AtomicBool::new(false);
+        let mut sink = |line: Line| {
+            if matches!(line, Line::Event(_)) {
+                fresh.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            sink(line)
+        };
         loop {
             tokio::select! {
                 _ = &mut stop => break,
@@ -259,12 +303,19 @@ impl Session {
                 due = tick.tick() => {
                     LOOP_LAG.observe(due.elapsed().as_secs_f64());
                     self.probes.flush_log();
+                    self.follow_wanted(&mut |line| {
+                        stamped.push(line);
+                        Ok(())
+                    })?;
                     // One counters line at a time: read at T, written once
                     // the drain has passed every event stamped before T.
                     if !stamped.holds_counters() {
                         let c = self.counters(false);
                         let key = (c.hits.clone(), c.drops.clone(), c.zero_refcount);
-                        if last_counters.as_ref() != Some(&key) || last_sent.elapsed() >= HEARTBEAT {
+                        if last_counters.as_ref() != Some(&key)
+                            || fresh.swap(false, std::sync::atomic::Ordering::Relaxed)
+                            || last_sent.elapsed() >= HEARTBEAT
+                        {
                             last_counters = Some(key);
                             last_sent = std::time::Instant::now();
                             stamped.push(Line::Counters(c));
@@ -287,7 +338,7 @@ impl Session {
     }
 
     fn counters(&mut self, settled: bool) -> crate::stream::Counters {
-        let mut c = self.probes.counters(probes::monotonic_ns(), settled);
+        let mut c = self.probes.counters(settled);
         c.zero_refcount = self.refcount.as_ref().and_then(|r| r.read().ok());
         c
     }
@@ -370,6 +421,31 @@ impl Session {
         self.announce(sink)
     }
 
+    /// Leaves the generic unpin probes off, or puts them back, as the
+    /// model asks (`wanted`), announcing the change.
+    fn follow_wanted(
+        &mut self,
+        sink: &mut impl FnMut(Line) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let off = self
+            .probes
+            .status()
+            .iter()
+            .any(|s| s.state == ProbeState::NotNeeded);
+        let changed = match self.wanted.unpins_not_needed() {
+            Some(evidence) if !off => self.probes.set_aside(&GUP_UNPIN_PROBES, &evidence),
+            None if off => {
+                warn!("the zero-page unpin probes are needed again: attaching them");
+                self.probes.put_back()
+            }
+            _ => false,
+        };
+        if changed {
+            self.announce(sink)?;
+        }
+        Ok(())
+    }
+
     /// Attaches the points not attached yet at symbols read from kallsyms.
     fn resolve_type1(
         &mut self,
@@ -398,7 +474,22 @@ pub fn report_coverage(status: &[ProbeStatus]) {
         .filter(|s| s.state == ProbeState::Attached)
         .count();
     info!("probes: {attached}/{} attached", status.len());
-    for s in status.iter().filter(|s| s.state != ProbeState::Attached) {
+    let off: Vec<&ProbeStatus> = status
+        .iter()
+        .filter(|s| s.state == ProbeState::NotNeeded)
+        .collect();
+    if let Some(first) = off.first() {
+        let names: Vec<&str> = off.iter().map(|s| s.probe.as_str()).collect();
+        info!(
+            "probes left off, not needed: {}: {}",
+            names.join(", "),
+            first.detail.as_deref().unwrap_or("")
+        );
+    }
+    for s in status
+        .iter()
+        .filter(|s| !matches!(s.state, ProbeState::Attached | ProbeState::NotNeeded))
+    {
         let why = s.detail.as_deref().unwrap_or("");
         warn!(
             "probe {} ({}) {:?} {why}; lost: {}",

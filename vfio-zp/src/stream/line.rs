@@ -10,7 +10,8 @@ use super::event::{Event, Memlock};
 pub const FORMAT: &str = "vfio-zp-recording";
 /// 2 added `cgroup` and `process` lines, `kernel_version` and counters'
 /// `zero_refcount`; version 1 files read as version 2 files without them.
-pub const VERSION: u32 = 2;
+/// 3 added the probe state `not_needed`; older files read unchanged.
+pub const VERSION: u32 = 3;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "record", rename_all = "snake_case")]
@@ -106,7 +107,18 @@ pub enum ProbeState {
     ModuleNotLoaded,
     /// Attach was tried and failed (`detail` says why).
     Failed,
+    /// Left unattached on purpose: the running kernel was observed not to
+    /// do what the point watches for (`detail` gives the evidence), so it
+    /// could only cost. Attached again if the evidence changes.
+    NotNeeded,
 }
+
+/// The generic GUP unpin points. They see only the zero page's references
+/// going (type1 unpins read-write memory page by page through them, none
+/// of it the zero page), so where GUP takes no reference on the zero page
+/// they are left off: [`ProbeState::NotNeeded`].
+pub const GUP_UNPIN_PROBES: [&str; 3] =
+    ["gup_unpin_page", "gup_unpin_pages", "gup_unpin_pages_dirty"];
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {

@@ -20,9 +20,17 @@ pub enum Source {
 
 impl Source {
     pub fn fetch(&self) -> anyhow::Result<Option<Snapshot>> {
+        self.fetch_within(Duration::from_secs(30))
+    }
+
+    /// `fetch`, giving up on an agent that has not answered in `limit`.
+    pub fn fetch_within(&self, limit: Duration) -> anyhow::Result<Option<Snapshot>> {
         match self {
             Source::Agent(url) => {
                 let s = ureq::get(url)
+                    .config()
+                    .timeout_global(Some(limit))
+                    .build()
                     .call()
                     .map_err(|e| anyhow::anyhow!("{url}: {e}"))?
                     .body_mut()

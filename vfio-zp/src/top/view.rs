@@ -87,6 +87,8 @@ pub struct Header {
     pub overflow_eta_s: Option<f64>,
     pub leak_rate: f64,
     pub probes_attached: usize,
+    /// Left off because this kernel does not need them (not_needed).
+    pub probes_not_needed: usize,
     pub probes: usize,
     pub events_lost: u64,
     pub divergences: u64,
@@ -123,6 +125,11 @@ pub fn header(s: &Snapshot) -> Header {
             .probes
             .iter()
             .filter(|p| p.state == ProbeState::Attached)
+            .count(),
+        probes_not_needed: s
+            .probes
+            .iter()
+            .filter(|p| p.state == ProbeState::NotNeeded)
             .count(),
         probes: s.probes.len(),
         events_lost: s.drops.values().sum(),
@@ -245,9 +252,13 @@ pub fn text(h: &Header, rows: &[Row]) -> String {
     );
     let _ = writeln!(
         s,
-        "probes {}/{} attached  events lost {}  model divergences {}{}",
+        "probes {}/{} attached{}  events lost {}  model divergences {}{}",
         h.probes_attached,
         h.probes,
+        match h.probes_not_needed {
+            0 => String::new(),
+            n => format!(" ({n} not needed)"),
+        },
         h.events_lost,
         h.divergences,
         h.uncertain

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 pub mod flood;
 pub mod hardening;
+pub mod lean;
 #[path = "../../../xtask/src/lab/outputs.rs"]
 mod outputs;
 pub mod restart;

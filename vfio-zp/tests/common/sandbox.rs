@@ -146,14 +146,24 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
                     "{kernel}: the sandboxed agent did not attribute the workload to VM \"sandbox\": {names:?}"
                 ));
             }
-            // Every point as the recorder found it on this kernel, the
-            // type1 ones re-attached after the reload.
+            // Every point as the recorder had it at its end on this kernel:
+            // the type1 ones re-attached after the reload, the generic
+            // unpin ones left off where the kernel does not need them.
             match vfio_zp::stream::read_path(&dir.join(super::outputs::RECORDING)) {
                 Ok(rec) => {
                     let states = |p: &[vfio_zp::stream::ProbeStatus]| -> Vec<(String, ProbeState)> {
                         p.iter().map(|s| (s.probe.clone(), s.state)).collect()
                     };
-                    let (want, got) = (states(&rec.header.probes), states(&v.probes));
+                    let last = rec
+                        .lines
+                        .iter()
+                        .rev()
+                        .find_map(|l| match l {
+                            vfio_zp::stream::Line::Probes(p) => Some(p.probes.as_slice()),
+                            _ => None,
+                        })
+                        .unwrap_or(&rec.header.probes);
+                    let (want, got) = (states(last), states(&v.probes));
                     if want != got {
                         // How long the script waited for the re-attach
                         // ("start end" in guest uptime seconds), and the

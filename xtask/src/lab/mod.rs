@@ -84,7 +84,7 @@ g"#;
                 "",
             )
             .unwrap(),
-            bench::guest_script(16, 1).unwrap(),
+            bench::guest_script(16, 1, 2).unwrap(),
             guest::setup_script(&k, std::path::Path::new("/results dir")),
             guest::INIT.to_string(),
         ];

@@ -24,6 +24,8 @@ pub const HEALTHZ_AFTER: &str = "healthz-after.txt";
 pub const SNAPSHOT: &str = "snapshot.json";
 pub const METRICS: &str = "metrics.txt";
 pub const TOP: &str = "top.txt";
+/// `check --agent` against the running recorder: its probe decisions.
+pub const CHECK_AGENT: &str = "check-agent.txt";
 pub const TOP_TMUX: &str = "top-tmux.txt";
 pub const TOP_TMUX_SORTED: &str = "top-tmux-sorted.txt";
 pub const TOP_TMUX_SKIPPED: &str = "top-tmux-skipped";

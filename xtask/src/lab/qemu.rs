@@ -35,17 +35,30 @@ pub fn run(
     timeout: Duration,
     echo: bool,
 ) -> anyhow::Result<Run> {
-    run_smp(k, results, command, timeout, echo, 1)
+    run_with(k, results, command, timeout, echo, 1, "2G")
 }
 
-/// As [`run`], with `cpus` vCPUs (each a host thread under multi-threaded TCG).
-pub fn run_smp(
+/// As [`run`], quietly, with `cpus` vCPUs (each a host thread under
+/// multi-threaded TCG) and `mem` of RAM (QEMU's `-m`).
+pub fn run_sized(
+    k: &Kernel,
+    results: &Path,
+    command: &str,
+    timeout: Duration,
+    cpus: u32,
+    mem: &str,
+) -> anyhow::Result<Run> {
+    run_with(k, results, command, timeout, false, cpus, mem)
+}
+
+fn run_with(
     k: &Kernel,
     results: &Path,
     command: &str,
     timeout: Duration,
     echo: bool,
     cpus: u32,
+    mem: &str,
 ) -> anyhow::Result<Run> {
     fs::create_dir_all(results)?;
     let results = fs::canonicalize(results)?;
@@ -63,7 +76,7 @@ pub fn run_smp(
     fs::write(results.join("accel"), accel.name())?;
     let mut child = Command::new("qemu-system-x86_64")
         .args(accel.qemu_args())
-        .args(["-m", "2G"])
+        .args(["-m", mem])
         .args(["-smp", &cpus.to_string()])
         // e1000e NICs, each its own IOMMU group: as many containers can
         // run at once (two for the scenarios, all for the ring flood).

@@ -1,7 +1,14 @@
 # shellcheck shell=dash
 # The bench guest (the host's /bin/sh, dash). Set by the preamble: BIN (the
-# release binaries), PAGES, REPS (runs per set), FULL_RING_KIB, STORM (wrk's
-# connections), ENTRY_ONLY (points without a return program, |-separated).
+# release binaries), PAGES, REPS (runs of each workload per set), ROUNDS,
+# VM_MIB (the real VM's RAM), FULL_RING_KIB, STORM (wrk's connections),
+# ENTRY_ONLY (points without a return program, |-separated).
+#
+# Four arrangements take turns in every round, so the guest's drift (2x
+# from round to round under TCG) hits each alike: nothing attached, the
+# vfio-zp agent, bpftrace counting the points the agent attached, and
+# empty programs on those points. Each set runs REPS times a read-only and
+# a read-write map+unmap of PAGES pages and a real QEMU's start and stop.
 set -u
 busybox ip link set lo up 2>/dev/null || busybox ifconfig lo 127.0.0.1 up
 echo 1 > /proc/sys/kernel/bpf_stats_enabled || echo "bench: no bpf_stats"
@@ -19,9 +26,20 @@ work() {
   # shellcheck disable=SC2086
   $ON0 "$BIN/vfio-zp-workload" --scenario "$1" --pages "$PAGES" --hold-ms 0 --truth "$RESULTS/$2.json" > /dev/null 2>&1 || { echo "bench: workload $1 failed"; status=1; }
 }
+# A real QEMU with VM_MIB of RAM and a vfio-pci device: started paused
+# until its mappings are made (all its RAM, read-write), then quit.
+vm() {
+  # shellcheck disable=SC2086
+  $ON0 "$BIN/vfio-zp-workload" --vm-lifecycle-mib "$VM_MIB" --truth "$RESULTS/$1.json" > "$RESULTS/$1.txt" 2>&1 || { echo "bench: VM lifecycle failed"; tail -n 5 "$RESULTS/$1.txt"; status=1; }
+}
 set_of() {
   i=1
-  while [ $i -le "$REPS" ]; do work ro-read-touched "bench-$1-ro-$i"; work rw-read-touched "bench-$1-rw-$i"; i=$((i+1)); done
+  while [ $i -le "$REPS" ]; do
+    work ro-read-touched "bench-$1-ro-$i"
+    work rw-read-touched "bench-$1-rw-$i"
+    vm "bench-$1-vm-$i"
+    i=$((i+1))
+  done
 }
 # utime + stime of a process, in clock ticks.
 # shellcheck disable=SC2046 # the two fields, split on purpose
@@ -37,15 +55,51 @@ agent() {
     sleep 0.5; i=$((i+1))
     if ! kill -0 "$AP" 2>/dev/null || [ $i -gt 900 ]; then echo "bench: agent did not start"; status=1; return 1; fi
   done
-  sleep 1
+  # The probe set settles within a few ticks of the start: on a kernel
+  # that does not need the generic unpin probes they go (not_needed) once
+  # its zero-page reads are seen. 20 s at most, then measured as it is.
+  i=0
+  until busybox wget -q -O - $SNAP 2>/dev/null | grep -q '"state":"not_needed"' || [ $i -gt 40 ]; do sleep 0.5; i=$((i+1)); done
+  busybox wget -q -O "$RESULTS/bench-probes-$1.json" $SNAP
 }
-progs before
-for round in 1 2; do
-  set_of detached-$round
+# The same points counted by bpftrace (clone suffixes become wildcards),
+# and empty bodies on them (the cost of a program that does nothing: this
+# guest's floor for both tools).
+bt_scripts() {
+  while read -r label sym; do
+    s=$(echo "$sym" | sed 's/\./*/g')
+    echo "kprobe:$s { @[\"$label\"] = count(); }"
+    case "|$ENTRY_ONLY|" in *"|$label|"*) ;; *) echo "kretprobe:$s { @[\"${label}_ret\"] = count(); }";; esac
+  done < "$RESULTS/bench-points.txt" > "$RESULTS/bpftrace.bt"
+  sed 's/{ .* }$/{ }/' "$RESULTS/bpftrace.bt" > "$RESULTS/floor.bt"
+}
+# $1: bpftrace or floor; $2: the round.
+bt() {
+  progs "before-$1-$2"
+  # shellcheck disable=SC2086
+  $ON1 bpftrace "$RESULTS/$1.bt" > "$RESULTS/$1-$2.log" 2>&1 &
+  BP=$!
+  i=0
+  until grep -q Attaching "$RESULTS/$1-$2.log" 2>/dev/null || [ $i -gt 600 ]; do sleep 0.5; i=$((i+1)); done
+  sleep 3
+  set_of "$1-$2"
+  progs "$1-$2"
+  # Which program is on which point and side (bpftrace's names are cut).
+  bpftool perf list -j > "$RESULTS/bench-perf-$1-$2.json" 2>/dev/null || echo "bench: bpftool perf failed"
+  kill -INT "$BP"; wait "$BP"
+}
+round=1
+while [ $round -le "$ROUNDS" ]; do
+  set_of "detached-$round"
+  progs "before-vfio-zp-$round"
   # A ring that holds every record of a set: the cost measured is the cost
   # of every event delivered (a full ring makes dropped events cheap).
-  agent $round "--ring-buffer-kib $FULL_RING_KIB"
-  if [ $round = 1 ]; then
+  agent "$round" "--ring-buffer-kib $FULL_RING_KIB"
+  if [ "$round" = 1 ]; then
+    # The points the agent settled on, for bpftrace to count the same.
+    busybox wget -q -O - $SNAP | grep -o '"probe":"[a-z_0-9]*","function":"[^"]*","symbol":"[^"]*","state":"attached"' \
+      | sed 's/"probe":"\([^"]*\)","function":"[^"]*","symbol":"\([^"]*\)".*/\1 \2/' > "$RESULTS/bench-points.txt"
+    bt_scripts
     # The idle agent's CPU (attached, nothing mapping): utime + stime in
     # clock ticks over 30 s.
     a=$(ticks "$AP"); sleep 30; b=$(ticks "$AP")
@@ -66,16 +120,19 @@ for round in 1 2; do
     fi
   fi
   a=$(ticks "$AP")
-  set_of attached-$round
+  set_of "attached-$round"
   sleep 2 # the agent drains what the last run left in the ring
   echo "$a $(ticks "$AP") $HZ" > "$RESULTS/bench-agent-cpu-$round.txt"
   busybox wget -q -O "$RESULTS/bench-snap-$round.json" $SNAP
-  progs vfio-zp-$round
-  if [ $round = 1 ]; then
-    busybox wget -q -O - $SNAP | grep -o '"probe":"[a-z_0-9]*","function":"[^"]*","symbol":"[^"]*","state":"attached"' \
-      | sed 's/"probe":"\([^"]*\)","function":"[^"]*","symbol":"\([^"]*\)".*/\1 \2/' > "$RESULTS/bench-points.txt"
-  fi
+  progs "vfio-zp-$round"
   kill -TERM "$AP"; wait "$AP"
+  if command -v bpftrace >/dev/null; then
+    bt bpftrace "$round"
+    bt floor "$round"
+  else
+    echo "no bpftrace on the host" > "$RESULTS/bench-bpftrace-skipped"
+  fi
+  round=$((round+1))
 done
 # The default ring, one read-only run: what a host with defaults loses when
 # one large mapping pins faster than the agent drains.
@@ -85,34 +142,4 @@ agent default "" && {
   busybox wget -q -O "$RESULTS/bench-snap-default.json" $SNAP
   kill -TERM "$AP"; wait "$AP"
 }
-# The same points counted by bpftrace (clone suffixes become wildcards).
-while read -r label sym; do
-  s=$(echo "$sym" | sed 's/\./*/g')
-  echo "kprobe:$s { @[\"$label\"] = count(); }"
-  case "|$ENTRY_ONLY|" in *"|$label|"*) ;; *) echo "kretprobe:$s { @[\"${label}_ret\"] = count(); }";; esac
-done < "$RESULTS/bench-points.txt" > "$RESULTS/bench.bt"
-# bpftrace twice: counting, then with empty bodies (the cost of a program
-# that does nothing: this guest's floor for both tools).
-bt() {
-  progs "before-$1"
-  # shellcheck disable=SC2086
-  $ON1 bpftrace "$RESULTS/$1.bt" > "$RESULTS/$1.log" 2>&1 &
-  BP=$!
-  i=0
-  until grep -q Attaching "$RESULTS/$1.log" 2>/dev/null || [ $i -gt 600 ]; do sleep 0.5; i=$((i+1)); done
-  sleep 3
-  set_of "$1"
-  progs "$1"
-  # Which program is on which point and side (bpftrace's names are cut).
-  bpftool perf list -j > "$RESULTS/bench-perf-$1.json" 2>/dev/null || echo "bench: bpftool perf failed"
-  kill -INT "$BP"; wait "$BP"
-}
-if command -v bpftrace >/dev/null; then
-  sed 's/{ .* }$/{ }/' "$RESULTS/bench.bt" > "$RESULTS/floor.bt"
-  cp "$RESULTS/bench.bt" "$RESULTS/bpftrace.bt"
-  bt bpftrace
-  bt floor
-else
-  echo "no bpftrace on the host" > "$RESULTS/bench-bpftrace-skipped"
-fi
 exit $status

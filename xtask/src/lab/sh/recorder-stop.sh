@@ -15,6 +15,8 @@ busybox wget -q -O "$RESULTS/snapshot.json" http://127.0.0.1:10983/api/v1/snapsh
 sleep 2
 busybox wget -q -O "$RESULTS/metrics.txt" http://127.0.0.1:10983/metrics || echo "lab: metrics scrape failed"
 "$BIN/vfio-zp" top --once --interval 1s --agent 127.0.0.1:10983 > "$RESULTS/top.txt" 2>&1 || echo "lab: top failed"
+# Exit 1 (degraded) is a finding here, not a failure of the lab.
+"$BIN/vfio-zp" check --quick --agent 127.0.0.1:10983 > "$RESULTS/check-agent.txt" 2>&1
 if [ -n "$PP" ]; then
   sleep 3
   busybox wget -q -O "$RESULTS/prometheus-query.json" 'http://127.0.0.1:9090/api/v1/query?query=%7B__name__%3D~%22vfio_zp_.%2A%22%7D' || echo "lab: Prometheus query failed"
