@@ -308,6 +308,13 @@ pub fn gup_unpin_pages_dirty(ctx: ProbeContext) -> u32 {
     let pages = ctx.arg::<u64>(0).unwrap_or(0);
     let n = ctx.arg::<u64>(1).unwrap_or(0);
     let dirty = ctx.arg::<u64>(2).unwrap_or(0) & 0xff;
+    if dirty == 0 {
+        // Hands every page to unpin_user_pages() (5.10 to 7.3 alike), whose
+        // probe counts and writes them: counted here too, the exact
+        // counters took each of process_vm_readv's zero-page unpins twice.
+        hit(ProbeId::GupUnpinPagesDirty);
+        return 0;
+    }
     unpin(ProbeId::GupUnpinPagesDirty, pages, n, dirty);
     0
 }

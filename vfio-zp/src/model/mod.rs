@@ -694,15 +694,17 @@ impl Model {
         else {
             return;
         };
-        // Read before the unpin ran.
-        if let Some(r) = e.zero_refcount {
-            self.probe_reading(r.value as i64, e);
-        }
         let this = (*func, *npages, *zero_pages, *huge_zero_pages);
         if let Some(outer) = self.last_unpin.insert(e.pid, this)
             && nested_unpin(outer, this)
         {
+            // Its reading, before the pages really went, is the outer
+            // call's: the model has already let them go.
             return;
+        }
+        // Read before the unpin ran.
+        if let Some(r) = e.zero_refcount {
+            self.probe_reading(r.value as i64, e);
         }
         let zero = *zero_pages as i64;
         let huge = *huge_zero_pages as i64;
