@@ -44,8 +44,9 @@ pub struct Type1Pin {
     pub pinned: i64,
     /// The pfn of the first page pinned (never exported).
     pub pfn_base: u64,
-    /// The `limit` argument: the memlock limit in pages type1 checks.
-    pub limit: u64,
+    /// Of the pages pinned (a contiguous pfn run), those of the THP huge
+    /// zero page: type1 holds them until its unpin of the same pfns.
+    pub huge_zero_pages: u64,
 }
 
 /// `ProbeId::Type1Unpin`: one `vfio_unpin_pages_remote` call, or a run of
@@ -59,7 +60,10 @@ pub struct Type1Unpin {
     pub pfn: u64,
     pub npage: u64,
     /// 1 when type1 uncharges the pages from locked_vm.
-    pub do_accounting: u64,
+    pub do_accounting: u32,
+    /// Of the `npage` pfns from `pfn` (a contiguous run), those of the
+    /// THP huge zero page.
+    pub huge_zero_pages: u32,
     /// The return: pages uncharged.
     pub unlocked: i64,
 }

@@ -268,6 +268,31 @@ impl ZeroIds {
         }
     }
 
+    /// The class of a run of `n` contiguous pfns from `pfn` (that of its
+    /// first page), and how many of them are the huge zero page's: type1
+    /// pins and unpins such runs, and the huge zero page is 512 of them.
+    /// One read of its pfn serves both.
+    #[inline(always)]
+    pub fn class_of_run(&self, pfn: u64, n: u64) -> (u16, u64) {
+        if pfn == self.zero_pfn {
+            return (flag::PFN_ZERO, 0);
+        }
+        let huge = self.huge_pfn();
+        if huge == !0 {
+            return (0, 0);
+        }
+        let end = huge + HUGE_ZERO_PAGES;
+        let from = if pfn > huge { pfn } else { huge };
+        let to = if pfn + n < end { pfn + n } else { end };
+        let count = to.saturating_sub(from);
+        let class = if pfn >= huge && pfn < end {
+            flag::PFN_HUGE_ZERO
+        } else {
+            0
+        };
+        (class, count)
+    }
+
     #[inline(always)]
     pub fn class_of_page(&self, page: u64) -> u16 {
         if page == self.zero_page() {

@@ -32,7 +32,6 @@ pub struct PinCall {
     pub npage: u64,
     /// Where the call writes the first pfn it pinned.
     pub pfn_base_at: u64,
-    pub limit: u64,
     /// Zero-page GUP unpins folded inside the call, and `NO_FOLD`.
     pub folded: u64,
 }
@@ -270,7 +269,7 @@ impl Thread {
     /// Inside a MAP/UNMAP ioctl type1 pins a read-only mapping of zero
     /// pages one call per page (each is its own pfn run). A zero-page pin
     /// that continues the held run (same dma, the next address, the same
-    /// pfn and limit) joins it, its pages summed. Returns false when the
+    /// pfn) joins it, its pages summed. Returns false when the
     /// call must be written now (no ioctl on this thread).
     #[inline(always)]
     pub fn fold_pin(&mut self, z: &ZeroIds, p: &Type1Pin) -> bool {
@@ -282,7 +281,6 @@ impl Thread {
             if run.dma == p.dma
                 && run.vaddr + run.pinned as u64 * PAGE_SIZE == p.vaddr
                 && run.pfn_base == p.pfn_base
-                && run.limit == p.limit
             {
                 run.pinned += p.pinned;
                 self.run.record.payload = run.words();

@@ -22,7 +22,8 @@ fn arg(ctx: &ProbeContext, n: usize) -> u64 {
     ctx.arg::<u64>(n).unwrap_or(0)
 }
 
-/// vfio_pin_pages_remote(dma, vaddr, npage, *pfn_base, limit, batch)
+/// vfio_pin_pages_remote(dma, vaddr, npage, *pfn_base, limit, batch): the
+/// limit is the caller's, which the MAP ioctl's record carries.
 #[kprobe]
 pub fn type1_pin(ctx: ProbeContext) -> u32 {
     // Counted at the return (see counter::HITS), but for a thread with no
@@ -33,7 +34,6 @@ pub fn type1_pin(ctx: ProbeContext) -> u32 {
             vaddr: arg(&ctx, 1),
             npage: arg(&ctx, 2),
             pfn_base_at: arg(&ctx, 3),
-            limit: arg(&ctx, 4),
             folded: 0,
         }),
         None => {
@@ -64,12 +64,12 @@ pub fn type1_pin_ret(ctx: RetProbeContext) -> u32 {
         0
     };
     let (z, unknown) = ZeroIds::load_flagged();
-    let flags = if unknown != 0 {
-        unknown
+    let (flags, huge_zero_pages) = if unknown != 0 {
+        (unknown, 0)
     } else if ret > 0 {
-        z.class_of_pfn(pfn_base)
+        z.class_of_run(pfn_base, ret as u64)
     } else {
-        0
+        (0, 0)
     };
     let tally = Tally::get();
     tally.add(counter::HITS + ProbeId::Type1Pin as u32, 1);
@@ -85,7 +85,7 @@ pub fn type1_pin_ret(ctx: RetProbeContext) -> u32 {
         npage: call.npage,
         pinned: ret,
         pfn_base,
-        limit: call.limit,
+        huge_zero_pages,
     };
     if ret > 0 && flags == flag::PFN_ZERO && t.fold_pin(&z, &pin) {
         return 0;
@@ -103,7 +103,8 @@ pub fn type1_unpin(ctx: ProbeContext) -> u32 {
         iova: arg(&ctx, 1),
         pfn: arg(&ctx, 2),
         npage: arg(&ctx, 3),
-        do_accounting: arg(&ctx, 4) & 0xff, // a bool in a full register
+        do_accounting: (arg(&ctx, 4) & 0xff) as u32, // a bool in a full register
+        huge_zero_pages: 0,
         unlocked: 0,
     };
     // Counted at the return, as type1_pin.
@@ -130,13 +131,16 @@ pub fn type1_unpin_ret(ctx: RetProbeContext) -> u32 {
     tally.add(counter::HITS + ProbeId::Type1Unpin as u32, 1);
     tally.add(counter::TYPE1_UNPINNED, call.npage);
     let (z, unknown) = ZeroIds::load_flagged();
-    let flags = if unknown != 0 {
-        unknown
+    // At the return, as the pin's: the pages are still type1's to the
+    // end of the call, and one read of the huge pfn serves both.
+    let (flags, huge_zero_pages) = if unknown != 0 {
+        (unknown, 0)
     } else {
-        z.class_of_pfn(call.pfn)
+        z.class_of_run(call.pfn, call.npage)
     };
     let unpin = Type1Unpin {
         unlocked: ret,
+        huge_zero_pages: huge_zero_pages as u32,
         ..call
     };
     if flags == flag::PFN_ZERO && t.fold_unpin(&z, &unpin) {

@@ -75,6 +75,10 @@ fn behaviour(kernel: &str) -> Behaviour {
 struct Seen {
     type1_zero: i64,
     type1_huge_zero: i64,
+    /// The huge-zero pfns in type1's pin and unpin runs (counted by the
+    /// probes, each run against the huge zero page's pfn at the time).
+    type1_huge_pinned: i64,
+    type1_huge_unpinned: i64,
     gup_zero_pins: i64,
     gup_zero_unpins: i64,
     charged: i64,
@@ -163,7 +167,13 @@ fn seen_for(events: &[&Event]) -> Seen {
         s.events += 1;
         s.cgroups.push(e.cgroup_id);
         match &e.what {
-            What::Type1Pin { pinned, base, .. } if *pinned > 0 => {
+            What::Type1Pin {
+                pinned,
+                base,
+                huge_zero_pages,
+                ..
+            } if *pinned > 0 => {
+                s.type1_huge_pinned += *huge_zero_pages as i64;
                 match base {
                     PageClass::Zero => s.type1_zero += pinned,
                     PageClass::HugeZero => s.type1_huge_zero += pinned,
@@ -172,6 +182,9 @@ fn seen_for(events: &[&Event]) -> Seen {
                 s.containers_missing += e.container.is_none() as usize;
                 s.containers.extend(e.container);
             }
+            What::Type1Unpin {
+                huge_zero_pages, ..
+            } => s.type1_huge_unpinned += *huge_zero_pages as i64,
             What::GupPin {
                 in_type1: true,
                 zero_pages,
@@ -375,6 +388,17 @@ fn check_kernel(kernel: &str, dir: &Path) -> Vec<String> {
                 bad.push(format!(
                     "{ctx}: huge-zero pins {} != huge-zero-backed pages {}",
                     s.type1_huge_zero, run.huge_zero_backed_after_map
+                ));
+            }
+            // The runs' huge-zero counts, which keep the model's count
+            // while the unpin probes are off: every page the kernel backed
+            // with it, pinned once and unpinned once (all unmapped).
+            if s.type1_huge_pinned != run.huge_zero_backed_after_map as i64
+                || s.type1_huge_unpinned != s.type1_huge_pinned
+            {
+                bad.push(format!(
+                    "{ctx}: type1 runs counted {} huge-zero pfns pinned and {} unpinned, the kernel backed {}",
+                    s.type1_huge_pinned, s.type1_huge_unpinned, run.huge_zero_backed_after_map
                 ));
             }
             if !s.containers.is_disjoint(&containers_seen) {

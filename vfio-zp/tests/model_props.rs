@@ -13,7 +13,11 @@ use proptest::prelude::*;
 use vfio_zp::{
     model::{Config, Model, verdict::Leak},
     stream::event::{Event, Id, PageClass, Refcount, UnpinFn, What, When},
-    stream::{Counters, Header, Line, ProbeState, ProbeStatus, Writer, read},
+    stream::{
+        Counters, Header, Line, ProbeState, ProbeStatus, Writer,
+        line::{GUP_UNPIN_PROBES, ProbesChanged},
+        read,
+    },
 };
 
 const PIN_BIAS: i64 = 1024;
@@ -162,6 +166,9 @@ type Open = (Id, u32, Vec<Mapping>);
 
 struct Sim {
     p: Profile,
+    /// The generic GUP unpin probes are off (not_needed): their records
+    /// are never written. Only where GUP takes no zero-page reference.
+    lean: bool,
     /// The probes fold type1's per-page zero-page unpins inside a pin call
     /// into one record without a refcount, written before the thread's
     /// next record (flag::FOLDED).
@@ -182,8 +189,16 @@ struct Sim {
 
 impl Sim {
     fn new(p: Profile, fold: bool, pre: i64) -> Sim {
-        Sim {
+        Sim::with(p, fold, pre, false)
+    }
+
+    /// `lean`: as an agent does where GUP takes no zero-page reference,
+    /// reads zero pages at its start (probes/provoke.rs), then leaves the
+    /// unpin probes off on that evidence.
+    fn with(p: Profile, fold: bool, pre: i64, lean: bool) -> Sim {
+        let mut sim = Sim {
             p,
+            lean: false,
             fold,
             t: 0,
             refcount: 1 + PIN_BIAS * pre,
@@ -195,6 +210,61 @@ impl Sim {
             drops: 0,
             saw_zero: false,
             lines: vec![],
+        };
+        if lean {
+            sim.provoke();
+            sim.lean = true;
+            let mut probes = header().probes;
+            for s in &mut probes {
+                if GUP_UNPIN_PROBES.contains(&s.probe.as_str()) {
+                    s.state = ProbeState::NotNeeded;
+                }
+            }
+            sim.t += 1000;
+            sim.lines.push(Line::Probes(ProbesChanged {
+                t_ns: sim.t,
+                probes,
+            }));
+        }
+        sim
+    }
+
+    /// The agent's own zero-page reads: one page, then two, pinned outside
+    /// type1 and unpinned in the call, refcount read around each.
+    fn provoke(&mut self) {
+        let refs = if self.p.gup_pins { PIN_BIAS } else { 0 };
+        for n in [1u64, 2] {
+            let pin = What::GupPin {
+                remote: true,
+                start: 0,
+                nr_pages: n,
+                gup_flags: 0,
+                pinned: n as i64,
+                zero_pages: n,
+                huge_zero_pages: 0,
+                in_type1: false,
+                truncated: false,
+            };
+            let unpin = What::GupUnpin {
+                func: UnpinFn::UnpinUserPages,
+                npages: n,
+                zero_pages: n,
+                huge_zero_pages: 0,
+                truncated: false,
+            };
+            let delta = refs * n as i64;
+            self.run(vec![
+                Step {
+                    read: Some(When::After),
+                    delta,
+                    ..Sim::step(999, None, pin)
+                },
+                Step {
+                    read: Some(When::Before),
+                    delta: -delta,
+                    ..Sim::step(999, None, unpin)
+                },
+            ]);
         }
     }
 
@@ -216,7 +286,14 @@ impl Sim {
     /// Runs steps: the kernel's changes in order, the records written
     /// unless the ring loses one, then the counters line (with a kcore
     /// reading) the agent writes at its next tick.
-    fn run(&mut self, steps: Vec<Step>) {
+    fn run(&mut self, mut steps: Vec<Step>) {
+        if self.lean {
+            for s in &mut steps {
+                if matches!(s.what, Some(What::GupUnpin { .. })) {
+                    s.what = None;
+                }
+            }
+        }
         let events = steps.iter().filter(|s| s.what.is_some()).count();
         let lost = self
             .lose_next
@@ -463,6 +540,11 @@ impl Sim {
                         npage: (classes.len() - i) as u64,
                         pinned: run as i64,
                         base,
+                        huge_zero_pages: if base == PageClass::HugeZero {
+                            run as u64
+                        } else {
+                            0
+                        },
                     },
                 )
             });
@@ -528,6 +610,7 @@ impl Sim {
                     do_accounting: false,
                     unlocked: u,
                     base: class,
+                    huge_zero_pages: (class == PageClass::HugeZero) as u64,
                 },
             ));
         }
@@ -669,12 +752,20 @@ proptest! {
         fold in any::<bool>(),
         pre in prop_oneof![3 => Just(0i64), 1 => 1i64..600],
         lossy in prop::bool::weighted(0.3),
+        lean in any::<bool>(),
         ops in prop::collection::vec(op(), 1..30),
     ) {
         let ops: Vec<Op> = ops.into_iter().filter(|o| lossy || !matches!(o, Op::Lose(_))).collect();
         let p = PROFILES[profile];
-        let mut sim = Sim::new(p, fold, pre);
+        // The agent leaves the unpin probes off only where GUP takes no
+        // zero-page reference (model/needs.rs), where no earlier pins can
+        // hold references either (`pre` counts GUP's 1024s).
+        let lean = lean && !p.gup_pins && pre == 0;
+        let mut sim = Sim::with(p, fold, pre, lean);
         let mut live = Model::new(&header(), Config::default());
+        for l in &sim.lines {
+            live.apply(l);
+        }
         for op in &ops {
             let from = sim.lines.len();
             sim.apply(op);

@@ -141,10 +141,6 @@ pub struct Model {
     /// zero-page unpins go unseen, so pins are not held against them.
     #[serde(default)]
     unpins_off_since: Option<u64>,
-    /// Whether a type1 pin call ever took the huge zero page, which GUP
-    /// refcounts on every kernel: its unpins are then needed.
-    #[serde(default)]
-    type1_huge_zero_seen: bool,
     /// Explanations not yet taken by [`Model::take_notes`].
     #[serde(skip)]
     notes: Vec<Note>,
@@ -228,7 +224,6 @@ impl Model {
             events: 0,
             now: header.started_t_ns,
             unpins_off_since: None,
-            type1_huge_zero_seen: false,
             notes: Vec::new(),
         };
         m.set_probes(&ProbesChanged {
@@ -578,15 +573,24 @@ impl Model {
                 vaddr,
                 pinned,
                 base,
+                huge_zero_pages,
                 ..
-            } => self.type1_pin(e, *dma, *vaddr, *pinned, *base),
+            } => {
+                self.type1_pin(e, *dma, *vaddr, *pinned, *base);
+                self.type1_huge_zero(e, *dma, *huge_zero_pages as i64);
+            }
             What::Type1Unpin {
                 dma,
                 npage,
                 unlocked,
                 base,
+                huge_zero_pages,
                 ..
-            } => self.type1_unpin(e, *dma, *npage as i64, *unlocked, *base),
+            } => {
+                // Before the unpin settles a removed mapping away.
+                self.type1_huge_zero(e, *dma, -(*huge_zero_pages as i64));
+                self.type1_unpin(e, *dma, *npage as i64, *unlocked, *base);
+            }
             What::LockAcct {
                 dma, npage, ret, ..
             } => self.lock_acct(e, *dma, *npage, *ret),
@@ -652,9 +656,9 @@ impl Model {
         // unseen (the evidence must stay able to change, needs.rs).
         self.zero.pinned(zero);
         // Unpins unseen: no pin is held against them.
-        let held = if self.unpins_unseen() { 0 } else { zero };
+        let unseen = self.unpins_unseen();
+        let held = if unseen { 0 } else { zero };
         if *in_type1 {
-            self.type1_huge_zero_seen |= huge > 0;
             let read_only = gup_flags & FOLL_WRITE == 0;
             if read_only && zero > 0 {
                 self.vote(Trait::RoLongtermUnshares, false, e.t_ns);
@@ -670,7 +674,10 @@ impl Model {
             let id = call.container.unwrap_or(UNATTRIBUTED);
             let c = self.container(id, e);
             c.zero_pins_taken += zero as u64;
-            c.huge_zero_pins_live += huge;
+            // Unpins unseen: type1's own records count them (below).
+            if !unseen {
+                c.huge_zero_pins_live += huge;
+            }
             if read_only && *pinned > 0 {
                 self.process(e).ro_longterm_pinned += pinned;
             }
@@ -728,6 +735,25 @@ impl Model {
                 }
             }
             None => self.other_zero_pins -= zero,
+        }
+    }
+
+    /// The huge zero pages a type1 pin (`huge` > 0) or unpin (< 0) took or
+    /// let go, counted from its pfn run. While the generic unpin probes are
+    /// off these keep the container's live count: exact, as type1's runs
+    /// are what it holds (pages a pin call drops, or leaves in its batch
+    /// for the next, never reach them). Otherwise GUP's events keep it.
+    fn type1_huge_zero(&mut self, e: &Event, dma: Id, huge: i64) {
+        if huge == 0 || !self.unpins_unseen() {
+            return;
+        }
+        // A mapping pinned before vfio-zp was watching: its pins were
+        // never counted (type1_unpin says so).
+        if let Some(id) = e
+            .container
+            .or_else(|| self.dmas.get(&dma).map(|d| d.container))
+        {
+            self.container(id, e).huge_zero_pins_live += huge;
         }
     }
 

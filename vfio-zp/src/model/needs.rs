@@ -2,10 +2,12 @@
 //! unpin points fire once per page of every read-write mapping type1
 //! unmaps (16 M runs for a 64 GiB VM's stop), yet they only ever tell the
 //! model that zero-page references went. Where GUP was seen to take none
-//! on the zero page (c8070b787519, v6.5, backported to 6.1.y), and type1
-//! cannot hold the huge zero page (which GUP refcounts on every kernel),
-//! they can tell it nothing: the agent leaves them off (not_needed), and
-//! puts them back the moment the evidence changes.
+//! on the zero page (c8070b787519, v6.5, backported to 6.1.y) they can
+//! tell it nothing it needs: the huge zero page, which GUP refcounts on
+//! every kernel and type1 holds where read-only pins do not unshare (6.1),
+//! is counted from type1's own pin and unpin records instead. The agent
+//! leaves them off (not_needed), and puts them back the moment the
+//! evidence changes.
 use super::Model;
 use super::behaviour::{Source, Trait};
 use crate::stream::ProbeState;
@@ -14,23 +16,16 @@ use crate::stream::line::GUP_UNPIN_PROBES;
 impl Model {
     /// `Some(evidence)` when the generic unpin probes cannot matter on
     /// this kernel, `None` while they may. Rests on observations only,
-    /// never on the version's prior:
-    /// - `gup_pins_zero_page` observed false, with no observation ever
-    ///   saying true (a single "yes" puts them back);
-    /// - no type1 pin call ever took the huge zero page, and read-only
-    ///   long-term pins unshare (84209e87c696, v6.2), not disproved: type1
-    ///   then never holds it. On 6.1 type1 keeps huge-zero pins, whose
-    ///   unpins at unmap the model counts through these probes.
+    /// never on the version's prior: `gup_pins_zero_page` observed false,
+    /// with no observation ever saying true (a single "yes" puts them
+    /// back).
     pub fn unpins_not_needed(&self) -> Option<String> {
         let gup = self.behaviour.report(Trait::GupPinsZeroPage);
         if gup.source != Source::Observed || gup.value || gup.observed_yes > 0 {
             return None;
         }
-        if self.type1_huge_zero_seen || !self.behaviour.get(Trait::RoLongtermUnshares) {
-            return None;
-        }
         Some(format!(
-            "this kernel's GUP takes no reference on the zero page ({}), and type1's read-only pins unshare, so it never holds the huge zero page: zero-page unpins change nothing vfio-zp counts",
+            "this kernel's GUP takes no reference on the zero page ({}): zero-page unpins change nothing vfio-zp counts, and type1's own records count the huge zero page",
             gup.evidence
         ))
     }

@@ -123,6 +123,7 @@ impl Run {
                 npage: pinned as u64,
                 pinned,
                 base,
+                huge_zero_pages: 0,
             },
             None,
         );
@@ -155,6 +156,7 @@ impl Run {
                 do_accounting: false,
                 unlocked,
                 base,
+                huge_zero_pages: 0,
             },
             None,
         );
@@ -308,6 +310,7 @@ fn folded_calls_equal_the_calls() {
                         do_accounting: true,
                         unlocked: 0,
                         base: PageClass::Zero,
+                        huge_zero_pages: 0,
                     },
                     None,
                 );
@@ -433,6 +436,7 @@ fn lock_acct_is_checked_against_the_page_classes() {
             do_accounting: false,
             unlocked: 0,
             base: PageClass::Other,
+            huge_zero_pages: 0,
         },
         None,
     );
@@ -549,6 +553,7 @@ fn unknown_mappings_and_foreign_references_are_divergences() {
             do_accounting: false,
             unlocked: 1,
             base: PageClass::Other,
+            huge_zero_pages: 0,
         },
         None,
     );
@@ -912,6 +917,7 @@ fn a_vmm_exiting_with_mappings_live_releases_everything() {
                 do_accounting: true,
                 unlocked: 4,
                 base: PageClass::Other,
+                huge_zero_pages: 0,
             },
             None,
         );
@@ -1031,29 +1037,72 @@ fn unpin_probes_are_not_needed_only_where_gup_is_seen_to_ignore_the_zero_page() 
     assert!(r.m.behaviour.get(Trait::GupPinsZeroPage));
     assert_eq!(r.m.unpins_not_needed(), None);
     // 6.1.y with the GUP fix but no read-only unsharing: type1 may keep
-    // the huge zero page, whose unpins the model counts. Needed.
+    // the huge zero page, whose pins its own records count. Not needed,
+    // even once type1 was seen taking it.
     let mut r = Run::new("6.1.0-56-amd64", Some("#1 SMP Debian 6.1.192-1"));
     provoke(&mut r, 0, 1);
     assert!(!r.m.behaviour.get(Trait::GupPinsZeroPage));
-    assert_eq!(r.m.unpins_not_needed(), None);
-    // A type1 pin of the huge zero page seen anywhere: needed.
-    let mut r = Run::new(TRIXIE.0, TRIXIE.1);
+    assert!(!r.m.behaviour.get(Trait::RoLongtermUnshares));
+    r.ev(huge_gup_pin(512), None);
+    assert!(r.m.unpins_not_needed().is_some());
+}
+
+/// A type1 GUP call that found 512 pages of the huge zero page.
+fn huge_gup_pin(n: u64) -> What {
+    What::GupPin {
+        remote: true,
+        start: 0,
+        nr_pages: n,
+        gup_flags: 0x10000,
+        pinned: n as i64,
+        zero_pages: 0,
+        huge_zero_pages: n,
+        in_type1: true,
+        truncated: false,
+    }
+}
+
+/// 6.1 with the unpin probes off: the huge zero pages type1 holds are
+/// counted from its own pin and unpin records' pfn runs, not from GUP's
+/// calls, whose batch may hold pages the pin call leaves for the next
+/// one (and releases unseen at the end of the mapping).
+#[test]
+fn with_the_unpins_off_type1_records_count_the_huge_zero_page() {
+    let mut r = Run::new("6.1.0-56-amd64", Some("#1 SMP Debian 6.1.192-1"));
     provoke(&mut r, 0, 1);
+    unpins_now(&mut r, ProbeState::NotNeeded);
+    let live = |r: &Run| r.m.verdicts().containers[0].huge_zero_page_pins_live;
+    // GUP pinned a 512-page batch; type1 took a run of 300 of its pages,
+    // then a run of 200 (the batch's last 12 released unseen).
+    r.ev(huge_gup_pin(512), None);
+    for (vaddr, n) in [(0, 300), (300 * 4096, 200)] {
+        r.ev(
+            What::Type1Pin {
+                dma: 1,
+                vaddr,
+                npage: 512,
+                pinned: n,
+                base: PageClass::HugeZero,
+                huge_zero_pages: n as u64,
+            },
+            None,
+        );
+    }
+    assert_eq!(live(&r), 500);
+    // Unmapped as one run of the 500 pfns.
     r.ev(
-        What::GupPin {
-            remote: true,
-            start: 0,
-            nr_pages: 512,
-            gup_flags: 0x10000,
-            pinned: 512,
-            zero_pages: 0,
-            huge_zero_pages: 512,
-            in_type1: true,
-            truncated: false,
+        What::Type1Unpin {
+            dma: 1,
+            iova: 0,
+            npage: 500,
+            do_accounting: false,
+            unlocked: 500,
+            base: PageClass::HugeZero,
+            huge_zero_pages: 500,
         },
         None,
     );
-    assert_eq!(r.m.unpins_not_needed(), None);
+    assert_eq!(live(&r), 0);
 }
 
 #[test]

@@ -430,9 +430,10 @@ impl Probes {
         &self.status
     }
 
-    /// Sums the per-CPU counters.
-    /// `settled` re-reads the misses whatever the hits say (the last line).
-    /// The counters, stamped once they are read. A record takes its time
+    /// Sums the per-CPU counters; `settled` re-reads the misses whatever
+    /// the hits say (the last line).
+    ///
+    /// The counters are stamped once they are read. A record takes its time
     /// after its hit is counted, so the drain that passes the stamp has
     /// handed on the events of every hit counted here, except a run of
     /// zero-page pins still held (written by its ioctl's return at the

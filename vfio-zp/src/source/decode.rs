@@ -131,6 +131,7 @@ impl Decoder {
                     npage: r.npage,
                     pinned: r.pinned,
                     base: class(f),
+                    huge_zero_pages: r.huge_zero_pages,
                 }
             }
             ProbeId::Type1Unpin => {
@@ -142,6 +143,7 @@ impl Decoder {
                     do_accounting: r.do_accounting != 0,
                     unlocked: r.unlocked,
                     base: class(f),
+                    huge_zero_pages: r.huge_zero_pages as u64,
                 }
             }
             ProbeId::PutPfn => {
@@ -320,7 +322,8 @@ pub(crate) mod tests {
                 vaddr: 0x7f00,
                 npage: 256,
                 pinned: 1,
-                base: PageClass::Zero
+                base: PageClass::Zero,
+                huge_zero_pages: 0,
             }
         );
         // No kernel pointer or pfn survives into the JSON.

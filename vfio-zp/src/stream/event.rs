@@ -72,6 +72,10 @@ pub enum What {
         npage: u64,
         pinned: i64,
         base: PageClass,
+        /// Of the `pinned` pages (one pfn run), the huge zero page's.
+        /// Since format 4; absent when 0.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        huge_zero_pages: u64,
     },
     /// vfio_unpin_pages_remote: `npage` pages from a pfn of class `base`.
     Type1Unpin {
@@ -81,6 +85,10 @@ pub enum What {
         do_accounting: bool,
         unlocked: i64,
         base: PageClass,
+        /// Of the `npage` pages (one pfn run), the huge zero page's.
+        /// Since format 4; absent when 0.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        huge_zero_pages: u64,
     },
     /// put_pfn on a zero or huge-zero pfn; `released` is its return value.
     PutPfn {
@@ -231,4 +239,8 @@ pub enum Memlock {
     Unlimited,
     /// The process was gone (or /proc unreadable) before it could be read.
     Unknown,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

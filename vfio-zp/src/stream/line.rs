@@ -11,7 +11,10 @@ pub const FORMAT: &str = "vfio-zp-recording";
 /// 2 added `cgroup` and `process` lines, `kernel_version` and counters'
 /// `zero_refcount`; version 1 files read as version 2 files without them.
 /// 3 added the probe state `not_needed`; older files read unchanged.
-pub const VERSION: u32 = 3;
+/// 4 added type1 pins' and unpins' `huge_zero_pages`, which the model
+/// needs while the generic unpin probes are off on a kernel where type1
+/// holds the huge zero page (6.1); older files read with none.
+pub const VERSION: u32 = 4;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "record", rename_all = "snake_case")]

@@ -53,6 +53,7 @@ mod tests {
                 npage: 1,
                 pinned: 1,
                 base: PageClass::Zero,
+                huge_zero_pages: 0,
             },
         }
     }

@@ -11,6 +11,13 @@ pub mod surfaces;
 pub mod verdicts;
 pub mod vmm;
 
+/// Lab kernels whose GUP takes no reference on the zero page
+/// (c8070b787519, v6.5; Debian's 6.1 has the backport): the agent leaves
+/// the generic unpin probes off there (issue 18).
+pub fn gup_ignores_zero_page(kernel: &str) -> bool {
+    matches!(kernel, "6.1" | "6.12" | "6.18" | "7.3")
+}
+
 /// Lab kernels whose read-only long-term pins unshare (84209e87c696, v6.2):
 /// GUP never pins the zero page there.
 pub fn unshares(kernel: &str) -> bool {
