@@ -62,6 +62,22 @@ agent() {
   until busybox wget -q -O - $SNAP 2>/dev/null | grep -q '"state":"not_needed"' || [ $i -gt 40 ]; do sleep 0.5; i=$((i+1)); done
   busybox wget -q -O "$RESULTS/bench-probes-$1.json" $SNAP
 }
+# Waits until the agent has caught up: its snapshot (published with each
+# counters line) counts type1 pin calls and its counts stay put over 4 s.
+# Under TCG an agent may drain a full ring for minutes after the workload
+# ended; a fixed wait read a snapshot from before the run.
+settle() {
+  prev=""; same=0; i=0
+  while [ $i -lt 300 ]; do
+    cur=$(busybox wget -q -O - $SNAP 2>/dev/null | grep -o '"hits":{[^}]*}')
+    case "$cur" in *'"type1_pin":0,'*|"") same=0 ;; *)
+      if [ "$cur" = "$prev" ]; then same=$((same+1)); else same=0; fi ;;
+    esac
+    [ $same -ge 2 ] && return 0
+    prev=$cur; sleep 2; i=$((i+1))
+  done
+  echo "bench: the agent had not caught up after 600 s"
+}
 # The same points counted by bpftrace (clone suffixes become wildcards),
 # and empty bodies on them (the cost of a program that does nothing: this
 # guest's floor for both tools).
@@ -121,7 +137,7 @@ while [ $round -le "$ROUNDS" ]; do
   fi
   a=$(ticks "$AP")
   set_of "attached-$round"
-  sleep 2 # the agent drains what the last run left in the ring
+  settle # its CPU includes draining what the last run left in the ring
   echo "$a $(ticks "$AP") $HZ" > "$RESULTS/bench-agent-cpu-$round.txt"
   busybox wget -q -O "$RESULTS/bench-snap-$round.json" $SNAP
   progs "vfio-zp-$round"
@@ -138,7 +154,7 @@ done
 # one large mapping pins faster than the agent drains.
 agent default "" && {
   work ro-read-touched bench-default-ro-1
-  sleep 2
+  settle
   busybox wget -q -O "$RESULTS/bench-snap-default.json" $SNAP
   kill -TERM "$AP"; wait "$AP"
 }
