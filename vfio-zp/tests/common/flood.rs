@@ -6,7 +6,7 @@ use std::path::Path;
 
 use vfio_zp::{
     model::verdict::{Leak, Verdicts},
-    stream::{Line, ProbeState, line::GUP_UNPIN_PROBES, read_path},
+    stream::{Line, read_path},
 };
 
 const PIN_BIAS: i64 = 1024;
@@ -104,7 +104,11 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
             // Where the agent left the unpin probes off (a GUP that takes
             // no reference: lean.rs checks which kernels) their unpins go
             // uncounted, and the refcount above is the whole truth.
-            if leaky != (held > 0) && !unpins_off(&rec.lines) {
+            let last_probes = rec.lines.iter().rev().find_map(|l| match l {
+                Line::Probes(p) => Some(p),
+                _ => None,
+            });
+            if leaky != (held > 0) && !last_probes.is_some_and(super::lean::unpins_off) {
                 fail(format!(
                     "{held} GUP zero-page pins still held after the flood"
                 ));
@@ -175,21 +179,4 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
         fail("no flooded container says events were lost".into());
     }
     bad
-}
-
-/// Whether the recording's last probes line has the generic unpin probes
-/// off (not_needed).
-fn unpins_off(lines: &[Line]) -> bool {
-    lines
-        .iter()
-        .rev()
-        .find_map(|l| match l {
-            Line::Probes(p) => Some(p),
-            _ => None,
-        })
-        .is_some_and(|p| {
-            p.probes.iter().any(|s| {
-                GUP_UNPIN_PROBES.contains(&s.probe.as_str()) && s.state == ProbeState::NotNeeded
-            })
-        })
 }

@@ -7,7 +7,11 @@
 //! huge zero page type1 keeps is counted from type1's records).
 use std::path::Path;
 
-use vfio_zp::stream::{Line, ProbeState, line::GUP_UNPIN_PROBES, read_path};
+use vfio_zp::stream::{
+    Line, ProbeState,
+    line::{GUP_UNPIN_PROBES, ProbesChanged},
+    read_path,
+};
 
 pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
     let mut bad = Vec::new();
@@ -22,14 +26,13 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
     let mut back = false;
     for l in &rec.lines {
         let Line::Probes(p) = l else { continue };
-        let off: Vec<_> = p
-            .probes
-            .iter()
-            .filter(|s| GUP_UNPIN_PROBES.contains(&s.probe.as_str()))
-            .filter(|s| s.state == ProbeState::NotNeeded)
-            .collect();
-        if off.len() == GUP_UNPIN_PROBES.len() {
-            off_with = off_with.or(off[0].detail.clone());
+        if unpins_off(p) {
+            let evidence = p
+                .probes
+                .iter()
+                .find(|s| GUP_UNPIN_PROBES.contains(&s.probe.as_str()))
+                .and_then(|s| s.detail.clone());
+            off_with = off_with.or(evidence);
         } else if off_with.is_some() {
             back = true;
         }
@@ -76,4 +79,13 @@ pub fn check(kernel: &str, dir: &Path) -> Vec<String> {
         ));
     }
     bad
+}
+
+/// Whether a probes line has every generic unpin probe off (not_needed).
+pub fn unpins_off(p: &ProbesChanged) -> bool {
+    GUP_UNPIN_PROBES.iter().all(|name| {
+        p.probes
+            .iter()
+            .any(|s| s.probe == *name && s.state == ProbeState::NotNeeded)
+    })
 }
