@@ -16,6 +16,13 @@ pub const COMM_LEN: usize = 16;
 /// covers every call it makes; larger calls are flagged `FLAG_TRUNCATED`.
 pub const MAX_PAGES_SCANNED: u32 = 512;
 
+/// GUP's FOLL_WRITE, the one GUP flag whose value never moved (0x01 from
+/// 5.10 to 7.3). A write pin breaks copy-on-write before it pins, on the
+/// zero page and the huge zero page alike (follow_page_pte and
+/// follow_trans_huge_pmd refuse a read-only entry to FOLL_WRITE and fault it
+/// in for writing), so it never returns either.
+pub const FOLL_WRITE: u32 = 0x01;
+
 /// Pages in a THP huge zero page (2 MiB / 4 KiB on x86-64).
 pub const HUGE_ZERO_PAGES: u64 = 512;
 
@@ -85,7 +92,9 @@ pub mod counter {
     /// are counted at their return, whose counter lookup serves the other
     /// counters too (or at the thread's next call, when the return was
     /// missed), and so are the zero-page unpin_user_page calls a type1 pin
-    /// call folds; every other call counts at entry.
+    /// call folds; every other call counts at entry. A zero-page type1 call
+    /// folded into a held run (`TYPE1_*` too) is counted when the run is
+    /// written, with the record, at the latest at its ioctl's return.
     pub const HITS: u32 = 0;
     /// `DROPS + probe`: events of that probe lost because the ring buffer was full.
     pub const DROPS: u32 = PROBE_COUNT as u32;
@@ -172,6 +181,12 @@ pub struct Event {
     pub payload: payload::Words,
     /// With `flag::LIMITS`: soft RLIMIT_MEMLOCK in bytes (`u64::MAX`: unlimited).
     pub limit: u64,
+    /// Zero-page `unpin_user_page` calls of this thread's open type1 pin
+    /// call that ran before this record and were folded (see
+    /// `ProbeId::GupUnpinPage`): the agent reads them as one `gup_unpin`
+    /// event just before this one. Carried here, they cost no record of
+    /// their own (5.10 wrote two per page of a read-only mapping).
+    pub unpins_before: u64,
 }
 
 impl Event {
@@ -180,7 +195,7 @@ impl Event {
 
 // The agent reads records with this layout from a build of the probes made
 // from the same source; the size pins it against an accidental change.
-const _: () = assert!(Event::SIZE == 112);
+const _: () = assert!(Event::SIZE == 120);
 
 /// What the agent tells the probes about the zero page, written once into
 /// the one-entry `CONFIG` array before attaching.

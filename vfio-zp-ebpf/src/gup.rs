@@ -1,6 +1,7 @@
 //! Generic GUP pins and unpins: where the zero page's refcount really moves.
 //! These functions serve the whole kernel, so only calls made inside type1 or
-//! touching a zero page become events; every call is counted.
+//! touching a zero page become events, and of those inside type1 only the
+//! read-only or failed ones; every call is counted.
 use aya_ebpf::{
     helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf},
     macros::{kprobe, kretprobe, map},
@@ -9,7 +10,7 @@ use aya_ebpf::{
 };
 use bytemuck::{Pod, Zeroable};
 use vfio_zp_common::{
-    MAX_PAGES_SCANNED, ProbeId, counter, flag,
+    FOLL_WRITE, MAX_PAGES_SCANNED, ProbeId, counter, flag,
     payload::{GupPin, GupUnpin, Payload},
 };
 
@@ -123,8 +124,9 @@ fn scan(z: &ZeroIds, pages: u64, n: u64) -> (u64, u64, u16, u64) {
 #[inline(always)]
 fn pin_entry(ctx: &ProbeContext, probe: ProbeId, first: usize) {
     hit(probe);
-    // Its refcount reading must come after the unpins before it.
-    let in_type1 = thread().is_some_and(|t| t.flush_folded()) as u64;
+    // The unpins the thread's pin call holds back stay held: the return's
+    // record carries them, before its refcount reading (take_folded).
+    let in_type1 = thread().is_some_and(|t| t.pin.live != 0) as u64;
     // (start, nr_pages, gup_flags, pages) start at argument `first`.
     let arg = |n: usize| ctx.arg::<u64>(first + n).unwrap_or(0);
     let call = PinCall {
@@ -143,6 +145,15 @@ fn pin_return(ctx: &RetProbeContext, probe: ProbeId) {
     let Some(call) = unstash::<PinCall>(probe) else {
         return;
     };
+    // A write pin never returns a zero page (FOLL_WRITE): nothing to scan
+    // for. Inside type1 its record would tell the model nothing either (no
+    // zero page, no read-only pin; type1's own record names the container):
+    // on 5.10, which pins a read-write mapping one GUP call per page, these
+    // records were most of the agent's cost (docs/performance.md).
+    let write = call.gup_flags & FOLL_WRITE as u64 != 0;
+    if write && ret > 0 {
+        return;
+    }
     let mut flags = if call.in_type1 != 0 {
         flag::IN_TYPE1
     } else {
@@ -171,7 +182,14 @@ fn pin_return(ctx: &RetProbeContext, probe: ProbeId) {
             zero_pages: zero,
             huge_zero_pages: huge,
         };
-        emit(thread(), Record::new(probe, flags, &pin).refcount(refcount));
+        let mut t = thread();
+        let carried = t.as_deref_mut().map_or(0, |t| t.take_folded());
+        emit(
+            t,
+            Record::new(probe, flags, &pin)
+                .refcount(refcount)
+                .unpins_before(carried),
+        );
     }
 }
 
@@ -226,11 +244,14 @@ fn unpin(probe: ProbeId, pages: u64, n: u64, make_dirty: u64) {
     t.add(counter::GUP_ZERO_UNPINNED, zero);
     t.add(counter::GUP_HUGE_ZERO_UNPINNED, huge);
     // A batch unpin inside a type1 pin may call unpin_user_page for the
-    // same pages: those must stay records of their own (see NO_FOLD).
+    // same pages: those must stay records of their own (see NO_FOLD). The
+    // ones folded before it ride on its record.
     let mut t = thread();
+    let mut carried = 0;
     if let Some(t) = t.as_deref_mut()
-        && t.flush_folded()
+        && t.pin.live != 0
     {
+        carried = t.take_folded();
         t.pin.args.folded |= NO_FOLD;
     }
     let rc = z.refcount_if(zero > 0);
@@ -242,14 +263,17 @@ fn unpin(probe: ProbeId, pages: u64, n: u64, make_dirty: u64) {
     };
     emit(
         t,
-        Record::new(probe, flags | flag::REFCOUNT_BEFORE, &unpin).refcount(rc),
+        Record::new(probe, flags | flag::REFCOUNT_BEFORE, &unpin)
+            .refcount(rc)
+            .unpins_before(carried),
     );
 }
 
 /// unpin_user_page(page): classified by the page pointer itself. Inside a
-/// type1 pin call, zero pages are only tallied in the call; the call's
-/// return writes them as one record and counts them (emit_folded), so this
-/// hot path makes no counter lookup.
+/// type1 pin call, zero pages are only tallied in the call; the thread's
+/// next record carries them and counts them (take_folded), or the call's
+/// return writes them as one record, so this hot path makes no counter
+/// lookup.
 #[kprobe]
 pub fn gup_unpin_page(ctx: ProbeContext) -> u32 {
     let page = ctx.arg::<u64>(0).unwrap_or(0);
@@ -264,6 +288,7 @@ pub fn gup_unpin_page(ctx: ProbeContext) -> u32 {
     }
     let zero = (class == flag::PFN_ZERO) as u64;
     let mut t = thread();
+    let mut carried = 0;
     if let Some(t) = t.as_deref_mut()
         && t.pin.live != 0
     {
@@ -271,7 +296,7 @@ pub fn gup_unpin_page(ctx: ProbeContext) -> u32 {
             t.pin.args.folded += 1;
             return 0;
         }
-        t.flush_folded();
+        carried = t.take_folded();
     }
     let tally = hit(ProbeId::GupUnpinPage);
     if zero != 0 {
@@ -288,7 +313,9 @@ pub fn gup_unpin_page(ctx: ProbeContext) -> u32 {
     };
     emit(
         t,
-        Record::new(ProbeId::GupUnpinPage, class | flag::REFCOUNT_BEFORE, &unpin).refcount(rc),
+        Record::new(ProbeId::GupUnpinPage, class | flag::REFCOUNT_BEFORE, &unpin)
+            .refcount(rc)
+            .unpins_before(carried),
     );
     0
 }

@@ -377,6 +377,8 @@ pub struct Record {
     /// 1 when `container` was named: the thread's ioctl does not apply.
     keyed: u16,
     _pad: u16,
+    /// Folded zero-page unpins this record carries (`Event::unpins_before`).
+    unpins_before: u64,
 }
 
 impl Record {
@@ -391,7 +393,15 @@ impl Record {
             flags,
             keyed: 0,
             _pad: 0,
+            unpins_before: 0,
         }
+    }
+
+    /// Carries `n` folded zero-page unpins that ran before this record.
+    #[inline(always)]
+    pub fn unpins_before(mut self, n: u64) -> Record {
+        self.unpins_before = n;
+        self
     }
 
     /// The zero page's `_refcount` read for this record, or `NO_REFCOUNT`.
@@ -451,6 +461,7 @@ pub fn write(r: &Record) {
         zero_refcount,
         payload: r.payload,
         limit: r.limit,
+        unpins_before: r.unpins_before,
     });
     entry.submit(wake_flags());
 }

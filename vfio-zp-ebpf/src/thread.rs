@@ -52,12 +52,16 @@ pub struct IoctlCall {
 }
 
 /// Calls held back to be written as one record: a zero-page Type1Pin or
-/// Type1Unpin record whose payload sums the run (`held` 0: none).
+/// Type1Unpin record whose payload sums the run (`held` 0: none), and the
+/// counters (index, amount) the run adds when it is written: a folded call
+/// then makes no counter lookup, which on 6.1 (no inlined per-CPU lookup)
+/// was a third of its return program.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Run {
     pub held: u64,
     pub record: Record,
+    pub counts: [[u64; 2]; 3],
 }
 
 #[repr(C)]
@@ -178,10 +182,11 @@ pub fn give_back(t: &mut Thread) {
 
 /// Zero-page `unpin_user_page` calls inside one `vfio_pin_pages_remote` call
 /// (the 873aefb loop: 512 per GUP batch on 6.1) are counted in the call's
-/// `pin.args.folded` and written as one GupUnpinPage record: a record costs
-/// several times an entry program. This bit stops folding for the rest of
-/// the call once a batch unpin ran inside it, whose nested
-/// `unpin_user_page` the model matches against the batch record.
+/// `pin.args.folded` and carried by the thread's next record, or written as
+/// one GupUnpinPage record: a record costs several times an entry program.
+/// This bit stops folding for the rest of the call once a batch unpin ran
+/// inside it, whose nested `unpin_user_page` the model matches against the
+/// batch record.
 pub const NO_FOLD: u64 = 1 << 63;
 
 const PAGE_SIZE: u64 = 4096;
@@ -237,23 +242,36 @@ impl Thread {
         if self.pin.live == 0 {
             return false;
         }
-        let n = self.pin.args.folded & !NO_FOLD;
+        let n = self.take_folded();
         if n != 0 {
-            self.pin.args.folded &= NO_FOLD;
             self.emit_folded(n);
         }
         true
     }
 
-    /// One GupUnpinPage record for `n` zero-page unpins (no refcount: it
-    /// moved during them), and their counters: gup_unpin_page leaves both
-    /// to this one counter lookup (every path that ends a pin call, or
-    /// finds it still open, comes here).
+    /// Takes the unpins this thread's open pin call holds back, counted, for
+    /// the record about to be written to carry (`Record::unpins_before`):
+    /// the agent reads them before that record, as if written just before
+    /// it. Every program that writes a refcount reading inside a pin call
+    /// passes them on, or writes them with `flush_folded`.
+    #[inline(always)]
+    pub fn take_folded(&mut self) -> u64 {
+        if self.pin.live == 0 {
+            return 0;
+        }
+        let n = self.pin.args.folded & !NO_FOLD;
+        if n != 0 {
+            self.pin.args.folded &= NO_FOLD;
+            count_folded(n);
+        }
+        n
+    }
+
+    /// One GupUnpinPage record for `n` zero-page unpins already counted
+    /// (`count_folded`; no refcount: it moved during them), where no record
+    /// carries them: a pin call's end, or a call found still open.
     #[inline(always)]
     pub fn emit_folded(&mut self, n: u64) {
-        let tally = Tally::get();
-        tally.add(counter::HITS + ProbeId::GupUnpinPage as u32, n);
-        tally.add(counter::GUP_ZERO_UNPINNED, n);
         let calls = GupUnpin {
             npages: n,
             zero_pages: n,
@@ -269,13 +287,16 @@ impl Thread {
     /// Inside a MAP/UNMAP ioctl type1 pins a read-only mapping of zero
     /// pages one call per page (each is its own pfn run). A zero-page pin
     /// that continues the held run (same dma, the next address, the same
-    /// pfn) joins it, its pages summed. Returns false when the
-    /// call must be written now (no ioctl on this thread).
+    /// pfn) joins it, its pages summed; its counters (a call, `pinned`
+    /// pages of the zero page) are added when the run is written. Returns
+    /// false when the call must be written and counted now (no ioctl on
+    /// this thread).
     #[inline(always)]
     pub fn fold_pin(&mut self, z: &ZeroIds, p: &Type1Pin) -> bool {
         if self.ioctl.live == 0 {
             return false;
         }
+        let pages = p.pinned as u64;
         if self.run.held != 0 && self.run.record.probe == ProbeId::Type1Pin as u16 {
             let mut run = Type1Pin::from_words(&self.run.record.payload);
             if run.dma == p.dma
@@ -284,15 +305,30 @@ impl Thread {
             {
                 run.pinned += p.pinned;
                 self.run.record.payload = run.words();
+                self.count([1, pages, pages]);
                 return true;
             }
         }
         self.hold(z, Record::new(ProbeId::Type1Pin, flag::PFN_ZERO, p));
+        self.run.counts = [
+            [(counter::HITS + ProbeId::Type1Pin as u32) as u64, 1],
+            [counter::TYPE1_PINNED as u64, pages],
+            [counter::TYPE1_ZERO_PINNED as u64, pages],
+        ];
         true
     }
 
+    /// Adds a folded call's amounts to the held run's counters.
+    #[inline(always)]
+    fn count(&mut self, n: [u64; 3]) {
+        for (c, n) in self.run.counts.iter_mut().zip(n) {
+            c[1] += n;
+        }
+    }
+
     /// As `fold_pin`, for zero-page unpins of an UNMAP: same dma, the next
-    /// iova, the same pfn and `do_accounting`; pages and `unlocked` summed.
+    /// iova, the same pfn and `do_accounting`; pages and `unlocked` summed,
+    /// the call and its pages counted when the run is written.
     #[inline(always)]
     pub fn fold_unpin(&mut self, z: &ZeroIds, p: &Type1Unpin) -> bool {
         if self.ioctl.live == 0 {
@@ -308,10 +344,16 @@ impl Thread {
                 run.npage += p.npage;
                 run.unlocked += p.unlocked;
                 self.run.record.payload = run.words();
+                self.count([1, p.npage, 0]);
                 return true;
             }
         }
         self.hold(z, Record::new(ProbeId::Type1Unpin, flag::PFN_ZERO, p));
+        self.run.counts = [
+            [(counter::HITS + ProbeId::Type1Unpin as u32) as u64, 1],
+            [counter::TYPE1_UNPINNED as u64, p.npage],
+            [counter::TYPE1_UNPINNED as u64, 0],
+        ];
         true
     }
 
@@ -330,15 +372,20 @@ impl Thread {
         self.run.held = 1;
     }
 
-    /// Writes the held run, if any. Straight from the slot, with no branch
-    /// on its contents: every record a program writes is verified after
-    /// each path before it.
+    /// Writes the held run, if any, and adds its counters. Straight from
+    /// the slot, with no branch on its contents: every record a program
+    /// writes is verified after each path before it.
     #[inline(always)]
     pub fn flush_run(&mut self) {
         if self.run.held == 0 {
             return;
         }
         self.run.held = 0;
+        let tally = Tally::get();
+        for [idx, n] in self.run.counts {
+            // Bounded by `Tally::add`; an index read back from map memory.
+            tally.add(idx as u32, n);
+        }
         let mut record = self.run.record;
         // Type1Pin (0) or Type1Unpin (1): the mask gives the verifier the
         // bound of the drop counter's index, read back from map memory.
@@ -354,6 +401,15 @@ impl Thread {
         self.flush_run();
         write(&record.in_container(self.container()));
     }
+}
+
+/// Counts `n` folded zero-page unpin_user_page calls: gup_unpin_page leaves
+/// its counters to this one lookup.
+#[inline(always)]
+pub fn count_folded(n: u64) {
+    let tally = Tally::get();
+    tally.add(counter::HITS + ProbeId::GupUnpinPage as u32, n);
+    tally.add(counter::GUP_ZERO_UNPINNED, n);
 }
 
 /// Writes one record for thread `t` (`Thread::emit`), or as it is when the

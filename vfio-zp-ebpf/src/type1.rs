@@ -12,8 +12,8 @@ use vfio_zp_common::{
 use crate::{
     shared::{Record, Tally, ZeroIds, add, hit, stash, unstash},
     thread::{
-        IoctlCall, NO_FOLD, PinCall, emit, give_back, thread, thread_for_ioctl, thread_or_new,
-        unmatched,
+        IoctlCall, NO_FOLD, PinCall, count_folded, emit, give_back, thread, thread_for_ioctl,
+        thread_or_new, unmatched,
     },
 };
 
@@ -53,9 +53,12 @@ pub fn type1_pin_ret(ctx: RetProbeContext) -> u32 {
     let Some(call) = t.pin.take() else {
         return 0;
     };
-    // The call's zero-page unpins, held back (gup.rs), go before its record.
+    // The call's zero-page unpins, held back (gup.rs), go before its
+    // record, which may join a held run: a record of their own. take()
+    // ended the call, so they are taken from its copy.
     let folded = call.folded & !NO_FOLD;
     if folded != 0 {
+        count_folded(folded);
         t.emit_folded(folded);
     }
     let pfn_base = if ret > 0 {
@@ -71,14 +74,6 @@ pub fn type1_pin_ret(ctx: RetProbeContext) -> u32 {
     } else {
         (0, 0)
     };
-    let tally = Tally::get();
-    tally.add(counter::HITS + ProbeId::Type1Pin as u32, 1);
-    if ret > 0 {
-        tally.add(counter::TYPE1_PINNED, ret as u64);
-        if flags & flag::PFN_ZERO != 0 {
-            tally.add(counter::TYPE1_ZERO_PINNED, ret as u64);
-        }
-    }
     let pin = Type1Pin {
         dma: call.dma,
         vaddr: call.vaddr,
@@ -87,8 +82,17 @@ pub fn type1_pin_ret(ctx: RetProbeContext) -> u32 {
         pfn_base,
         huge_zero_pages,
     };
+    // Folded, the call is counted when its run is written.
     if ret > 0 && flags == flag::PFN_ZERO && t.fold_pin(&z, &pin) {
         return 0;
+    }
+    let tally = Tally::get();
+    tally.add(counter::HITS + ProbeId::Type1Pin as u32, 1);
+    if ret > 0 {
+        tally.add(counter::TYPE1_PINNED, ret as u64);
+        if flags & flag::PFN_ZERO != 0 {
+            tally.add(counter::TYPE1_ZERO_PINNED, ret as u64);
+        }
     }
     let refcount = z.refcount_if(flags & flag::PFN_ZERO != 0);
     t.emit(Record::new(ProbeId::Type1Pin, flags, &pin).refcount(refcount));
@@ -127,9 +131,6 @@ pub fn type1_unpin_ret(ctx: RetProbeContext) -> u32 {
     let Some(call) = t.unpin.take() else {
         return 0;
     };
-    let tally = Tally::get();
-    tally.add(counter::HITS + ProbeId::Type1Unpin as u32, 1);
-    tally.add(counter::TYPE1_UNPINNED, call.npage);
     let (z, unknown) = ZeroIds::load_flagged();
     // At the return, as the pin's: the pages are still type1's to the
     // end of the call, and one read of the huge pfn serves both.
@@ -143,9 +144,13 @@ pub fn type1_unpin_ret(ctx: RetProbeContext) -> u32 {
         huge_zero_pages: huge_zero_pages as u32,
         ..call
     };
+    // Folded, the call is counted when its run is written.
     if flags == flag::PFN_ZERO && t.fold_unpin(&z, &unpin) {
         return 0;
     }
+    let tally = Tally::get();
+    tally.add(counter::HITS + ProbeId::Type1Unpin as u32, 1);
+    tally.add(counter::TYPE1_UNPINNED, call.npage);
     let refcount = z.refcount_if(flags & flag::PFN_ZERO != 0);
     t.emit(Record::new(ProbeId::Type1Unpin, flags, &unpin).refcount(refcount));
     0
@@ -173,16 +178,20 @@ pub fn put_pfn_ret(ctx: RetProbeContext) -> u32 {
     let Some(z) = ZeroIds::load() else { return 0 };
     let f = z.class_of_pfn(call.pfn);
     if f != 0 {
+        // The look-ahead's zero-page unpin (5.10) ran just before: carried.
         let mut t = thread();
-        if let Some(t) = t.as_deref_mut() {
-            t.flush_folded();
-        }
+        let carried = t.as_deref_mut().map_or(0, |t| t.take_folded());
         let rc = z.refcount_if(f & flag::PFN_ZERO != 0);
         let put = PutPfn {
             released: ret as i64,
             ..call
         };
-        emit(t, Record::new(ProbeId::PutPfn, f, &put).refcount(rc));
+        emit(
+            t,
+            Record::new(ProbeId::PutPfn, f, &put)
+                .refcount(rc)
+                .unpins_before(carried),
+        );
     }
     0
 }

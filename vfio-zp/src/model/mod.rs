@@ -18,12 +18,10 @@ use behaviour::{Behaviour, KernelVersion, Trait};
 use ledger::{Container, Dma, Held, Pages, PinCall, Process};
 use refcount::{PIN_BIAS, ReadingSource, Vote, ZeroLedger};
 use serde::{Deserialize, Serialize};
+use vfio_zp_common::FOLL_WRITE;
 
 use crate::stream::event::{Event, Id, Memlock, PageClass, UnpinFn, What};
 use crate::stream::{Header, Line, ProbeState, line::ProbesChanged};
-
-/// FOLL_WRITE: the one GUP flag whose value never moved.
-const FOLL_WRITE: u32 = 0x01;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Config {

@@ -117,6 +117,29 @@ impl Decoder {
         self.step(IdOp::Dma { key, birth })
     }
 
+    /// A record's events: the folded zero-page unpins it carries
+    /// (`Event::unpins_before`), if any, then its own. The carried ones are
+    /// the `gup_unpin` event the probes once wrote just before the record:
+    /// same thread, time and container, one `unpin_user_page` call per
+    /// page, no refcount reading (it moved during them).
+    pub fn decode_all(&mut self, raw: &Raw) -> Result<(Option<Event>, Event), DecodeError> {
+        let event = self.decode(raw)?;
+        let n = raw.unpins_before;
+        let before = (n != 0).then(|| Event {
+            zero_refcount: None,
+            what: What::GupUnpin {
+                func: UnpinFn::UnpinUserPage,
+                npages: n,
+                zero_pages: n,
+                huge_zero_pages: 0,
+                truncated: false,
+            },
+            ..event.clone()
+        });
+        Ok((before, event))
+    }
+
+    /// A record's own event.
     pub fn decode(&mut self, raw: &Raw) -> Result<Event, DecodeError> {
         let probe = ProbeId::from_u16(raw.probe).ok_or(DecodeError::Probe(raw.probe))?;
         let w = &raw.payload;
@@ -288,6 +311,7 @@ pub(crate) mod tests {
             zero_refcount: 1025,
             payload: args,
             limit: 0,
+            unpins_before: 0,
         }
     }
 
@@ -387,6 +411,32 @@ pub(crate) mod tests {
                 ..
             }
         ));
+    }
+
+    /// Unpins a record carries read as the record the probes wrote for them
+    /// before they rode on the next one (one GupUnpinPage record, zero
+    /// pages, folded, no reading), placed just before the carrier.
+    #[test]
+    fn carried_unpins_read_as_their_own_record_before_the_carrier() {
+        let mut r = raw(
+            ProbeId::GupPinRemote,
+            flag::IN_TYPE1 | flag::REFCOUNT,
+            [0x7f00_0000, 1, 0x10000, 1, 1, 0],
+        );
+        r.unpins_before = 3;
+        let (before, e) = Decoder::default().decode_all(&r).unwrap();
+        let old = raw(
+            ProbeId::GupUnpinPage,
+            flag::PFN_ZERO | flag::FOLDED,
+            [3, 3, 0, 0, 0, 0],
+        );
+        let want = Decoder::default().decode(&old).unwrap();
+        assert_eq!(before, Some(want));
+        assert_eq!(e.zero_refcount.map(|r| r.value), Some(1025));
+        assert!(matches!(e.what, What::GupPin { zero_pages: 1, .. }));
+        r.unpins_before = 0;
+        let (before, again) = Decoder::default().decode_all(&r).unwrap();
+        assert_eq!((before, again), (None, e));
     }
 
     #[test]

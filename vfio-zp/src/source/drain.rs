@@ -115,13 +115,13 @@ pub(crate) fn drain(
         {
             return Ok(Drained::More);
         }
-        let Some(decoded) = ring.next_with(|b| parse(b).and_then(|raw| decoder.decode(&raw)))
+        let Some(decoded) = ring.next_with(|b| parse(b).and_then(|raw| decoder.decode_all(&raw)))
         else {
             stamped.flush(sink)?;
             return Ok(Drained::Empty);
         };
         match decoded {
-            Ok(e) => {
+            Ok((before, e)) => {
                 stamped.before(e.t_ns, sink)?;
                 let ops = decoder.take_ops();
                 if !ops.is_empty() {
@@ -132,6 +132,9 @@ pub(crate) fn drain(
                 }
                 if let Some(p) = resolver.process(e.tgid, &e.comm) {
                     sink(Line::Process(p))?;
+                }
+                if let Some(b) = before {
+                    sink(Line::Event(b))?
                 }
                 sink(Line::Event(e))?
             }
@@ -170,6 +173,7 @@ mod tests {
                 zero_refcount: 0,
                 payload: [0x1000, 1, 1, 0, 0, 0],
                 limit: 0,
+                unpins_before: 0,
             };
             let record = crate::source::decode::tests::bytes(&raw);
             Producer {
