@@ -181,12 +181,15 @@ pub struct Event {
     pub payload: payload::Words,
     /// With `flag::LIMITS`: soft RLIMIT_MEMLOCK in bytes (`u64::MAX`: unlimited).
     pub limit: u64,
-    /// Zero-page `unpin_user_page` calls of this thread's open type1 pin
-    /// call that ran before this record and were folded (see
-    /// `ProbeId::GupUnpinPage`): the agent reads them as one `gup_unpin`
-    /// event just before this one. Carried here, they cost no record of
-    /// their own (5.10 wrote two per page of a read-only mapping).
-    pub unpins_before: u64,
+    /// Calls folded into this record that ran before it, which the agent
+    /// reads as one event just before this one; carried here, they cost no
+    /// record of their own. On a `Type1Pin` record: the pages vfio_lock_acct
+    /// charged inside the pin call(s) (a `lock_acct` event; 6.2 and later
+    /// charge every read-only run). On any other: the zero-page
+    /// `unpin_user_page` calls of this thread's open type1 pin call (a
+    /// `gup_unpin` event, see `ProbeId::GupUnpinPage`; 5.10 wrote two such
+    /// records per page of a read-only mapping).
+    pub carried: u64,
 }
 
 impl Event {

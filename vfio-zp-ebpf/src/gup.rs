@@ -183,12 +183,18 @@ fn pin_return(ctx: &RetProbeContext, probe: ProbeId) {
             huge_zero_pages: huge,
         };
         let mut t = thread();
-        let carried = t.as_deref_mut().map_or(0, |t| t.take_folded());
+        let mut carried = 0;
+        if let Some(t) = t.as_deref_mut()
+            && t.pin.live != 0
+        {
+            carried = t.take_folded();
+            t.pin.args.gup_zero += zero + huge;
+        }
         emit(
             t,
             Record::new(probe, flags, &pin)
                 .refcount(refcount)
-                .unpins_before(carried),
+                .carried(carried),
         );
     }
 }
@@ -265,7 +271,7 @@ fn unpin(probe: ProbeId, pages: u64, n: u64, make_dirty: u64) {
         t,
         Record::new(probe, flags | flag::REFCOUNT_BEFORE, &unpin)
             .refcount(rc)
-            .unpins_before(carried),
+            .carried(carried),
     );
 }
 
@@ -315,7 +321,7 @@ pub fn gup_unpin_page(ctx: ProbeContext) -> u32 {
         t,
         Record::new(ProbeId::GupUnpinPage, class | flag::REFCOUNT_BEFORE, &unpin)
             .refcount(rc)
-            .unpins_before(carried),
+            .carried(carried),
     );
     0
 }

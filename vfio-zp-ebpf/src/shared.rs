@@ -373,12 +373,12 @@ pub struct Record {
     /// The zero page's `_refcount` or `NO_REFCOUNT` (see `with_refcount`).
     refcount: i64,
     pub probe: u16,
-    flags: u16,
+    pub flags: u16,
     /// 1 when `container` was named: the thread's ioctl does not apply.
     keyed: u16,
     _pad: u16,
-    /// Folded zero-page unpins this record carries (`Event::unpins_before`).
-    unpins_before: u64,
+    /// Calls folded into this record that ran before it (`Event::carried`).
+    pub carried: u64,
 }
 
 impl Record {
@@ -393,14 +393,14 @@ impl Record {
             flags,
             keyed: 0,
             _pad: 0,
-            unpins_before: 0,
+            carried: 0,
         }
     }
 
-    /// Carries `n` folded zero-page unpins that ran before this record.
+    /// Carries `n` folded calls that ran before this record (`Event::carried`).
     #[inline(always)]
-    pub fn unpins_before(mut self, n: u64) -> Record {
-        self.unpins_before = n;
+    pub fn carried(mut self, n: u64) -> Record {
+        self.carried = n;
         self
     }
 
@@ -461,7 +461,7 @@ pub fn write(r: &Record) {
         zero_refcount,
         payload: r.payload,
         limit: r.limit,
-        unpins_before: r.unpins_before,
+        carried: r.carried,
     });
     entry.submit(wake_flags());
 }

@@ -34,6 +34,13 @@ pub struct PinCall {
     pub pfn_base_at: u64,
     /// Zero-page GUP unpins folded inside the call, and `NO_FOLD`.
     pub folded: u64,
+    /// Pages vfio_lock_acct charged to this call's mapping inside it,
+    /// carried by the call's record (`Record::carried`).
+    pub charged: u64,
+    /// Zero and huge-zero pages GUP pinned inside the call: such a call's
+    /// record is not held back (`fold_pin`), as the model sets aside other
+    /// threads' refcount readings while it may hold unwritten unpins.
+    pub gup_zero: u64,
 }
 
 /// A MAP/UNMAP ioctl this thread is inside: the container and the
@@ -51,8 +58,8 @@ pub struct IoctlCall {
     pub iova: u64,
 }
 
-/// Calls held back to be written as one record: a zero-page Type1Pin or
-/// Type1Unpin record whose payload sums the run (`held` 0: none), and the
+/// Calls held back to be written as one record: a Type1Pin or Type1Unpin
+/// record of one page class whose payload sums the run (`held` 0: none), and the
 /// counters (index, amount) the run adds when it is written: a folded call
 /// then makes no counter lookup, which on 6.1 (no inlined per-CPU lookup)
 /// was a third of its return program.
@@ -250,7 +257,7 @@ impl Thread {
     }
 
     /// Takes the unpins this thread's open pin call holds back, counted, for
-    /// the record about to be written to carry (`Record::unpins_before`):
+    /// the record about to be written to carry (`Record::carried`):
     /// the agent reads them before that record, as if written just before
     /// it. Every program that writes a refcount reading inside a pin call
     /// passes them on, or writes them with `flush_folded`.
@@ -285,35 +292,44 @@ impl Thread {
     }
 
     /// Inside a MAP/UNMAP ioctl type1 pins a read-only mapping of zero
-    /// pages one call per page (each is its own pfn run). A zero-page pin
-    /// that continues the held run (same dma, the next address, the same
-    /// pfn) joins it, its pages summed; its counters (a call, `pinned`
-    /// pages of the zero page) are added when the run is written. Returns
-    /// false when the call must be written and counted now (no ioctl on
-    /// this thread).
+    /// pages one call per page (each is its own pfn run), and memory whose
+    /// pages are not physically contiguous (a VM's RAM without huge pages;
+    /// from 6.2 any read-only mapping, whose pages GUP allocates) one call
+    /// per few pages. A pin of the same class (`flags`: the zero page, or
+    /// other pages that vfio_lock_acct charged in full, `charged`) that
+    /// continues the held run (same dma, the next address; for the zero
+    /// page the same pfn) joins it: its pages and charge summed, its
+    /// counters (a call, its pages, of the zero page or not) added when the
+    /// run is written. Returns false when the call must be written and
+    /// counted now (no ioctl on this thread).
     #[inline(always)]
-    pub fn fold_pin(&mut self, z: &ZeroIds, p: &Type1Pin) -> bool {
+    pub fn fold_pin(&mut self, z: &ZeroIds, p: &Type1Pin, flags: u16, charged: u64) -> bool {
         if self.ioctl.live == 0 {
             return false;
         }
         let pages = p.pinned as u64;
-        if self.run.held != 0 && self.run.record.probe == ProbeId::Type1Pin as u16 {
+        let zero = if flags == flag::PFN_ZERO { pages } else { 0 };
+        if self.run.held != 0
+            && self.run.record.probe == ProbeId::Type1Pin as u16
+            && self.run.record.flags == flags
+        {
             let mut run = Type1Pin::from_words(&self.run.record.payload);
             if run.dma == p.dma
                 && run.vaddr + run.pinned as u64 * PAGE_SIZE == p.vaddr
-                && run.pfn_base == p.pfn_base
+                && (zero == 0 || run.pfn_base == p.pfn_base)
             {
                 run.pinned += p.pinned;
                 self.run.record.payload = run.words();
-                self.count([1, pages, pages]);
+                self.run.record.carried += charged;
+                self.count([1, pages, zero]);
                 return true;
             }
         }
-        self.hold(z, Record::new(ProbeId::Type1Pin, flag::PFN_ZERO, p));
+        self.hold(z, Record::new(ProbeId::Type1Pin, flags, p).carried(charged));
         self.run.counts = [
             [(counter::HITS + ProbeId::Type1Pin as u32) as u64, 1],
             [counter::TYPE1_PINNED as u64, pages],
-            [counter::TYPE1_ZERO_PINNED as u64, pages],
+            [counter::TYPE1_ZERO_PINNED as u64, zero],
         ];
         true
     }
@@ -326,19 +342,23 @@ impl Thread {
         }
     }
 
-    /// As `fold_pin`, for zero-page unpins of an UNMAP: same dma, the next
-    /// iova, the same pfn and `do_accounting`; pages and `unlocked` summed,
-    /// the call and its pages counted when the run is written.
+    /// As `fold_pin`, for unpins of an UNMAP of one class: same dma, the
+    /// next iova and the same `do_accounting` (for the zero page the same
+    /// pfn); pages and `unlocked` summed, the call and its pages counted
+    /// when the run is written.
     #[inline(always)]
-    pub fn fold_unpin(&mut self, z: &ZeroIds, p: &Type1Unpin) -> bool {
+    pub fn fold_unpin(&mut self, z: &ZeroIds, p: &Type1Unpin, flags: u16) -> bool {
         if self.ioctl.live == 0 {
             return false;
         }
-        if self.run.held != 0 && self.run.record.probe == ProbeId::Type1Unpin as u16 {
+        if self.run.held != 0
+            && self.run.record.probe == ProbeId::Type1Unpin as u16
+            && self.run.record.flags == flags
+        {
             let mut run = Type1Unpin::from_words(&self.run.record.payload);
             if run.dma == p.dma
                 && run.iova + run.npage * PAGE_SIZE == p.iova
-                && run.pfn == p.pfn
+                && (flags != flag::PFN_ZERO || run.pfn == p.pfn)
                 && run.do_accounting == p.do_accounting
             {
                 run.npage += p.npage;
@@ -348,7 +368,7 @@ impl Thread {
                 return true;
             }
         }
-        self.hold(z, Record::new(ProbeId::Type1Unpin, flag::PFN_ZERO, p));
+        self.hold(z, Record::new(ProbeId::Type1Unpin, flags, p));
         self.run.counts = [
             [(counter::HITS + ProbeId::Type1Unpin as u32) as u64, 1],
             [counter::TYPE1_UNPINNED as u64, p.npage],
@@ -358,16 +378,16 @@ impl Thread {
     }
 
     /// Writes the held run and holds `record` as a new one, with the zero
-    /// page's refcount read now: one reading serves the run, as whatever
-    /// this thread does that moves the refcount writes a record first,
-    /// which ends the run.
+    /// page's refcount read now for a run of the zero page: one reading
+    /// serves the run, as whatever this thread does that moves the
+    /// refcount writes a record first, which ends the run.
     #[inline(always)]
     fn hold(&mut self, z: &ZeroIds, record: Record) {
         self.flush_run();
         // A plain integer: an Option spilled across the lookups above
         // leaves its payload's stack slot unwritten when None, which
         // 5.10's verifier refuses to read.
-        let refcount = z.refcount_raw();
+        let refcount = z.refcount_if(record.flags == flag::PFN_ZERO);
         self.run.record = record.refcount(refcount).container(self.container());
         self.run.held = 1;
     }

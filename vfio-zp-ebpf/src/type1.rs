@@ -35,6 +35,8 @@ pub fn type1_pin(ctx: ProbeContext) -> u32 {
             npage: arg(&ctx, 2),
             pfn_base_at: arg(&ctx, 3),
             folded: 0,
+            charged: 0,
+            gup_zero: 0,
         }),
         None => {
             hit(ProbeId::Type1Pin);
@@ -82,8 +84,17 @@ pub fn type1_pin_ret(ctx: RetProbeContext) -> u32 {
         pfn_base,
         huge_zero_pages,
     };
-    // Folded, the call is counted when its run is written.
-    if ret > 0 && flags == flag::PFN_ZERO && t.fold_pin(&z, &pin) {
+    // What vfio_lock_acct charged inside the call rides on its record.
+    let charged = call.charged;
+    // A run of the zero page (never charged), or of other pages charged
+    // in full, may join the held run; folded, the call is counted when its
+    // run is written. A partial charge (pages pinned through the mdev
+    // path before) or none (reserved pfns) keeps a record of its own, for
+    // the model's divergence and reserved tests, and so does a call whose
+    // GUP pinned a zero page (PinCall::gup_zero).
+    let whole = (flags == flag::PFN_ZERO && charged == 0)
+        || (flags == 0 && charged == ret as u64 && call.gup_zero == 0);
+    if ret > 0 && huge_zero_pages == 0 && whole && t.fold_pin(&z, &pin, flags, charged) {
         return 0;
     }
     let tally = Tally::get();
@@ -95,7 +106,11 @@ pub fn type1_pin_ret(ctx: RetProbeContext) -> u32 {
         }
     }
     let refcount = z.refcount_if(flags & flag::PFN_ZERO != 0);
-    t.emit(Record::new(ProbeId::Type1Pin, flags, &pin).refcount(refcount));
+    t.emit(
+        Record::new(ProbeId::Type1Pin, flags, &pin)
+            .refcount(refcount)
+            .carried(charged),
+    );
     0
 }
 
@@ -144,8 +159,16 @@ pub fn type1_unpin_ret(ctx: RetProbeContext) -> u32 {
         huge_zero_pages: huge_zero_pages as u32,
         ..call
     };
-    // Folded, the call is counted when its run is written.
-    if flags == flag::PFN_ZERO && t.fold_unpin(&z, &unpin) {
+    // A run of the zero page, or of other pages all released from
+    // locked_vm, with no accounting inside (the UNMAP path accounts once,
+    // after its unpins), may join the held run; folded, the call is
+    // counted when its run is written.
+    let whole = flags == flag::PFN_ZERO
+        || (flags == 0
+            && huge_zero_pages == 0
+            && call.do_accounting == 0
+            && ret == call.npage as i64);
+    if whole && t.fold_unpin(&z, &unpin, flags) {
         return 0;
     }
     let tally = Tally::get();
@@ -190,7 +213,7 @@ pub fn put_pfn_ret(ctx: RetProbeContext) -> u32 {
             t,
             Record::new(ProbeId::PutPfn, f, &put)
                 .refcount(rc)
-                .unpins_before(carried),
+                .carried(carried),
         );
     }
     0
@@ -224,11 +247,24 @@ pub fn lock_acct_ret(ctx: RetProbeContext) -> u32 {
             add(counter::LOCK_ACCT_UNCHARGED, delta.unsigned_abs());
         }
     }
+    // A charge to the mapping of this thread's open pin call rides on the
+    // call's record (`PinCall::charged`).
+    let mut t = thread();
+    if let Some(t) = t.as_deref_mut()
+        && ret == 0
+        && delta > 0
+        && call.is_async == 0
+        && t.pin.live != 0
+        && t.pin.args.dma == call.dma
+    {
+        t.pin.args.charged += delta as u64;
+        return 0;
+    }
     let acct = LockAcct {
         ret: ret as i64,
         ..call
     };
-    emit(thread(), Record::new(ProbeId::LockAcct, 0, &acct));
+    emit(t, Record::new(ProbeId::LockAcct, 0, &acct));
     0
 }
 

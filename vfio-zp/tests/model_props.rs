@@ -597,7 +597,7 @@ impl Sim {
     ) -> Vec<Step> {
         let mut steps = vec![Sim::step(tgid, Some(c), What::RemoveDma { dma })];
         let mut unlocked = 0;
-        for class in classes {
+        for (k, class) in classes.into_iter().enumerate() {
             // put_pfn skips the reserved zero page; anything else is
             // unpinned and uncharged.
             let u = (class != PageClass::Zero) as i64;
@@ -610,7 +610,7 @@ impl Sim {
                 unpin_c,
                 What::Type1Unpin {
                     dma,
-                    iova: 0,
+                    iova: 0x1000 * k as u64,
                     npage: 1,
                     do_accounting: false,
                     unlocked: u,
@@ -809,6 +809,412 @@ proptest! {
         }
         prop_assert_eq!(replayed.verdicts(), v);
     }
+}
+
+/// A type1 pin of other pages and the charge before it as one page a call:
+/// what type1 does where the pages are not physically contiguous (a VM's
+/// RAM without huge pages, or a read-only mapping from 6.2 on).
+fn split_runs(lines: &[Line]) -> Vec<Line> {
+    let mut out: Vec<Line> = Vec::new();
+    for l in lines {
+        let Line::Event(e) = l else {
+            out.push(l.clone());
+            continue;
+        };
+        let What::Type1Pin {
+            dma,
+            vaddr,
+            npage,
+            pinned,
+            base: PageClass::Other,
+            huge_zero_pages: 0,
+        } = e.what
+        else {
+            out.push(l.clone());
+            continue;
+        };
+        // The thread's charge just before it, to the same mapping.
+        let last = out
+            .iter()
+            .rposition(|l| matches!(l, Line::Event(x) if x.pid == e.pid));
+        let charged = match last.map(|i| (i, &out[i])) {
+            Some((
+                i,
+                Line::Event(Event {
+                    what:
+                        What::LockAcct {
+                            dma: d,
+                            npage,
+                            is_async: false,
+                            ret: 0,
+                        },
+                    ..
+                }),
+            )) if *d == dma && *npage == pinned => {
+                out.remove(i);
+                true
+            }
+            _ => false,
+        };
+        for k in 0..pinned.max(1) {
+            let one = |what| Line::Event(Event { what, ..e.clone() });
+            if charged {
+                out.push(one(What::LockAcct {
+                    dma,
+                    npage: 1,
+                    is_async: false,
+                    ret: 0,
+                }));
+            }
+            out.push(one(What::Type1Pin {
+                dma,
+                vaddr: vaddr + 0x1000 * k as u64,
+                npage: npage - k as u64,
+                pinned: pinned.min(1),
+                base: PageClass::Other,
+                huge_zero_pages: 0,
+            }));
+        }
+    }
+    out
+}
+
+/// What the probes write of `lines` (thread.rs `fold_pin`, `fold_unpin`,
+/// type1.rs `lock_acct_ret`), restated from their rules: a thread's
+/// consecutive type1 pins of other pages of one mapping, each charged in
+/// full just before it, at the next address, whose GUP calls pinned no
+/// zero page, become one charge and one pin, written before the thread's
+/// next event; likewise its unpins of other pages, all released from
+/// locked_vm with no accounting inside, at the next iova.
+fn fold_runs(lines: &[Line]) -> Vec<Line> {
+    // Per thread: the charge not yet written, and the held run.
+    let mut charge: BTreeMap<u32, Event> = BTreeMap::new();
+    let mut held: BTreeMap<u32, (i64, Event)> = BTreeMap::new();
+    // Per thread: its open pin call's GUP pinned a zero page.
+    let mut gup_zero: BTreeMap<u32, bool> = BTreeMap::new();
+    let mut out = Vec::new();
+    let flush = |out: &mut Vec<Line>, held: &mut BTreeMap<u32, (i64, Event)>, pid: u32| {
+        if let Some((charged, run)) = held.remove(&pid) {
+            if let What::Type1Pin { dma, .. } = run.what
+                && charged > 0
+            {
+                out.push(Line::Event(Event {
+                    what: What::LockAcct {
+                        dma,
+                        npage: charged,
+                        is_async: false,
+                        ret: 0,
+                    },
+                    ..run.clone()
+                }));
+            }
+            out.push(Line::Event(run));
+        }
+    };
+    for l in lines {
+        let Line::Event(e) = l else {
+            out.push(l.clone());
+            continue;
+        };
+        if let What::LockAcct {
+            npage,
+            is_async: false,
+            ret: 0,
+            ..
+        } = e.what
+            && npage > 0
+        {
+            charge.insert(e.pid, e.clone());
+            continue;
+        }
+        if let What::GupPin {
+            in_type1: true,
+            zero_pages,
+            huge_zero_pages,
+            ..
+        } = e.what
+        {
+            *gup_zero.entry(e.pid).or_default() |= zero_pages + huge_zero_pages > 0;
+        }
+        let zero_in_call = match e.what {
+            What::Type1Pin { .. } => gup_zero.remove(&e.pid).unwrap_or(false),
+            _ => false,
+        };
+        let charged = match (charge.remove(&e.pid), &e.what) {
+            (
+                Some(Event {
+                    what: What::LockAcct { dma: d, npage, .. },
+                    ..
+                }),
+                What::Type1Pin { dma, .. },
+            ) if d == *dma => npage,
+            (Some(c), _) => {
+                flush(&mut out, &mut held, e.pid);
+                out.push(Line::Event(c));
+                0
+            }
+            (None, _) => 0,
+        };
+        let joins = match (held.get(&e.pid).map(|(_, r)| &r.what), &e.what) {
+            (
+                Some(What::Type1Pin {
+                    dma: hd,
+                    vaddr: hv,
+                    pinned: hp,
+                    base: PageClass::Other,
+                    ..
+                }),
+                What::Type1Pin {
+                    dma,
+                    vaddr,
+                    pinned,
+                    base: PageClass::Other,
+                    huge_zero_pages: 0,
+                    ..
+                },
+            ) => {
+                hd == dma
+                    && hv + 0x1000 * *hp as u64 == *vaddr
+                    && *pinned > 0
+                    && charged == *pinned
+                    && !zero_in_call
+            }
+            (
+                Some(What::Type1Unpin {
+                    dma: hd,
+                    iova: hi,
+                    npage: hn,
+                    base: PageClass::Other,
+                    ..
+                }),
+                What::Type1Unpin {
+                    dma,
+                    iova,
+                    npage,
+                    unlocked,
+                    do_accounting: false,
+                    base: PageClass::Other,
+                    huge_zero_pages: 0,
+                },
+            ) => hd == dma && hi + 0x1000 * hn == *iova && *unlocked == *npage as i64,
+            _ => false,
+        };
+        if joins {
+            let (c, run) = held.get_mut(&e.pid).unwrap();
+            *c += charged;
+            match (&mut run.what, &e.what) {
+                (What::Type1Pin { pinned, .. }, What::Type1Pin { pinned: p, .. }) => *pinned += p,
+                (
+                    What::Type1Unpin {
+                        npage, unlocked, ..
+                    },
+                    What::Type1Unpin {
+                        npage: n,
+                        unlocked: u,
+                        ..
+                    },
+                ) => {
+                    *npage += n;
+                    *unlocked += u;
+                }
+                _ => unreachable!(),
+            }
+            continue;
+        }
+        flush(&mut out, &mut held, e.pid);
+        let starts = match e.what {
+            What::Type1Pin {
+                pinned,
+                base: PageClass::Other,
+                huge_zero_pages: 0,
+                ..
+            } => pinned > 0 && charged == pinned && !zero_in_call,
+            What::Type1Unpin {
+                npage,
+                unlocked,
+                do_accounting: false,
+                base: PageClass::Other,
+                huge_zero_pages: 0,
+                ..
+            } => unlocked == npage as i64,
+            _ => false,
+        };
+        if starts {
+            held.insert(e.pid, (charged, e.clone()));
+            continue;
+        }
+        if charged > 0
+            && let What::Type1Pin { dma, .. } = e.what
+        {
+            out.push(Line::Event(Event {
+                what: What::LockAcct {
+                    dma,
+                    npage: charged,
+                    is_async: false,
+                    ret: 0,
+                },
+                ..e.clone()
+            }));
+        }
+        out.push(l.clone());
+    }
+    for pid in held.keys().copied().collect::<Vec<_>>() {
+        flush(&mut out, &mut held, pid);
+    }
+    out
+}
+
+/// The verdicts of `lines`, but for how many events made them.
+fn verdicts_of(lines: &[Line]) -> vfio_zp::model::verdict::Verdicts {
+    let mut m = Model::new(&header(), Config::default());
+    for l in lines {
+        m.apply(l);
+    }
+    let mut v = m.verdicts();
+    v.coverage.events = 0;
+    v
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    /// The probes fold runs of other pages (with their charges) as they
+    /// fold zero-page runs: the model must say the same of the call-by-call
+    /// stream, of the same stream one page a call, and of what the probes
+    /// write of that.
+    #[test]
+    fn folding_runs_of_other_pages_changes_no_verdict(
+        profile in 0usize..PROFILES.len(),
+        fold in any::<bool>(),
+        ops in prop::collection::vec(op(), 1..30),
+    ) {
+        let ops: Vec<Op> = ops.into_iter().filter(|o| !matches!(o, Op::Lose(_))).collect();
+        let mut sim = Sim::new(PROFILES[profile], fold, 0);
+        for op in &ops {
+            sim.apply(op);
+        }
+        let split = split_runs(&sim.lines);
+        let folded = fold_runs(&split);
+        let want = verdicts_of(&sim.lines);
+        prop_assert_eq!(&verdicts_of(&split), &want, "one page a call");
+        prop_assert_eq!(&verdicts_of(&folded), &want, "folded as the probes do");
+        let events = |l: &[Line]| l.iter().filter(|l| matches!(l, Line::Event(_))).count();
+        prop_assert!(events(&folded) <= events(&split));
+    }
+}
+
+/// The folding above, on a case worked by hand: two threads, each mapping
+/// three pages one call a page, then unmapping them.
+#[test]
+fn runs_of_other_pages_fold_per_thread() {
+    let ev = |pid: u32, what| {
+        Line::Event(Event {
+            t_ns: 0,
+            tgid: pid,
+            pid,
+            comm: "qemu".into(),
+            cgroup_id: 1,
+            container: Some(pid as Id),
+            zero_refcount: None,
+            what,
+        })
+    };
+    let acct = |pid, dma| {
+        ev(
+            pid,
+            What::LockAcct {
+                dma,
+                npage: 1,
+                is_async: false,
+                ret: 0,
+            },
+        )
+    };
+    let pin = |pid, dma, k: u64| {
+        ev(
+            pid,
+            What::Type1Pin {
+                dma,
+                vaddr: 0x1000 * k,
+                npage: 3 - k,
+                pinned: 1,
+                base: PageClass::Other,
+                huge_zero_pages: 0,
+            },
+        )
+    };
+    let unpin = |pid, dma, k: u64| {
+        ev(
+            pid,
+            What::Type1Unpin {
+                dma,
+                iova: 0x1000 * k,
+                npage: 1,
+                do_accounting: false,
+                unlocked: 1,
+                base: PageClass::Other,
+                huge_zero_pages: 0,
+            },
+        )
+    };
+    let mut lines = Vec::new();
+    for k in 0..3 {
+        lines.extend([acct(1, 10), acct(2, 20), pin(1, 10, k), pin(2, 20, k)]);
+    }
+    for k in 0..3 {
+        lines.extend([unpin(1, 10, k), unpin(2, 20, k)]);
+    }
+    let folded = fold_runs(&lines);
+    let whats: Vec<(u32, What)> = folded
+        .iter()
+        .filter_map(|l| match l {
+            Line::Event(e) => Some((e.pid, e.what.clone())),
+            _ => None,
+        })
+        .collect();
+    let run = |pid, dma| {
+        [
+            (
+                pid,
+                What::LockAcct {
+                    dma,
+                    npage: 3,
+                    is_async: false,
+                    ret: 0,
+                },
+            ),
+            (
+                pid,
+                What::Type1Pin {
+                    dma,
+                    vaddr: 0,
+                    npage: 3,
+                    pinned: 3,
+                    base: PageClass::Other,
+                    huge_zero_pages: 0,
+                },
+            ),
+        ]
+    };
+    let unrun = |pid, dma| {
+        (
+            pid,
+            What::Type1Unpin {
+                dma,
+                iova: 0,
+                npage: 3,
+                do_accounting: false,
+                unlocked: 3,
+                base: PageClass::Other,
+                huge_zero_pages: 0,
+            },
+        )
+    };
+    let mut want = Vec::new();
+    want.extend(run(1, 10));
+    want.extend(run(2, 20));
+    want.extend([unrun(1, 10), unrun(2, 20)]);
+    assert_eq!(whats, want);
 }
 
 /// The simulator itself, on a case worked by hand: 5.10 before 873aefb,

@@ -117,26 +117,39 @@ impl Decoder {
         self.step(IdOp::Dma { key, birth })
     }
 
-    /// A record's events: the folded zero-page unpins it carries
-    /// (`Event::unpins_before`), if any, then its own. The carried ones are
-    /// the `gup_unpin` event the probes once wrote just before the record:
-    /// same thread, time and container, one `unpin_user_page` call per
-    /// page, no refcount reading (it moved during them).
+    /// A record's events: the calls it carries (`Event::carried`), if
+    /// any, as the one event the probes once wrote just before the record
+    /// (same thread, time and container, no refcount reading: it moved
+    /// during them), then its own. A type1 pin carries what vfio_lock_acct
+    /// charged inside it, to the same mapping; any other record the
+    /// zero-page `unpin_user_page` calls of its thread's pin call.
     pub fn decode_all(&mut self, raw: &Raw) -> Result<(Option<Event>, Event), DecodeError> {
         let event = self.decode(raw)?;
-        let n = raw.unpins_before;
-        let before = (n != 0).then(|| Event {
-            zero_refcount: None,
-            what: What::GupUnpin {
+        let n = raw.carried;
+        if n == 0 {
+            return Ok((None, event));
+        }
+        let what = match event.what {
+            What::Type1Pin { dma, .. } => What::LockAcct {
+                dma,
+                npage: n as i64,
+                is_async: false,
+                ret: 0,
+            },
+            _ => What::GupUnpin {
                 func: UnpinFn::UnpinUserPage,
                 npages: n,
                 zero_pages: n,
                 huge_zero_pages: 0,
                 truncated: false,
             },
+        };
+        let before = Event {
+            zero_refcount: None,
+            what,
             ..event.clone()
-        });
-        Ok((before, event))
+        };
+        Ok((Some(before), event))
     }
 
     /// A record's own event.
@@ -311,7 +324,7 @@ pub(crate) mod tests {
             zero_refcount: 1025,
             payload: args,
             limit: 0,
-            unpins_before: 0,
+            carried: 0,
         }
     }
 
@@ -423,7 +436,7 @@ pub(crate) mod tests {
             flag::IN_TYPE1 | flag::REFCOUNT,
             [0x7f00_0000, 1, 0x10000, 1, 1, 0],
         );
-        r.unpins_before = 3;
+        r.carried = 3;
         let (before, e) = Decoder::default().decode_all(&r).unwrap();
         let old = raw(
             ProbeId::GupUnpinPage,
@@ -434,9 +447,31 @@ pub(crate) mod tests {
         assert_eq!(before, Some(want));
         assert_eq!(e.zero_refcount.map(|r| r.value), Some(1025));
         assert!(matches!(e.what, What::GupPin { zero_pages: 1, .. }));
-        r.unpins_before = 0;
+        r.carried = 0;
         let (before, again) = Decoder::default().decode_all(&r).unwrap();
         assert_eq!((before, again), (None, e));
+    }
+
+    /// A type1 pin carries the charge of its call(s): it reads as the
+    /// vfio_lock_acct record the probes wrote inside the call before,
+    /// about the same mapping, placed just before the pin.
+    #[test]
+    fn a_pin_carries_its_charge_as_the_lock_acct_record_before_it() {
+        let mut r = raw(ProbeId::Type1Pin, 0, [DMA, 0x7f00, 512, 37, 0x1234, 0]);
+        r.carried = 37;
+        let (before, e) = Decoder::default().decode_all(&r).unwrap();
+        let old = raw(ProbeId::LockAcct, 0, [DMA, 37, 0, 0, 0, 0]);
+        let want = Decoder::default().decode(&old).unwrap();
+        assert_eq!(before, Some(want));
+        assert!(matches!(
+            e.what,
+            What::Type1Pin {
+                dma: 1,
+                pinned: 37,
+                base: PageClass::Other,
+                ..
+            }
+        ));
     }
 
     #[test]

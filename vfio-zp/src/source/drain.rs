@@ -173,7 +173,7 @@ mod tests {
                 zero_refcount: 0,
                 payload: [0x1000, 1, 1, 0, 0, 0],
                 limit: 0,
-                unpins_before: 0,
+                carried: 0,
             };
             let record = crate::source::decode::tests::bytes(&raw);
             Producer {
