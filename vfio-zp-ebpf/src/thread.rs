@@ -18,7 +18,7 @@ use aya_ebpf::{
 use bytemuck::{Pod, Zeroable};
 use vfio_zp_common::{
     ProbeId, counter, flag,
-    payload::{GupUnpin, Payload, Type1Pin, Type1Unpin},
+    payload::{GupUnpin, LockAcct, Payload, Type1Pin, Type1Unpin},
 };
 
 use crate::shared::{Record, Slot, Tally, ZeroIds, add, write};
@@ -221,12 +221,23 @@ impl Thread {
     }
 
     /// Ends a pin call whose return was missed, if one is open: writes the
-    /// unpins it holds back and counts it, as its return never will.
+    /// unpins it holds back and the charge its record would have carried,
+    /// and counts it, as its return never will.
     #[inline(always)]
     pub fn end_missed_pin(&mut self) {
         if self.flush_folded() {
             add(counter::HITS + ProbeId::Type1Pin as u32, 1);
             self.pin.live = 0;
+            let charged = self.pin.args.charged;
+            if charged != 0 {
+                let acct = LockAcct {
+                    dma: self.pin.args.dma,
+                    npage: charged as i64,
+                    is_async: 0,
+                    ret: 0,
+                };
+                self.emit(Record::new(ProbeId::LockAcct, 0, &acct));
+            }
         }
     }
 
