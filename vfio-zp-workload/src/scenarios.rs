@@ -50,6 +50,9 @@ pub struct Scenario {
     /// Run with RLIMIT_MEMLOCK at half the mapping and without
     /// CAP_IPC_LOCK: fits only while zero pages go uncharged.
     tight_memlock: bool,
+    /// One MAP_DMA per page (a mapping each), unmapped with one UNMAP_DMA:
+    /// no type1 run spans two ioctls, so the probes fold nothing.
+    per_page: bool,
 }
 
 pub const SCENARIOS: [Scenario; 10] = [
@@ -63,6 +66,7 @@ pub const SCENARIOS: [Scenario; 10] = [
         threads: 1,
         huge: false,
         tight_memlock: false,
+        per_page: false,
     },
     Scenario {
         name: "ro-written",
@@ -74,6 +78,7 @@ pub const SCENARIOS: [Scenario; 10] = [
         threads: 1,
         huge: false,
         tight_memlock: false,
+        per_page: false,
     },
     Scenario {
         name: "ro-untouched",
@@ -85,6 +90,7 @@ pub const SCENARIOS: [Scenario; 10] = [
         threads: 1,
         huge: false,
         tight_memlock: false,
+        per_page: false,
     },
     Scenario {
         name: "rw-read-touched",
@@ -96,6 +102,7 @@ pub const SCENARIOS: [Scenario; 10] = [
         threads: 1,
         huge: false,
         tight_memlock: false,
+        per_page: false,
     },
     Scenario {
         name: "partial-unmap",
@@ -107,6 +114,7 @@ pub const SCENARIOS: [Scenario; 10] = [
         threads: 1,
         huge: false,
         tight_memlock: false,
+        per_page: false,
     },
     Scenario {
         name: "close-without-unmap",
@@ -118,6 +126,7 @@ pub const SCENARIOS: [Scenario; 10] = [
         threads: 1,
         huge: false,
         tight_memlock: false,
+        per_page: false,
     },
     Scenario {
         name: "multi-container",
@@ -129,6 +138,7 @@ pub const SCENARIOS: [Scenario; 10] = [
         threads: 1,
         huge: false,
         tight_memlock: false,
+        per_page: false,
     },
     Scenario {
         name: "huge-zero",
@@ -140,6 +150,7 @@ pub const SCENARIOS: [Scenario; 10] = [
         threads: 1,
         huge: true,
         tight_memlock: false,
+        per_page: false,
     },
     Scenario {
         name: "memlock-tight",
@@ -151,6 +162,7 @@ pub const SCENARIOS: [Scenario; 10] = [
         threads: 1,
         huge: false,
         tight_memlock: true,
+        per_page: false,
     },
     Scenario {
         name: "two-threads",
@@ -162,15 +174,18 @@ pub const SCENARIOS: [Scenario; 10] = [
         threads: 2,
         huge: false,
         tight_memlock: false,
+        per_page: false,
     },
 ];
 
 /// Not in the matrix (`--list-scenarios`): the ring flood's workload. No
-/// two zero pages are adjacent, so no probe folds a run of them: one type1
-/// pin and one unpin record per page, as on kernels before the fold.
+/// two zero pages are adjacent, and each page is a mapping of its own, so
+/// no probe folds a run (of the zero page or, where GUP allocates a
+/// read-only mapping's pages from 6.2, of other pages): a type1 pin and a
+/// MAP_DMA record per page, and the unmap's records per mapping.
 pub const FLOOD: Scenario = Scenario {
     name: "ro-alternating",
-    about: "read the even pages, write the odd ones, map READ, unmap (the ring flood's workload)",
+    about: "read the even pages, write the odd ones, map READ one page a mapping, unmap all at once (the ring flood's workload)",
     touch: Touch::Alternate,
     flags: MAP_READ,
     unmap: Unmap::Whole,
@@ -178,6 +193,7 @@ pub const FLOOD: Scenario = Scenario {
     threads: 1,
     huge: false,
     tight_memlock: false,
+    per_page: true,
 };
 
 pub fn find(name: &str) -> Option<&'static Scenario> {
@@ -461,6 +477,10 @@ pub fn run_once(
             |c, a, i, n| c.map(a, i, n, s.flags).map(|()| n),
         )?;
         t.threads = parts;
+    } else if s.per_page {
+        for off in (0..size).step_by(PAGE) {
+            c.map(region.addr as u64 + off, IOVA + off, PAGE as u64, s.flags)?;
+        }
     } else if s.unmap == Unmap::Halves {
         // type1v2 refuses to split a mapping: map the halves separately.
         c.map(region.addr as u64, IOVA, half, s.flags)?;
