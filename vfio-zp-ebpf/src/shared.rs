@@ -254,24 +254,11 @@ impl ZeroIds {
         (start, start + HUGE_ZERO_PAGES * self.page_size)
     }
 
-    /// Only a page that is not the 4 KiB zero page costs the huge read.
-    #[inline(always)]
-    pub fn class_of_pfn(&self, pfn: u64) -> u16 {
-        if pfn == self.zero_pfn {
-            return flag::PFN_ZERO;
-        }
-        let huge = self.huge_pfn();
-        if huge != !0 && pfn >= huge && pfn < huge + HUGE_ZERO_PAGES {
-            flag::PFN_HUGE_ZERO
-        } else {
-            0
-        }
-    }
-
     /// The class of a run of `n` contiguous pfns from `pfn` (that of its
     /// first page), and how many of them are the huge zero page's: type1
     /// pins and unpins such runs, and the huge zero page is 512 of them.
-    /// One read of its pfn serves both.
+    /// One read of its pfn serves both; only a run that does not start at
+    /// the 4 KiB zero page costs that read.
     #[inline(always)]
     pub fn class_of_run(&self, pfn: u64, n: u64) -> (u16, u64) {
         if pfn == self.zero_pfn {

@@ -60,7 +60,7 @@ pub struct IoctlCall {
 
 /// Calls held back to be written as one record: a Type1Pin or Type1Unpin
 /// record of one page class whose payload sums the run (`held` 0: none), and the
-/// counters (index, amount) the run adds when it is written: a folded call
+/// amounts its counters add when it is written (`Counts`): a folded call
 /// then makes no counter lookup, which on 6.1 (no inlined per-CPU lookup)
 /// was a third of its return program.
 #[repr(C)]
@@ -68,7 +68,20 @@ pub struct IoctlCall {
 pub struct Run {
     pub held: u64,
     pub record: Record,
-    pub counts: [[u64; 2]; 3],
+    pub counts: Counts,
+}
+
+/// A held run's counter amounts: its calls, its pages, and its zero pages
+/// (pins only). The counters they go to follow from the record's probe, so
+/// `flush_run` adds to indexes the verifier can bound, where indexes read
+/// back from map memory made it walk each add both ways, in every program
+/// that writes a record (each ends the held run).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Counts {
+    pub calls: u64,
+    pub pages: u64,
+    pub zero: u64,
 }
 
 #[repr(C)]
@@ -199,6 +212,18 @@ pub const NO_FOLD: u64 = 1 << 63;
 const PAGE_SIZE: u64 = 4096;
 // A held run's probe is one of these two, which `flush_run` relies on.
 const _: () = assert!(ProbeId::Type1Pin as u16 == 0 && ProbeId::Type1Unpin as u16 == 1);
+// And so do its counters: a pin's pages, then an unpin's.
+const _: () = assert!(counter::TYPE1_UNPINNED == counter::TYPE1_PINNED + 1);
+
+impl Counts {
+    /// A folded call: one more call, with its pages.
+    #[inline(always)]
+    fn add(&mut self, pages: u64, zero: u64) {
+        self.calls += 1;
+        self.pages += pages;
+        self.zero += zero;
+    }
+}
 
 impl Thread {
     /// The container of the ioctl this thread is inside (0: none).
@@ -332,25 +357,17 @@ impl Thread {
                 run.pinned += p.pinned;
                 self.run.record.payload = run.words();
                 self.run.record.carried += charged;
-                self.count([1, pages, zero]);
+                self.run.counts.add(pages, zero);
                 return true;
             }
         }
         self.hold(z, Record::new(ProbeId::Type1Pin, flags, p).carried(charged));
-        self.run.counts = [
-            [(counter::HITS + ProbeId::Type1Pin as u32) as u64, 1],
-            [counter::TYPE1_PINNED as u64, pages],
-            [counter::TYPE1_ZERO_PINNED as u64, zero],
-        ];
+        self.run.counts = Counts {
+            calls: 1,
+            pages,
+            zero,
+        };
         true
-    }
-
-    /// Adds a folded call's amounts to the held run's counters.
-    #[inline(always)]
-    fn count(&mut self, n: [u64; 3]) {
-        for (c, n) in self.run.counts.iter_mut().zip(n) {
-            c[1] += n;
-        }
     }
 
     /// As `fold_pin`, for unpins of an UNMAP of one class: same dma, the
@@ -375,16 +392,16 @@ impl Thread {
                 run.npage += p.npage;
                 run.unlocked += p.unlocked;
                 self.run.record.payload = run.words();
-                self.count([1, p.npage, 0]);
+                self.run.counts.add(p.npage, 0);
                 return true;
             }
         }
         self.hold(z, Record::new(ProbeId::Type1Unpin, flags, p));
-        self.run.counts = [
-            [(counter::HITS + ProbeId::Type1Unpin as u32) as u64, 1],
-            [counter::TYPE1_UNPINNED as u64, p.npage],
-            [counter::TYPE1_UNPINNED as u64, 0],
-        ];
+        self.run.counts = Counts {
+            calls: 1,
+            pages: p.npage,
+            zero: 0,
+        };
         true
     }
 
@@ -412,15 +429,16 @@ impl Thread {
             return;
         }
         self.run.held = 0;
-        let tally = Tally::get();
-        for [idx, n] in self.run.counts {
-            // Bounded by `Tally::add`; an index read back from map memory.
-            tally.add(idx as u32, n);
-        }
         let mut record = self.run.record;
-        // Type1Pin (0) or Type1Unpin (1): the mask gives the verifier the
-        // bound of the drop counter's index, read back from map memory.
+        // Type1Pin (0) or Type1Unpin (1): the mask bounds, for the verifier,
+        // the counter indexes below and the drop counter's in `write`.
         record.probe &= 1;
+        let unpin = record.probe as u32;
+        let Counts { calls, pages, zero } = self.run.counts;
+        let tally = Tally::get();
+        tally.add(counter::HITS + unpin, calls);
+        tally.add(counter::TYPE1_PINNED + unpin, pages);
+        tally.add(counter::TYPE1_ZERO_PINNED, zero);
         write(&record);
     }
 

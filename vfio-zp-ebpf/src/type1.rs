@@ -199,7 +199,7 @@ pub fn put_pfn_ret(ctx: RetProbeContext) -> u32 {
         return 0;
     };
     let Some(z) = ZeroIds::load() else { return 0 };
-    let f = z.class_of_pfn(call.pfn);
+    let (f, _) = z.class_of_run(call.pfn, 1);
     if f != 0 {
         // The look-ahead's zero-page unpin (5.10) ran just before: carried.
         let mut t = thread();
