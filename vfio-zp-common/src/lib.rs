@@ -152,6 +152,7 @@ pub mod flag {
     /// A GupUnpinPage record that sums the zero-page `unpin_user_page`
     /// calls one `vfio_pin_pages_remote` call made (`payload::GupUnpin`'s
     /// `npages` counts the calls); written before that thread's next record.
+    /// On a Type1Pin record: `carried` counts such calls, not a charge.
     pub const FOLDED: u16 = 1 << 9;
 }
 
@@ -185,10 +186,12 @@ pub struct Event {
     /// reads as one event just before this one; carried here, they cost no
     /// record of their own. On a `Type1Pin` record: the pages vfio_lock_acct
     /// charged inside the pin call(s) (a `lock_acct` event; 6.2 and later
-    /// charge every read-only run). On any other: the zero-page
-    /// `unpin_user_page` calls of this thread's open type1 pin call (a
-    /// `gup_unpin` event, see `ProbeId::GupUnpinPage`; 5.10 wrote two such
-    /// records per page of a read-only mapping).
+    /// charge every read-only run), or with `flag::FOLDED` the call's
+    /// zero-page `unpin_user_page` calls (it then carries no charge). On
+    /// any other: the zero-page `unpin_user_page` calls of this thread's
+    /// open type1 pin call (a `gup_unpin` event, see
+    /// `ProbeId::GupUnpinPage`; 5.10 wrote two such records per page of a
+    /// read-only mapping).
     pub carried: u64,
 }
 

@@ -1,4 +1,5 @@
 //! Maps and helpers every probe family uses.
+use crate::thread::slot_held;
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
@@ -22,6 +23,15 @@ pub static COUNTERS: PerCpuArray<CounterBlock> = PerCpuArray::with_max_entries(1
 
 #[map]
 pub static CONFIG: Array<ZeroPageConfig> = Array::with_max_entries(1, 0);
+
+/// A call parked in a slot-held thread's state (`stash`): its probe and
+/// arguments.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CallSlot {
+    pub probe: u64,
+    pub args: Words,
+}
 
 /// Entry arguments parked until the matching return probe runs.
 #[repr(C)]
@@ -128,10 +138,19 @@ fn slot(probe: ProbeId) -> Option<&'static mut Slot<Words>> {
 }
 
 /// Parks a call's arguments (any plain struct of at most six words) until
-/// its return.
+/// its return: in the thread's type1 state while it holds a slot (inside a
+/// MAP/UNMAP ioctl, where type1's GUP pins and charges run), else in
+/// `STASH`.
 #[inline(always)]
 pub fn stash<A: Payload>(probe: ProbeId, args: &A) {
     let args = args.words();
+    if let Some(t) = slot_held() {
+        t.call.park(&CallSlot {
+            probe: probe as u64,
+            args,
+        });
+        return;
+    }
     match slot(probe) {
         Some(p) => p.park(&args),
         None => {
@@ -143,6 +162,14 @@ pub fn stash<A: Payload>(probe: ProbeId, args: &A) {
 /// Takes the parked entry arguments; counts a return with none.
 #[inline(always)]
 pub fn unstash<A: Payload>(probe: ProbeId) -> Option<A> {
+    // A call parked in the thread's slot: no hash lookup on either side.
+    if let Some(t) = slot_held()
+        && t.call.live != 0
+        && t.call.args.probe == probe as u64
+    {
+        t.call.live = 0;
+        return Some(A::from_words(&t.call.args.args));
+    }
     match slot(probe) {
         Some(p) => p.take().map(|w| A::from_words(&w)),
         None => {

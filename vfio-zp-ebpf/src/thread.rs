@@ -21,7 +21,7 @@ use vfio_zp_common::{
     payload::{GupUnpin, LockAcct, Payload, Type1Pin, Type1Unpin},
 };
 
-use crate::shared::{Record, Slot, Tally, ZeroIds, add, write};
+use crate::shared::{CallSlot, Record, Slot, Tally, ZeroIds, add, write};
 
 /// `vfio_pin_pages_remote`'s arguments, parked at its entry.
 #[repr(C)]
@@ -92,6 +92,9 @@ pub struct Thread {
     /// vfio_unpin_pages_remote's arguments (`unlocked` comes at return).
     pub unpin: Slot<Type1Unpin>,
     pub run: Run,
+    /// A GUP pin, vfio_lock_acct or put_pfn call inside the ioctl, parked
+    /// here while the state is in `SLOTS` (`shared::stash`).
+    pub call: Slot<CallSlot>,
     /// In `SLOTS`: the pid_tgid of the thread the slot is lent to (0: free).
     pub owner: u64,
 }
@@ -132,6 +135,15 @@ fn slot(id: u64) -> Option<&'static mut Thread> {
     // SAFETY: only the holder writes a slot's state, and a thread runs
     // one program at a time; others only compare `owner`.
     Some(unsafe { &mut *p })
+}
+
+/// This thread's state while it holds a slot (inside a MAP/UNMAP ioctl):
+/// one array lookup, which every kernel inlines.
+#[inline(always)]
+pub fn slot_held() -> Option<&'static mut Thread> {
+    let id = bpf_get_current_pid_tgid();
+    let s = slot(id)?;
+    (s.owner == id && id != 0).then_some(s)
 }
 
 /// This thread's state, if it ever ran type1.
@@ -196,6 +208,8 @@ pub fn give_back(t: &mut Thread) {
         return;
     }
     let idx = slot_index(t.owner);
+    // A call parked in the slot returned inside the ioctl, or never will.
+    t.call.live = 0;
     t.owner = 0;
     let _ = LENT.remove(idx);
 }
@@ -336,18 +350,31 @@ impl Thread {
     /// continues the held run (same dma, the next address; for the zero
     /// page the same pfn) joins it: its pages and charge summed, its
     /// counters (a call, its pages, of the zero page or not) added when the
-    /// run is written. Returns false when the call must be written and
-    /// counted now (no ioctl on this thread).
+    /// run is written. A call that carries its folded unpins (`unpins`:
+    /// flag::FOLDED, `carried` their count) starts a run: the run's reading
+    /// is taken at its first call, after the unpins it carries, and a
+    /// charge never joins them. Returns false when the call must be written
+    /// and counted now (no ioctl on this thread).
     #[inline(always)]
-    pub fn fold_pin(&mut self, z: &ZeroIds, p: &Type1Pin, flags: u16, charged: u64) -> bool {
+    pub fn fold_pin(
+        &mut self,
+        z: &ZeroIds,
+        p: &Type1Pin,
+        flags: u16,
+        carried: u64,
+        unpins: u16,
+    ) -> bool {
         if self.ioctl.live == 0 {
             return false;
         }
         let pages = p.pinned as u64;
         let zero = if flags == flag::PFN_ZERO { pages } else { 0 };
+        let held = self.run.record.flags;
         if self.run.held != 0
             && self.run.record.probe == ProbeId::Type1Pin as u16
-            && self.run.record.flags == flags
+            && unpins == 0
+            && held & !flag::FOLDED == flags
+            && (held & flag::FOLDED == 0 || carried == 0)
         {
             let mut run = Type1Pin::from_words(&self.run.record.payload);
             if run.dma == p.dma
@@ -356,12 +383,15 @@ impl Thread {
             {
                 run.pinned += p.pinned;
                 self.run.record.payload = run.words();
-                self.run.record.carried += charged;
+                self.run.record.carried += carried;
                 self.run.counts.add(pages, zero);
                 return true;
             }
         }
-        self.hold(z, Record::new(ProbeId::Type1Pin, flags, p).carried(charged));
+        self.hold(
+            z,
+            Record::new(ProbeId::Type1Pin, flags | unpins, p).carried(carried),
+        );
         self.run.counts = Counts {
             calls: 1,
             pages,
@@ -415,7 +445,7 @@ impl Thread {
         // A plain integer: an Option spilled across the lookups above
         // leaves its payload's stack slot unwritten when None, which
         // 5.10's verifier refuses to read.
-        let refcount = z.refcount_if(record.flags == flag::PFN_ZERO);
+        let refcount = z.refcount_if(record.flags & flag::PFN_ZERO != 0);
         self.run.record = record.refcount(refcount).container(self.container());
         self.run.held = 1;
     }

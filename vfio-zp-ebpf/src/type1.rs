@@ -55,14 +55,23 @@ pub fn type1_pin_ret(ctx: RetProbeContext) -> u32 {
     let Some(call) = t.pin.take() else {
         return 0;
     };
-    // The call's zero-page unpins, held back (gup.rs), go before its
-    // record, which may join a held run: a record of their own. take()
-    // ended the call, so they are taken from its copy.
+    // The call's zero-page unpins, held back (gup.rs), ran before its
+    // return: its record carries them (flag::FOLDED) where no charge rides
+    // on it, else they are a record of their own first. take() ended the
+    // call, so they are taken from its copy.
     let folded = call.folded & !NO_FOLD;
-    if folded != 0 {
+    let charged = call.charged;
+    let (carried, carries_unpins) = if folded == 0 {
+        (charged, 0)
+    } else {
         count_folded(folded);
-        t.emit_folded(folded);
-    }
+        if charged == 0 {
+            (folded, flag::FOLDED)
+        } else {
+            t.emit_folded(folded);
+            (charged, 0)
+        }
+    };
     let pfn_base = if ret > 0 {
         unsafe { bpf_probe_read_kernel(call.pfn_base_at as *const u64) }.unwrap_or(0)
     } else {
@@ -85,7 +94,6 @@ pub fn type1_pin_ret(ctx: RetProbeContext) -> u32 {
         huge_zero_pages,
     };
     // What vfio_lock_acct charged inside the call rides on its record.
-    let charged = call.charged;
     // A run of the zero page (never charged), or of other pages charged
     // in full, may join the held run; folded, the call is counted when its
     // run is written. A partial charge (pages pinned through the mdev
@@ -94,7 +102,11 @@ pub fn type1_pin_ret(ctx: RetProbeContext) -> u32 {
     // GUP pinned a zero page (PinCall::gup_zero).
     let whole = (flags == flag::PFN_ZERO && charged == 0)
         || (flags == 0 && charged == ret as u64 && call.gup_zero == 0);
-    if ret > 0 && huge_zero_pages == 0 && whole && t.fold_pin(&z, &pin, flags, charged) {
+    if ret > 0
+        && huge_zero_pages == 0
+        && whole
+        && t.fold_pin(&z, &pin, flags, carried, carries_unpins)
+    {
         return 0;
     }
     let tally = Tally::get();
@@ -107,9 +119,9 @@ pub fn type1_pin_ret(ctx: RetProbeContext) -> u32 {
     }
     let refcount = z.refcount_if(flags & flag::PFN_ZERO != 0);
     t.emit(
-        Record::new(ProbeId::Type1Pin, flags, &pin)
+        Record::new(ProbeId::Type1Pin, flags | carries_unpins, &pin)
             .refcount(refcount)
-            .carried(charged),
+            .carried(carried),
     );
     0
 }

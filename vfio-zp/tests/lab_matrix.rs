@@ -268,6 +268,15 @@ fn check_kernel(kernel: &str, dir: &Path) -> Vec<String> {
     if drops > 0 {
         bad.push(format!("{kernel}: {drops} events dropped"));
     }
+    // Every return found its call's arguments, parked in the thread's slot
+    // or in STASH: the recorder attaches before any workload starts, so a
+    // return without them is a parking lost.
+    if last.totals.unmatched_returns != 0 {
+        bad.push(format!(
+            "{kernel}: {} returns found no arguments parked at their entry",
+            last.totals.unmatched_returns
+        ));
+    }
     bad.extend(returns_counted(kernel, dir, &last.hits));
     // Nothing lost between the kernel's exact counters and the event stream.
     let all = seen_for(&events);

@@ -121,8 +121,9 @@ impl Decoder {
     /// any, as the one event the probes once wrote just before the record
     /// (same thread, time and container, no refcount reading: it moved
     /// during them), then its own. A type1 pin carries what vfio_lock_acct
-    /// charged inside it, to the same mapping; any other record the
-    /// zero-page `unpin_user_page` calls of its thread's pin call.
+    /// charged inside it, to the same mapping, or with flag::FOLDED its
+    /// call's zero-page `unpin_user_page` calls; any other record those of
+    /// its thread's pin call.
     pub fn decode_all(&mut self, raw: &Raw) -> Result<(Option<Event>, Event), DecodeError> {
         let event = self.decode(raw)?;
         let n = raw.carried;
@@ -130,7 +131,7 @@ impl Decoder {
             return Ok((None, event));
         }
         let what = match event.what {
-            What::Type1Pin { dma, .. } => What::LockAcct {
+            What::Type1Pin { dma, .. } if raw.flags & flag::FOLDED == 0 => What::LockAcct {
                 dma,
                 npage: n as i64,
                 is_async: false,
@@ -450,6 +451,42 @@ pub(crate) mod tests {
         r.carried = 0;
         let (before, again) = Decoder::default().decode_all(&r).unwrap();
         assert_eq!((before, again), (None, e));
+    }
+
+    /// A zero-page type1 pin carries its call's folded unpins (flag::FOLDED,
+    /// no charge): they read as the GupUnpinPage record the probes wrote
+    /// for them at the call's return, placed just before the pin, whose
+    /// class and reading stay its own.
+    #[test]
+    fn a_zero_page_pin_carries_its_calls_unpins_as_the_record_before_it() {
+        let flags = flag::PFN_ZERO | flag::FOLDED | flag::REFCOUNT;
+        let mut r = raw(ProbeId::Type1Pin, flags, [DMA, 0x7f00, 14, 1, 0x1234, 0]);
+        r.zero_refcount = 1;
+        r.carried = 1;
+        let (before, e) = Decoder::default().decode_all(&r).unwrap();
+        let old = raw(
+            ProbeId::GupUnpinPage,
+            flag::PFN_ZERO | flag::FOLDED,
+            [1, 1, 0, 0, 0, 0],
+        );
+        let want = Decoder::default().decode(&old).unwrap();
+        assert_eq!(before, Some(want));
+        assert_eq!(e.zero_refcount.map(|r| r.value), Some(1));
+        assert!(matches!(
+            e.what,
+            What::Type1Pin {
+                pinned: 1,
+                base: PageClass::Zero,
+                ..
+            }
+        ));
+        // Without the flag the same count is a charge.
+        r.flags = flag::PFN_ZERO | flag::REFCOUNT;
+        let (before, _) = Decoder::default().decode_all(&r).unwrap();
+        assert!(matches!(
+            before.map(|b| b.what),
+            Some(What::LockAcct { npage: 1, .. })
+        ));
     }
 
     /// A type1 pin carries the charge of its call(s): it reads as the

@@ -84,9 +84,9 @@ pub const SPECS: [Spec; 6] = [
 
 /// Longest first, as measured in a fresh-clone CI run: the matrix runs two
 /// guests at once, and a long kernel started last would leave one lane idle
-/// (5.10 1797 s, 5.10-leaky 1748 s, 7.3 1352 s, 6.18 1043 s; 6.12 and 6.1
-/// under 1000 s). The 5.10 guests grew by two thirds with 7c36d19's probes:
-/// 5.10's verifier, under TCG, takes 111 s to load them where it took 70.
+/// (5.10 896 s, 5.10-leaky 901 s, 6.1 642 s, 7.3 618 s, 6.18 536 s, 6.12
+/// 507 s at c3f1e24). A guest's time doubles when anything else competes for
+/// the two cores, so the longest must not start last.
 pub const DEFAULT_MATRIX: [&str; 6] = ["5.10", "5.10-leaky", "7.3", "6.18", "6.12", "6.1"];
 
 pub fn spec(name: &str) -> anyhow::Result<Spec> {
