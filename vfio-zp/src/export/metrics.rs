@@ -318,6 +318,22 @@ fn model(r: &Registry, s: &Snapshot) {
             .unwrap_or(0);
         div.with_label_values(&[kind.label()]).inc_by(n);
     }
+    let aside = counter(
+        r,
+        "vfio_zp_model_divergence_set_aside_total",
+        "Divergences found where events were lost (or the agent was not running) \
+         since the records they rest on, per kind: the losses may explain them, so \
+         they are not in vfio_zp_model_divergence_total.",
+        &["kind"],
+    );
+    for kind in crate::model::DIVERGENCES {
+        let n = v
+            .divergences_set_aside
+            .get(kind.label())
+            .map(|d| d.count)
+            .unwrap_or(0);
+        aside.with_label_values(&[kind.label()]).inc_by(n);
+    }
     gauge(
         r,
         "vfio_zp_build_info",

@@ -66,6 +66,9 @@ pub struct Dma {
     pub locked_model: i64,
     pub locked_kernel: i64,
     pub removed: bool,
+    /// When its first pin call began: its charges rest on records since.
+    #[serde(default)]
+    pub first_ns: u64,
 }
 
 /// A pin call in progress (between its first GUP call and its return).

@@ -90,6 +90,18 @@ pub struct DivergenceCount {
     pub last: String,
 }
 
+/// Divergences of one kind found since the last counters line, with the
+/// first explanations (each is a log line once counted).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Found {
+    count: u64,
+    whys: Vec<String>,
+    last: String,
+}
+
+/// Explanations kept per kind and counters interval; the rest are counted.
+const MAX_WHYS: usize = 16;
+
 /// Serializable so the agent can keep it across restarts (the state
 /// directory's checkpoint); notes not yet taken are not kept.
 #[derive(Serialize, Deserialize)]
@@ -111,6 +123,16 @@ pub struct Model {
     /// Zero pins taken outside type1 (pin_user_pages users), still held.
     pub(crate) other_zero_pins: i64,
     pub(crate) divergences: BTreeMap<Divergence, DivergenceCount>,
+    /// Divergences found in events since the last counters line: counted
+    /// at the next one, or set aside if it shows records lost, which may
+    /// explain them (a 5.10 bench run whose ring lost 146,666 records
+    /// counted 4,040 refcount divergences, and the alert blamed the kernel).
+    #[serde(default)]
+    pending_divergences: BTreeMap<Divergence, Found>,
+    /// Divergences that records lost, or a stretch the agent did not run,
+    /// may explain: not the kernel's doing as far as anyone can tell.
+    #[serde(default)]
+    pub(crate) divergences_set_aside: BTreeMap<Divergence, DivergenceCount>,
     pub(crate) probes: BTreeMap<String, ProbeState>,
     pub(crate) events_lost: u64,
     /// When events may have gone unseen: between the counters lines that
@@ -211,6 +233,8 @@ impl Model {
             zero: ZeroLedger::default(),
             other_zero_pins: 0,
             divergences: BTreeMap::new(),
+            pending_divergences: BTreeMap::new(),
+            divergences_set_aside: BTreeMap::new(),
             probes: BTreeMap::new(),
             events_lost: 0,
             blind: Vec::new(),
@@ -311,11 +335,61 @@ impl Model {
         self.pending_votes[t as usize][yes as usize] += 1;
     }
 
-    fn diverge(&mut self, kind: Divergence, why: String) {
-        let d = self.divergences.entry(kind).or_default();
-        d.count += 1;
+    /// A divergence whose prediction rests on the records since `from_ns`.
+    /// Set aside when a known blind window reaches that far; else held
+    /// until the counters line that closes its interval (`close_interval`):
+    /// losses it shows set it aside too.
+    fn diverge(&mut self, kind: Divergence, why: String, from_ns: u64) {
+        if self.blind_since(from_ns) {
+            self.set_aside(
+                kind,
+                1,
+                why,
+                "records were lost, or the agent was not running, since the records it rests on",
+            );
+            return;
+        }
+        let f = self.pending_divergences.entry(kind).or_default();
+        f.count += 1;
+        if f.whys.len() < MAX_WHYS {
+            f.whys.push(why.clone());
+        }
+        f.last = why;
+    }
+
+    fn set_aside(&mut self, kind: Divergence, n: u64, why: String, because: &str) {
+        let d = self.divergences_set_aside.entry(kind).or_default();
+        d.count += n;
         d.last = why.clone();
-        self.note(format!("model divergence {}: {why}", kind.label()));
+        self.note(format!(
+            "{n} model divergence(s) {} set aside, as {because} (last: {why})",
+            kind.label()
+        ));
+    }
+
+    /// A counters line closes the interval since the one before: the
+    /// divergences found in it count, unless it lost records (`lost`).
+    fn close_interval(&mut self, lost: u64) {
+        for (kind, f) in std::mem::take(&mut self.pending_divergences) {
+            if lost > 0 {
+                let because = format!("{lost} events were lost in the same interval");
+                self.set_aside(kind, f.count, f.last, &because);
+                continue;
+            }
+            let d = self.divergences.entry(kind).or_default();
+            d.count += f.count;
+            d.last = f.last;
+            let more = f.count - f.whys.len() as u64;
+            for why in f.whys {
+                self.note(format!("model divergence {}: {why}", kind.label()));
+            }
+            if more > 0 {
+                self.note(format!(
+                    "model divergence {}: {more} more in the same interval",
+                    kind.label()
+                ));
+            }
+        }
     }
 
     pub fn apply(&mut self, line: &Line) {
@@ -340,9 +414,12 @@ impl Model {
                         events: Some(lost - self.events_lost),
                     });
                 }
+                self.close_interval(lost - self.events_lost.min(lost));
                 self.events_lost = lost;
                 if let Some(v) = c.zero_refcount {
                     self.kcore_reading(v as i64, c.t_ns);
+                    // Taken after this line's losses were: it stands now.
+                    self.close_interval(0);
                 }
                 self.expire();
             }
@@ -443,6 +520,7 @@ impl Model {
                     "zero page refcount read {value}, the pins seen predict {expect} ({:+} references unexplained)",
                     value - expect
                 ),
+                self.zero.last.map_or(0, |r| r.t_ns),
             );
         }
         self.zero.record(value, t_ns, ReadingSource::Probe);
@@ -461,7 +539,8 @@ impl Model {
         }
         let over = self.overclaim();
         if let (Some(o), false) = (over, self.overclaimed) {
-            self.diverge(Divergence::RefcountBound, o.to_string());
+            // The count rests on every record since the start.
+            self.diverge(Divergence::RefcountBound, o.to_string(), 0);
         }
         self.overclaimed = over.is_some();
     }
@@ -495,6 +574,7 @@ impl Model {
                     "zero page refcount is {value} (kcore) with no pin or unpin since, the model expects {expect}: another kernel user took or dropped {:+} references",
                     value - expect
                 ),
+                self.zero.last.map_or(0, |r| r.t_ns),
             );
         }
         self.zero.record(value, t_ns, ReadingSource::Kcore);
@@ -770,6 +850,10 @@ impl Model {
 
     fn type1_pin(&mut self, e: &Event, dma: Id, vaddr: u64, pinned: i64, base: PageClass) {
         let mut call = self.in_flight.remove(&e.pid).unwrap_or_default();
+        // A call whose first record is its return (no GUP or charge event).
+        if call.started_ns == 0 {
+            call.started_ns = e.t_ns;
+        }
         if self.unpins_unseen() {
             // A call that began before the unpin probes went off may have
             // unpinned unseen since: its zero-page pins say nothing of
@@ -837,6 +921,7 @@ impl Model {
             locked_model: 0,
             locked_kernel: 0,
             removed: false,
+            first_ns: call.started_ns,
         });
         *d.pinned.get_mut(held) += pinned;
         d.locked_model += charge;
@@ -858,6 +943,7 @@ impl Model {
                     "{}[{}] pinned {pinned} {base:?} pages; the model charges {charge} to locked_vm, vfio_lock_acct charged {}",
                     e.comm, e.tgid, call.charged
                 ),
+                call.started_ns,
             );
         }
     }
@@ -870,6 +956,7 @@ impl Model {
                     "{}[{}] unpinned {npage} pages of a mapping pinned before vfio-zp was watching",
                     e.comm, e.tgid
                 ),
+                0,
             );
             return;
         };
@@ -882,7 +969,7 @@ impl Model {
         let predicted = held.charged(npage);
         *d.pinned.get_mut(held) -= npage;
         d.locked_model -= predicted;
-        let (id, tgid) = (d.container, d.tgid);
+        let (id, tgid, first_ns) = (d.container, d.tgid, d.first_ns);
         if let Some(c) = self.containers.get_mut(&id) {
             *c.pinned.get_mut(held) -= npage;
             c.locked_model -= predicted;
@@ -900,6 +987,7 @@ impl Model {
                     "{}[{}] unpinned {npage} {base:?} pages: the kernel released {unlocked} from locked_vm, the model {predicted}",
                     e.comm, e.tgid
                 ),
+                first_ns,
             );
         }
         self.settle(dma);
@@ -935,7 +1023,10 @@ impl Model {
             return;
         }
         if npage > 0 {
-            let call = self.in_flight.entry(e.pid).or_default();
+            let call = self.in_flight.entry(e.pid).or_insert_with(|| PinCall {
+                started_ns: e.t_ns,
+                ..Default::default()
+            });
             call.container = call.container.or(e.container);
             call.charged += npage;
         }
@@ -950,6 +1041,7 @@ impl Model {
                         "{}[{}] released {} locked pages of a mapping pinned before vfio-zp was watching",
                         e.comm, e.tgid, -npage
                     ),
+                    0,
                 );
             }
             return;
@@ -997,7 +1089,8 @@ impl Model {
                 "container {} of {}[{}]: vfio_lock_acct charged {} pages net, the model {}",
                 c.id, c.comm, c.tgid, c.locked_kernel, c.locked_model
             );
-            self.diverge(Divergence::LockedVm, why);
+            let from_ns = c.opened_ns.unwrap_or(0);
+            self.diverge(Divergence::LockedVm, why, from_ns);
         }
     }
 

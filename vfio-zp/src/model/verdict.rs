@@ -34,6 +34,11 @@ pub struct Verdicts {
     pub containers: Vec<ContainerVerdict>,
     pub processes: Vec<MemlockAdvice>,
     pub divergences: BTreeMap<String, DivergenceCount>,
+    /// Divergences found where records were lost (or the agent was not
+    /// running) since what they rest on: the losses may explain them, so
+    /// they are not counted as the kernel's doing.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub divergences_set_aside: BTreeMap<String, DivergenceCount>,
     pub coverage: Coverage,
 }
 
@@ -516,6 +521,11 @@ impl Model {
                 .iter()
                 .map(|(k, v)| (k.label().to_string(), v.clone()))
                 .collect(),
+            divergences_set_aside: self
+                .divergences_set_aside
+                .iter()
+                .map(|(k, v)| (k.label().to_string(), v.clone()))
+                .collect(),
             coverage: Coverage {
                 events: self.events,
                 events_lost: self.events_lost,
@@ -678,6 +688,13 @@ impl Verdicts {
         }
         for (k, d) in &self.divergences {
             let _ = writeln!(s, "model divergence {k}: {} (last: {})", d.count, d.last);
+        }
+        for (k, d) in &self.divergences_set_aside {
+            let _ = writeln!(
+                s,
+                "model divergence {k} set aside (records lost): {} (last: {})",
+                d.count, d.last
+            );
         }
         let c = &self.coverage;
         let _ = write!(s, "coverage: {} events, {} lost", c.events, c.events_lost);
