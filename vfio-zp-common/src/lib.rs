@@ -154,6 +154,13 @@ pub mod flag {
     /// `npages` counts the calls); written before that thread's next record.
     /// On a Type1Pin record: `carried` counts such calls, not a charge.
     pub const FOLDED: u16 = 1 << 9;
+    /// On a Type1Pin record: it carries one read-only zero-page GUP pin of
+    /// its call that ran after the call's first, written one (5.10's
+    /// look-ahead at the next page), which the agent reads as a `gup_pin`
+    /// event before the record's other carried calls. `limit` holds the
+    /// pin's start in pages from the record's `vaddr` (high 32 bits) and
+    /// its gup_flags (low 32).
+    pub const CARRIES_PIN: u16 = 1 << 10;
 }
 
 /// One record in the ring buffer: who and when, then the payload of the
@@ -180,7 +187,9 @@ pub struct Event {
     pub zero_refcount: i32,
     /// The kind's payload ([`payload::Payload::words`]).
     pub payload: payload::Words,
-    /// With `flag::LIMITS`: soft RLIMIT_MEMLOCK in bytes (`u64::MAX`: unlimited).
+    /// With `flag::LIMITS`: soft RLIMIT_MEMLOCK in bytes (`u64::MAX`:
+    /// unlimited). With `flag::CARRIES_PIN`: where the carried pin started
+    /// and its gup_flags.
     pub limit: u64,
     /// Calls folded into this record that ran before it, which the agent
     /// reads as one event just before this one; carried here, they cost no

@@ -1,5 +1,5 @@
 //! Maps and helpers every probe family uses.
-use crate::thread::slot_held;
+use crate::thread::Thread;
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
@@ -138,13 +138,15 @@ fn slot(probe: ProbeId) -> Option<&'static mut Slot<Words>> {
 }
 
 /// Parks a call's arguments (any plain struct of at most six words) until
-/// its return: in the thread's type1 state while it holds a slot (inside a
-/// MAP/UNMAP ioctl, where type1's GUP pins and charges run), else in
-/// `STASH`.
+/// its return: in the thread's type1 state `t` (the caller's lookup) while
+/// it holds a slot (inside a MAP/UNMAP ioctl, where type1's GUP pins and
+/// charges run), else in `STASH`.
 #[inline(always)]
-pub fn stash<A: Payload>(probe: ProbeId, args: &A) {
+pub fn stash<A: Payload>(t: Option<&mut Thread>, probe: ProbeId, args: &A) {
     let args = args.words();
-    if let Some(t) = slot_held() {
+    if let Some(t) = t
+        && t.holds_slot()
+    {
         t.call.park(&CallSlot {
             probe: probe as u64,
             args,
@@ -159,11 +161,13 @@ pub fn stash<A: Payload>(probe: ProbeId, args: &A) {
     }
 }
 
-/// Takes the parked entry arguments; counts a return with none.
+/// Takes the parked entry arguments, from `t` as `stash` put them; counts
+/// a return with none.
 #[inline(always)]
-pub fn unstash<A: Payload>(probe: ProbeId) -> Option<A> {
+pub fn unstash<A: Payload>(t: Option<&mut Thread>, probe: ProbeId) -> Option<A> {
     // A call parked in the thread's slot: no hash lookup on either side.
-    if let Some(t) = slot_held()
+    if let Some(t) = t
+        && t.holds_slot()
         && t.call.live != 0
         && t.call.args.probe == probe as u64
     {

@@ -18,7 +18,7 @@ use aya_ebpf::{
 use bytemuck::{Pod, Zeroable};
 use vfio_zp_common::{
     ProbeId, counter, flag,
-    payload::{GupUnpin, LockAcct, Payload, Type1Pin, Type1Unpin},
+    payload::{GupPin, GupUnpin, LockAcct, Payload, Type1Pin, Type1Unpin},
 };
 
 use crate::shared::{CallSlot, Record, Slot, Tally, ZeroIds, add, write};
@@ -41,6 +41,16 @@ pub struct PinCall {
     /// record is not held back (`fold_pin`), as the model sets aside other
     /// threads' refcount readings while it may hold unwritten unpins.
     pub gup_zero: u64,
+    /// 4 KiB zero-page GUP pins less zero-page unpins this call has
+    /// written (carried ones included): while above 0 the model sees the
+    /// call as holding unpins it has not seen, and compares no other
+    /// thread's reading (`Model::racing`), so a pin may be held back.
+    pub zero_seen: i64,
+    /// 1 while a zero-page GUP pin of the call is held back unwritten
+    /// (`gup::defer_pin`, 5.10's look-ahead), and its `Event::limit` word:
+    /// its start in pages from `vaddr` (high 32 bits), its gup_flags (low).
+    pub deferred: u64,
+    pub deferred_at: u64,
 }
 
 /// A MAP/UNMAP ioctl this thread is inside: the container and the
@@ -240,6 +250,13 @@ impl Counts {
 }
 
 impl Thread {
+    /// Whether this state is the thread's slot in `SLOTS`: `thread()` only
+    /// returns a slot its caller holds, and `THREADS` entries have no owner.
+    #[inline(always)]
+    pub fn holds_slot(&self) -> bool {
+        self.owner != 0
+    }
+
     /// The container of the ioctl this thread is inside (0: none).
     #[inline(always)]
     fn container(&self) -> u64 {
@@ -299,6 +316,7 @@ impl Thread {
         if self.pin.live == 0 {
             return false;
         }
+        self.drop_deferred();
         let n = self.take_folded();
         if n != 0 {
             self.emit_folded(n);
@@ -319,9 +337,62 @@ impl Thread {
         let n = self.pin.args.folded & !NO_FOLD;
         if n != 0 {
             self.pin.args.folded &= NO_FOLD;
-            count_folded(n);
+            self.pin.args.zero_seen -= n as i64;
+            count_folded(n, 0);
         }
         n
+    }
+
+    /// Counts the GUP pin a pin call whose return was missed held back, and
+    /// writes no record of it: the return's record is lost with it (a
+    /// missed return is counted as lost, and the model's verdicts of that
+    /// time are uncertain), and a second record in the ioctl's return
+    /// would pass the 512-byte BPF stack.
+    #[inline(always)]
+    fn drop_deferred(&mut self) {
+        if self.pin.args.deferred != 0 {
+            self.pin.args.deferred = 0;
+            add(counter::GUP_ZERO_PINNED, 1);
+        }
+    }
+
+    /// Writes the zero-page GUP pin this thread's open pin call holds back
+    /// (`gup::defer_pin`) as a record of its own, before any other record
+    /// the call writes (`emit`): whatever it writes next ran after that
+    /// pin, and a reading it takes includes it. Its return carries it
+    /// instead.
+    #[inline(always)]
+    pub fn flush_deferred(&mut self) {
+        if self.pin.live == 0 || self.pin.args.deferred == 0 {
+            return;
+        }
+        self.pin.args.deferred = 0;
+        self.pin.args.zero_seen += 1;
+        add(counter::GUP_ZERO_PINNED, 1);
+        self.write_held_pin(self.pin.args.vaddr, self.pin.args.deferred_at);
+    }
+
+    /// The record of a held-back GUP pin (counted by the caller) of the
+    /// pin call at `vaddr`, `at` its `deferred_at`; after the held run,
+    /// whose calls came first.
+    #[inline(always)]
+    pub fn write_held_pin(&mut self, vaddr: u64, at: u64) {
+        self.flush_run();
+        let pin = GupPin {
+            start: vaddr + (at >> 32) * PAGE_SIZE,
+            nr_pages: 1,
+            gup_flags: at & 0xffff_ffff,
+            pinned: 1,
+            zero_pages: 1,
+            huge_zero_pages: 0,
+        };
+        // Built in the held run's slot, free once written: a second record
+        // on the stack of the programs that end a missed call (the ioctl's
+        // return) would pass the 512-byte BPF stack.
+        let container = self.container();
+        self.run.record =
+            Record::new(ProbeId::GupPinRemote, flag::IN_TYPE1, &pin).container(container);
+        write(&self.run.record);
     }
 
     /// One GupUnpinPage record for `n` zero-page unpins already counted
@@ -363,6 +434,7 @@ impl Thread {
         flags: u16,
         carried: u64,
         unpins: u16,
+        limit: u64,
     ) -> bool {
         if self.ioctl.live == 0 {
             return false;
@@ -373,7 +445,7 @@ impl Thread {
         if self.run.held != 0
             && self.run.record.probe == ProbeId::Type1Pin as u16
             && unpins == 0
-            && held & !flag::FOLDED == flags
+            && held & !(flag::FOLDED | flag::CARRIES_PIN) == flags
             && (held & flag::FOLDED == 0 || carried == 0)
         {
             let mut run = Type1Pin::from_words(&self.run.record.payload);
@@ -390,7 +462,9 @@ impl Thread {
         }
         self.hold(
             z,
-            Record::new(ProbeId::Type1Pin, flags | unpins, p).carried(carried),
+            Record::new(ProbeId::Type1Pin, flags | unpins, p)
+                .carried(carried)
+                .limit(limit),
         );
         self.run.counts = Counts {
             calls: 1,
@@ -482,13 +556,15 @@ impl Thread {
     }
 }
 
-/// Counts `n` folded zero-page unpin_user_page calls: gup_unpin_page leaves
-/// its counters to this one lookup.
+/// Counts `n` folded zero-page unpin_user_page calls and `pins` held-back
+/// zero-page GUP pins: gup_unpin_page and `gup::defer_pin` leave their
+/// counters to this one lookup.
 #[inline(always)]
-pub fn count_folded(n: u64) {
+pub fn count_folded(n: u64, pins: u64) {
     let tally = Tally::get();
     tally.add(counter::HITS + ProbeId::GupUnpinPage as u32, n);
     tally.add(counter::GUP_ZERO_UNPINNED, n);
+    tally.add(counter::GUP_ZERO_PINNED, pins);
 }
 
 /// Writes one record for thread `t` (`Thread::emit`), or as it is when the
@@ -496,7 +572,10 @@ pub fn count_folded(n: u64) {
 #[inline(always)]
 pub fn emit(t: Option<&mut Thread>, record: Record) {
     match t {
-        Some(t) => t.emit(record),
+        Some(t) => {
+            t.flush_deferred();
+            t.emit(record)
+        }
         None => write(&record),
     }
 }

@@ -12,8 +12,8 @@ use vfio_zp_common::{
 use crate::{
     shared::{Record, Tally, ZeroIds, add, hit, stash, unstash},
     thread::{
-        IoctlCall, NO_FOLD, PinCall, count_folded, emit, give_back, thread, thread_for_ioctl,
-        thread_or_new, unmatched,
+        IoctlCall, NO_FOLD, PinCall, count_folded, emit, give_back, slot_held, thread,
+        thread_for_ioctl, thread_or_new, unmatched,
     },
 };
 
@@ -37,6 +37,9 @@ pub fn type1_pin(ctx: ProbeContext) -> u32 {
             folded: 0,
             charged: 0,
             gup_zero: 0,
+            zero_seen: 0,
+            deferred: 0,
+            deferred_at: 0,
         }),
         None => {
             hit(ProbeId::Type1Pin);
@@ -57,20 +60,33 @@ pub fn type1_pin_ret(ctx: RetProbeContext) -> u32 {
     };
     // The call's zero-page unpins, held back (gup.rs), ran before its
     // return: its record carries them (flag::FOLDED) where no charge rides
-    // on it, else they are a record of their own first. take() ended the
-    // call, so they are taken from its copy.
+    // on it, else they are a record of their own first. So does the GUP
+    // pin it held back (gup::defer_pin; flag::CARRIES_PIN, in `limit`),
+    // read before them, as it ran before the last of them. take() ended
+    // the call, so both are taken from its copy.
     let folded = call.folded & !NO_FOLD;
     let charged = call.charged;
-    let (carried, carries_unpins) = if folded == 0 {
-        (charged, 0)
+    if folded != 0 || call.deferred != 0 {
+        count_folded(folded, call.deferred);
+    }
+    let (carries_pin, at) = if call.deferred != 0 {
+        (flag::CARRIES_PIN, call.deferred_at)
     } else {
-        count_folded(folded);
-        if charged == 0 {
-            (folded, flag::FOLDED)
-        } else {
-            t.emit_folded(folded);
-            (charged, 0)
+        (0, 0)
+    };
+    let (carried, carries, limit) = if folded == 0 {
+        (charged, carries_pin, at)
+    } else if charged == 0 {
+        (folded, flag::FOLDED | carries_pin, at)
+    } else {
+        // Never for the zero page, which type1 does not charge. The pin
+        // goes first, unpins written before it could let another thread's
+        // reading be compared without it.
+        if carries_pin != 0 {
+            t.write_held_pin(call.vaddr, at);
         }
+        t.emit_folded(folded);
+        (charged, 0, 0)
     };
     let pfn_base = if ret > 0 {
         unsafe { bpf_probe_read_kernel(call.pfn_base_at as *const u64) }.unwrap_or(0)
@@ -93,7 +109,6 @@ pub fn type1_pin_ret(ctx: RetProbeContext) -> u32 {
         pfn_base,
         huge_zero_pages,
     };
-    // What vfio_lock_acct charged inside the call rides on its record.
     // A run of the zero page (never charged), or of other pages charged
     // in full, may join the held run; folded, the call is counted when its
     // run is written. A partial charge (pages pinned through the mdev
@@ -105,7 +120,7 @@ pub fn type1_pin_ret(ctx: RetProbeContext) -> u32 {
     if ret > 0
         && huge_zero_pages == 0
         && whole
-        && t.fold_pin(&z, &pin, flags, carried, carries_unpins)
+        && t.fold_pin(&z, &pin, flags, carried, carries, limit)
     {
         return 0;
     }
@@ -119,9 +134,10 @@ pub fn type1_pin_ret(ctx: RetProbeContext) -> u32 {
     }
     let refcount = z.refcount_if(flags & flag::PFN_ZERO != 0);
     t.emit(
-        Record::new(ProbeId::Type1Pin, flags | carries_unpins, &pin)
+        Record::new(ProbeId::Type1Pin, flags | carries, &pin)
             .refcount(refcount)
-            .carried(carried),
+            .carried(carried)
+            .limit(limit),
     );
     0
 }
@@ -200,21 +216,24 @@ pub fn put_pfn(ctx: ProbeContext) -> u32 {
         prot: arg(&ctx, 1),
         released: 0,
     };
-    stash(ProbeId::PutPfn, &call);
+    stash(slot_held(), ProbeId::PutPfn, &call);
     0
 }
 
 #[kretprobe]
 pub fn put_pfn_ret(ctx: RetProbeContext) -> u32 {
     let ret: i32 = ctx.ret();
-    let Some(call) = unstash::<PutPfn>(ProbeId::PutPfn) else {
+    let mut t = slot_held();
+    let Some(call) = unstash::<PutPfn>(t.as_deref_mut(), ProbeId::PutPfn) else {
         return 0;
     };
     let Some(z) = ZeroIds::load() else { return 0 };
     let (f, _) = z.class_of_run(call.pfn, 1);
     if f != 0 {
         // The look-ahead's zero-page unpin (5.10) ran just before: carried.
-        let mut t = thread();
+        if t.is_none() {
+            t = thread();
+        }
         let carried = t.as_deref_mut().map_or(0, |t| t.take_folded());
         let rc = z.refcount_if(f & flag::PFN_ZERO != 0);
         let put = PutPfn {
@@ -241,14 +260,15 @@ pub fn lock_acct(ctx: ProbeContext) -> u32 {
         is_async: arg(&ctx, 2) & 0xff, // a bool in a full register
         ret: 0,
     };
-    stash(ProbeId::LockAcct, &call);
+    stash(slot_held(), ProbeId::LockAcct, &call);
     0
 }
 
 #[kretprobe]
 pub fn lock_acct_ret(ctx: RetProbeContext) -> u32 {
     let ret: i32 = ctx.ret();
-    let Some(call) = unstash::<LockAcct>(ProbeId::LockAcct) else {
+    let mut t = slot_held();
+    let Some(call) = unstash::<LockAcct>(t.as_deref_mut(), ProbeId::LockAcct) else {
         return 0;
     };
     let delta = call.npage;
@@ -261,7 +281,9 @@ pub fn lock_acct_ret(ctx: RetProbeContext) -> u32 {
     }
     // A charge to the mapping of this thread's open pin call rides on the
     // call's record (`PinCall::charged`).
-    let mut t = thread();
+    if t.is_none() {
+        t = thread();
+    }
     if let Some(t) = t.as_deref_mut()
         && ret == 0
         && delta > 0

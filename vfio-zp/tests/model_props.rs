@@ -156,6 +156,9 @@ struct Step {
     /// The probe reads the refcount before or after this step's change.
     read: Option<When>,
     delta: i64,
+    /// Events its record carries (`Event::carried`, flag::CARRIES_PIN),
+    /// written just before its own, with no reading.
+    carried: Vec<What>,
 }
 
 /// A mapping: its dma id and each page's class.
@@ -279,6 +282,7 @@ impl Sim {
             container,
             read: None,
             delta: 0,
+            carried: Vec::new(),
         }
     }
 
@@ -291,6 +295,7 @@ impl Sim {
                 if matches!(s.what, Some(What::GupUnpin { .. })) {
                     s.what = None;
                 }
+                s.carried.retain(|w| !matches!(w, What::GupUnpin { .. }));
             }
         }
         let events = steps.iter().filter(|s| s.what.is_some()).count();
@@ -310,6 +315,18 @@ impl Sim {
                 continue;
             }
             self.t += 1000;
+            for w in s.carried {
+                self.lines.push(Line::Event(Event {
+                    t_ns: self.t,
+                    tgid: s.tgid,
+                    pid: s.tgid,
+                    comm: "qemu".into(),
+                    cgroup_id: 1,
+                    container: s.container,
+                    zero_refcount: None,
+                    what: w,
+                }));
+            }
             self.lines.push(Line::Event(Event {
                 t_ns: self.t,
                 tgid: s.tgid,
@@ -441,6 +458,7 @@ impl Sim {
                     container: Some(c),
                     read: None,
                     delta: -refs,
+                    carried: Vec::new(),
                 });
                 steps.push(Sim::step(tgid, Some(c), unpin));
             } else {
@@ -477,13 +495,28 @@ impl Sim {
         let mut batch: std::collections::VecDeque<PageClass> = Default::default();
         while i < classes.len() {
             let mut call = Vec::new();
+            let mut carried = Vec::new();
             let run = if self.p.batch == 1 {
                 // 5.10: pin the page, then look ahead at the next one, which
                 // is dropped through put_pfn (a no-op for the zero page)
                 // when not contiguous, and pinned again by the next call.
                 call.extend(self.gup(c, tgid, &classes[i..=i], ro));
                 if i + 1 < classes.len() {
-                    call.extend(self.gup(c, tgid, &classes[i + 1..=i + 1], ro));
+                    let look = self.gup(c, tgid, &classes[i + 1..=i + 1], ro);
+                    if self.fold
+                        && ro
+                        && classes[i] == PageClass::Zero
+                        && classes[i + 1] == PageClass::Zero
+                    {
+                        // The probes hold the look-ahead's pin back (gup.rs
+                        // defer_pin: the call wrote a zero-page pin and none
+                        // of its unpins): the call's type1 pin carries it,
+                        // then every unpin of the call, folded since.
+                        call.extend(look);
+                        carried = hold_look_ahead(&mut call);
+                    } else {
+                        call.extend(look);
+                    }
                     if classes[i + 1] == PageClass::HugeZero {
                         // put_pfn releases the look-ahead huge zero page.
                         call.push(self.put_huge(c, tgid, Some(c)));
@@ -536,6 +569,7 @@ impl Sim {
             }
             steps.push(Step {
                 read: (base == PageClass::Zero).then_some(When::After),
+                carried,
                 ..Sim::step(
                     tgid,
                     Some(c),
@@ -637,6 +671,42 @@ impl Sim {
 
 /// Two threads' steps merged in an order `seed` picks, each thread's own
 /// order kept.
+/// A 5.10 pin call's steps as the probes write them when they hold its
+/// look-ahead pin back: the second GUP pin and every folded unpin event
+/// leave their places (the kernel's changes stay) for the carried events
+/// of the call's type1 pin, returned: the pin, then the unpins as one.
+fn hold_look_ahead(call: &mut [Step]) -> Vec<What> {
+    let mut pins = 0;
+    let mut carried = Vec::new();
+    let mut unpins = 0;
+    for s in call.iter_mut() {
+        match &s.what {
+            Some(What::GupPin { .. }) => {
+                pins += 1;
+                if pins == 2 {
+                    carried.push(s.what.take().unwrap());
+                    s.read = None;
+                }
+            }
+            Some(What::GupUnpin { zero_pages, .. }) => {
+                unpins += zero_pages;
+                s.what = None;
+            }
+            _ => {}
+        }
+    }
+    if unpins > 0 {
+        carried.push(What::GupUnpin {
+            func: UnpinFn::UnpinUserPage,
+            npages: unpins,
+            zero_pages: unpins,
+            huge_zero_pages: 0,
+            truncated: false,
+        });
+    }
+    carried
+}
+
 fn interleave(a: Vec<Step>, b: Vec<Step>, mut seed: u64) -> Vec<Step> {
     let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
     let mut out = Vec::new();

@@ -4,6 +4,8 @@ use vfio_zp_common::payload::{self as p, Payload};
 use vfio_zp_common::{Event as Raw, ProbeId, flag};
 
 use super::ids::KeyIds;
+
+const PAGE_SIZE: u64 = 4096;
 use crate::stream::IdOp;
 use crate::stream::event::Memlock;
 use crate::stream::event::{Event, Id, PageClass, Refcount, UnpinFn, What, When};
@@ -117,40 +119,57 @@ impl Decoder {
         self.step(IdOp::Dma { key, birth })
     }
 
-    /// A record's events: the calls it carries (`Event::carried`), if
-    /// any, as the one event the probes once wrote just before the record
-    /// (same thread, time and container, no refcount reading: it moved
-    /// during them), then its own. A type1 pin carries what vfio_lock_acct
-    /// charged inside it, to the same mapping, or with flag::FOLDED its
-    /// call's zero-page `unpin_user_page` calls; any other record those of
-    /// its thread's pin call.
-    pub fn decode_all(&mut self, raw: &Raw) -> Result<(Option<Event>, Event), DecodeError> {
+    /// A record's events: the calls it carries, as the events the probes
+    /// once wrote for them just before the record (same thread, time and
+    /// container, no refcount reading: it moved during them), then its
+    /// own. `Event::carried` counts, on a type1 pin, what vfio_lock_acct
+    /// charged inside it to the same mapping, or with flag::FOLDED its
+    /// call's zero-page `unpin_user_page` calls; on any other record those
+    /// of its thread's pin call. A type1 pin with flag::CARRIES_PIN also
+    /// carries one zero-page GUP pin of its call, first: it ran before the
+    /// last of those unpins.
+    pub fn decode_all(&mut self, raw: &Raw) -> Result<(Vec<Event>, Event), DecodeError> {
         let event = self.decode(raw)?;
-        let n = raw.carried;
-        if n == 0 {
-            return Ok((None, event));
-        }
-        let what = match event.what {
-            What::Type1Pin { dma, .. } if raw.flags & flag::FOLDED == 0 => What::LockAcct {
-                dma,
-                npage: n as i64,
-                is_async: false,
-                ret: 0,
-            },
-            _ => What::GupUnpin {
-                func: UnpinFn::UnpinUserPage,
-                npages: n,
-                zero_pages: n,
-                huge_zero_pages: 0,
-                truncated: false,
-            },
-        };
-        let before = Event {
+        let mut before = Vec::new();
+        let carried = |what| Event {
             zero_refcount: None,
             what,
             ..event.clone()
         };
-        Ok((Some(before), event))
+        if raw.flags & flag::CARRIES_PIN != 0
+            && let What::Type1Pin { vaddr, .. } = event.what
+        {
+            before.push(carried(What::GupPin {
+                remote: true,
+                start: vaddr.wrapping_add((raw.limit >> 32).wrapping_mul(PAGE_SIZE)),
+                nr_pages: 1,
+                gup_flags: raw.limit as u32,
+                pinned: 1,
+                zero_pages: 1,
+                huge_zero_pages: 0,
+                in_type1: true,
+                truncated: false,
+            }));
+        }
+        let n = raw.carried;
+        if n != 0 {
+            before.push(carried(match event.what {
+                What::Type1Pin { dma, .. } if raw.flags & flag::FOLDED == 0 => What::LockAcct {
+                    dma,
+                    npage: n as i64,
+                    is_async: false,
+                    ret: 0,
+                },
+                _ => What::GupUnpin {
+                    func: UnpinFn::UnpinUserPage,
+                    npages: n,
+                    zero_pages: n,
+                    huge_zero_pages: 0,
+                    truncated: false,
+                },
+            }));
+        }
+        Ok((before, event))
     }
 
     /// A record's own event.
@@ -445,12 +464,12 @@ pub(crate) mod tests {
             [3, 3, 0, 0, 0, 0],
         );
         let want = Decoder::default().decode(&old).unwrap();
-        assert_eq!(before, Some(want));
+        assert_eq!(before, vec![want]);
         assert_eq!(e.zero_refcount.map(|r| r.value), Some(1025));
         assert!(matches!(e.what, What::GupPin { zero_pages: 1, .. }));
         r.carried = 0;
         let (before, again) = Decoder::default().decode_all(&r).unwrap();
-        assert_eq!((before, again), (None, e));
+        assert_eq!((before, again), (vec![], e));
     }
 
     /// A zero-page type1 pin carries its call's folded unpins (flag::FOLDED,
@@ -470,7 +489,7 @@ pub(crate) mod tests {
             [1, 1, 0, 0, 0, 0],
         );
         let want = Decoder::default().decode(&old).unwrap();
-        assert_eq!(before, Some(want));
+        assert_eq!(before, vec![want]);
         assert_eq!(e.zero_refcount.map(|r| r.value), Some(1));
         assert!(matches!(
             e.what,
@@ -484,8 +503,54 @@ pub(crate) mod tests {
         r.flags = flag::PFN_ZERO | flag::REFCOUNT;
         let (before, _) = Decoder::default().decode_all(&r).unwrap();
         assert!(matches!(
-            before.map(|b| b.what),
-            Some(What::LockAcct { npage: 1, .. })
+            &before[..],
+            [Event {
+                what: What::LockAcct { npage: 1, .. },
+                ..
+            }]
+        ));
+    }
+
+    /// 5.10's look-ahead pin rides on its call's type1 pin
+    /// (flag::CARRIES_PIN): it reads as the GupPin record the probes wrote
+    /// for it (its start and gup_flags from `limit`, no reading), then the
+    /// call's folded unpins, then the pin itself.
+    #[test]
+    fn a_look_ahead_pin_rides_on_its_calls_pin_before_the_unpins() {
+        let flags = flag::PFN_ZERO | flag::FOLDED | flag::CARRIES_PIN | flag::REFCOUNT;
+        let mut r = raw(
+            ProbeId::Type1Pin,
+            flags,
+            [DMA, 0x7f00_0000, 14, 1, 0x1234, 0],
+        );
+        r.zero_refcount = 1025;
+        r.carried = 2;
+        r.limit = 1 << 32 | 0x10000;
+        let (before, e) = Decoder::default().decode_all(&r).unwrap();
+        let old = raw(
+            ProbeId::GupPinRemote,
+            flag::IN_TYPE1,
+            [0x7f00_1000, 1, 0x10000, 1, 1, 0],
+        );
+        let pin = Decoder::default().decode(&old).unwrap();
+        let unpins = raw(
+            ProbeId::GupUnpinPage,
+            flag::PFN_ZERO | flag::FOLDED,
+            [2, 2, 0, 0, 0, 0],
+        );
+        let unpins = Decoder::default().decode(&unpins).unwrap();
+        assert_eq!(before, vec![pin, unpins]);
+        assert_eq!(e.zero_refcount.map(|r| r.value), Some(1025));
+        assert!(matches!(e.what, What::Type1Pin { pinned: 1, .. }));
+        // Without the flag `limit` says nothing: no pin.
+        r.flags &= !flag::CARRIES_PIN;
+        let (before, _) = Decoder::default().decode_all(&r).unwrap();
+        assert!(matches!(
+            &before[..],
+            [Event {
+                what: What::GupUnpin { zero_pages: 2, .. },
+                ..
+            }]
         ));
     }
 
@@ -499,7 +564,7 @@ pub(crate) mod tests {
         let (before, e) = Decoder::default().decode_all(&r).unwrap();
         let old = raw(ProbeId::LockAcct, 0, [DMA, 37, 0, 0, 0, 0]);
         let want = Decoder::default().decode(&old).unwrap();
-        assert_eq!(before, Some(want));
+        assert_eq!(before, vec![want]);
         assert!(matches!(
             e.what,
             What::Type1Pin {

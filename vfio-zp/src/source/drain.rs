@@ -133,7 +133,7 @@ pub(crate) fn drain(
                 if let Some(p) = resolver.process(e.tgid, &e.comm) {
                     sink(Line::Process(p))?;
                 }
-                if let Some(b) = before {
+                for b in before {
                     sink(Line::Event(b))?
                 }
                 sink(Line::Event(e))?
