@@ -154,13 +154,57 @@ pub mod flag {
     /// `npages` counts the calls); written before that thread's next record.
     /// On a Type1Pin record: `carried` counts such calls, not a charge.
     pub const FOLDED: u16 = 1 << 9;
-    /// On a Type1Pin record: it carries one read-only zero-page GUP pin of
-    /// its call that ran after the call's first, written one (5.10's
-    /// look-ahead at the next page), which the agent reads as a `gup_pin`
-    /// event before the record's other carried calls. `limit` holds the
-    /// pin's start in pages from the record's `vaddr` (high 32 bits) and
-    /// its gup_flags (low 32).
+    /// The record carries one read-only zero-page GUP pin of its thread's
+    /// type1 pin call, held back (5.10's look-ahead at the next page):
+    /// the agent reads it as a `gup_pin` event before the record's other
+    /// carried calls. `limit` holds it ([`super::carried_pin`]).
     pub const CARRIES_PIN: u16 = 1 << 10;
+}
+
+/// The `limit` word of a record with `flag::CARRIES_PIN`: the pin's start
+/// page above its gup_flags.
+pub mod carried_pin {
+    /// gup_flags bits kept: type1 passes FOLL_WRITE and FOLL_LONGTERM
+    /// (bit 16 on 5.10), and a pin with any higher flag is not carried.
+    pub const FLAG_BITS: u32 = 19;
+    const PAGE_SHIFT: u32 = 12;
+
+    /// The word for a pin at `start` (page-aligned) with `gup_flags`, if
+    /// they fit.
+    #[inline(always)]
+    pub fn encode(start: u64, gup_flags: u64) -> Option<u64> {
+        let page = start >> PAGE_SHIFT;
+        let fits = start & ((1 << PAGE_SHIFT) - 1) == 0
+            && gup_flags >> FLAG_BITS == 0
+            && page >> (64 - FLAG_BITS) == 0;
+        fits.then_some(page << FLAG_BITS | gup_flags)
+    }
+
+    /// The pin's start and gup_flags.
+    #[inline(always)]
+    pub fn decode(word: u64) -> (u64, u32) {
+        (
+            (word >> FLAG_BITS) << PAGE_SHIFT,
+            (word & ((1 << FLAG_BITS) - 1)) as u32,
+        )
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_pin_round_trips_and_what_does_not_fit_is_refused() {
+            let start = 0x7f12_3456_7000;
+            assert_eq!(decode(encode(start, 0x10000).unwrap()), (start, 0x10000));
+            // The highest user page of 5-level paging still fits.
+            let top = (1u64 << 57) - 4096;
+            assert_eq!(decode(encode(top, 0x40001).unwrap()), (top, 0x40001));
+            assert_eq!(encode(start + 8, 0x10000), None, "not page-aligned");
+            assert_eq!(encode(start, 1 << 19), None, "a flag above the kept bits");
+            assert_eq!(encode(1 << 57, 0), None, "no user address");
+        }
+    }
 }
 
 /// One record in the ring buffer: who and when, then the payload of the
@@ -188,8 +232,8 @@ pub struct Event {
     /// The kind's payload ([`payload::Payload::words`]).
     pub payload: payload::Words,
     /// With `flag::LIMITS`: soft RLIMIT_MEMLOCK in bytes (`u64::MAX`:
-    /// unlimited). With `flag::CARRIES_PIN`: where the carried pin started
-    /// and its gup_flags.
+    /// unlimited). With `flag::CARRIES_PIN`: the carried pin
+    /// ([`carried_pin`]).
     pub limit: u64,
     /// Calls folded into this record that ran before it, which the agent
     /// reads as one event just before this one; carried here, they cost no

@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use bytemuck::{Pod, Zeroable};
 use vfio_zp_common::{
-    FOLL_WRITE, MAX_PAGES_SCANNED, ProbeId, counter, flag,
+    FOLL_WRITE, MAX_PAGES_SCANNED, ProbeId, carried_pin, counter, flag,
     payload::{GupPin, GupUnpin, Payload},
 };
 
@@ -216,8 +216,8 @@ fn pin_return(ctx: &RetProbeContext, probe: ProbeId) {
 /// (`zero_seen`): on 5.10, which pins one page per GUP call, that is the
 /// look-ahead at the next page, dropped again when the run ends, and its
 /// record was a third of a read-only mapping's. The call's return carries
-/// it (flag::CARRIES_PIN), counted there; anything else the call writes
-/// first writes it (`thread::emit`). Until then the model sets aside
+/// it (flag::CARRIES_PIN), counted there, or whatever else the call writes
+/// first (`thread::emit`). Until then the model sets aside
 /// other threads' readings, as that call holds unpins it has not seen, so
 /// none is compared without the pin.
 #[inline(always)]
@@ -227,18 +227,16 @@ fn defer_pin(call: &PinCall) -> bool {
     if p.live == 0 || p.args.zero_seen <= 0 || p.args.deferred != 0 {
         return false;
     }
-    // Its start, in pages from the call's: before it wraps, and is refused.
-    let off = call.start.wrapping_sub(p.args.vaddr);
-    if off & (PAGE_SIZE - 1) != 0 || off / PAGE_SIZE > u32::MAX as u64 {
+    // Its page and gup_flags in one word (flag::CARRIES_PIN); a pin they
+    // do not fit is written as ever.
+    let Some(at) = carried_pin::encode(call.start, call.gup_flags) else {
         return false;
-    }
+    };
     p.args.deferred = 1;
-    p.args.deferred_at = (off / PAGE_SIZE) << 32 | call.gup_flags;
+    p.args.deferred_at = at;
     p.args.gup_zero += 1;
     true
 }
-
-const PAGE_SIZE: u64 = 4096;
 
 /// pin_user_pages_remote(mm, start, nr_pages, gup_flags, pages, ...)
 #[kprobe]

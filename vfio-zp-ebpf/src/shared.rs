@@ -446,6 +446,17 @@ impl Record {
         self
     }
 
+    /// Carries a held-back GUP pin (`Thread::take_deferred`): `flag` is
+    /// flag::CARRIES_PIN or 0 (nothing), `at` its `limit` word.
+    #[inline(always)]
+    pub fn carry_pin(mut self, flag: u16, at: u64) -> Record {
+        if flag != 0 {
+            self.flags |= flag;
+            self.limit = at;
+        }
+        self
+    }
+
     /// The container of the thread's ioctl, unless one was named.
     #[inline(always)]
     pub fn in_container(self, container: u64) -> Record {

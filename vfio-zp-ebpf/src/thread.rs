@@ -18,7 +18,7 @@ use aya_ebpf::{
 use bytemuck::{Pod, Zeroable};
 use vfio_zp_common::{
     ProbeId, counter, flag,
-    payload::{GupPin, GupUnpin, LockAcct, Payload, Type1Pin, Type1Unpin},
+    payload::{GupUnpin, LockAcct, Payload, Type1Pin, Type1Unpin},
 };
 
 use crate::shared::{CallSlot, Record, Slot, Tally, ZeroIds, add, write};
@@ -47,8 +47,8 @@ pub struct PinCall {
     /// thread's reading (`Model::racing`), so a pin may be held back.
     pub zero_seen: i64,
     /// 1 while a zero-page GUP pin of the call is held back unwritten
-    /// (`gup::defer_pin`, 5.10's look-ahead), and its `Event::limit` word:
-    /// its start in pages from `vaddr` (high 32 bits), its gup_flags (low).
+    /// (`gup::defer_pin`, 5.10's look-ahead), and its `Event::limit` word
+    /// (flag::CARRIES_PIN).
     pub deferred: u64,
     pub deferred_at: u64,
 }
@@ -307,19 +307,20 @@ impl Thread {
         self.unpin.park(args);
     }
 
-    /// Writes the unpins this thread's open pin call holds back, so they
-    /// precede whatever it writes next: a refcount reading must follow
-    /// every unpin that ran first. Returns whether a pin call is open (a
-    /// closed one's count was written by its return).
+    /// Writes the unpins this thread's open pin call holds back, and the
+    /// GUP pin it holds back before them, so they precede whatever it
+    /// writes next: a refcount reading must follow every pin and unpin
+    /// that ran first. Returns whether a pin call is open (a closed one's
+    /// count was written by its return).
     #[inline(always)]
     pub fn flush_folded(&mut self) -> bool {
         if self.pin.live == 0 {
             return false;
         }
-        self.drop_deferred();
+        let (pin, at) = self.take_deferred();
         let n = self.take_folded();
-        if n != 0 {
-            self.emit_folded(n);
+        if n != 0 || pin != 0 {
+            self.emit(folded_unpins(n).carry_pin(pin, at));
         }
         true
     }
@@ -343,73 +344,20 @@ impl Thread {
         n
     }
 
-    /// Counts the GUP pin a pin call whose return was missed held back, and
-    /// writes no record of it: the return's record is lost with it (a
-    /// missed return is counted as lost, and the model's verdicts of that
-    /// time are uncertain), and a second record in the ioctl's return
-    /// would pass the 512-byte BPF stack.
+    /// Takes the zero-page GUP pin this thread's open pin call holds back
+    /// (`gup::defer_pin`), counted, for the record about to be written to
+    /// carry (flag::CARRIES_PIN, `limit`): whatever the call writes next
+    /// ran after that pin, and a reading it takes includes it. Its return
+    /// carries it otherwise.
     #[inline(always)]
-    fn drop_deferred(&mut self) {
-        if self.pin.args.deferred != 0 {
-            self.pin.args.deferred = 0;
-            add(counter::GUP_ZERO_PINNED, 1);
-        }
-    }
-
-    /// Writes the zero-page GUP pin this thread's open pin call holds back
-    /// (`gup::defer_pin`) as a record of its own, before any other record
-    /// the call writes (`emit`): whatever it writes next ran after that
-    /// pin, and a reading it takes includes it. Its return carries it
-    /// instead.
-    #[inline(always)]
-    pub fn flush_deferred(&mut self) {
+    pub fn take_deferred(&mut self) -> (u16, u64) {
         if self.pin.live == 0 || self.pin.args.deferred == 0 {
-            return;
+            return (0, 0);
         }
         self.pin.args.deferred = 0;
         self.pin.args.zero_seen += 1;
         add(counter::GUP_ZERO_PINNED, 1);
-        self.write_held_pin(self.pin.args.vaddr, self.pin.args.deferred_at);
-    }
-
-    /// The record of a held-back GUP pin (counted by the caller) of the
-    /// pin call at `vaddr`, `at` its `deferred_at`; after the held run,
-    /// whose calls came first.
-    #[inline(always)]
-    pub fn write_held_pin(&mut self, vaddr: u64, at: u64) {
-        self.flush_run();
-        let pin = GupPin {
-            start: vaddr + (at >> 32) * PAGE_SIZE,
-            nr_pages: 1,
-            gup_flags: at & 0xffff_ffff,
-            pinned: 1,
-            zero_pages: 1,
-            huge_zero_pages: 0,
-        };
-        // Built in the held run's slot, free once written: a second record
-        // on the stack of the programs that end a missed call (the ioctl's
-        // return) would pass the 512-byte BPF stack.
-        let container = self.container();
-        self.run.record =
-            Record::new(ProbeId::GupPinRemote, flag::IN_TYPE1, &pin).container(container);
-        write(&self.run.record);
-    }
-
-    /// One GupUnpinPage record for `n` zero-page unpins already counted
-    /// (`count_folded`; no refcount: it moved during them), where no record
-    /// carries them: a pin call's end, or a call found still open.
-    #[inline(always)]
-    pub fn emit_folded(&mut self, n: u64) {
-        let calls = GupUnpin {
-            npages: n,
-            zero_pages: n,
-            ..GupUnpin::default()
-        };
-        self.emit(Record::new(
-            ProbeId::GupUnpinPage,
-            flag::PFN_ZERO | flag::FOLDED,
-            &calls,
-        ));
+        (flag::CARRIES_PIN, self.pin.args.deferred_at)
     }
 
     /// Inside a MAP/UNMAP ioctl type1 pins a read-only mapping of zero
@@ -556,6 +504,20 @@ impl Thread {
     }
 }
 
+/// One GupUnpinPage record for `n` zero-page unpins already counted
+/// (`count_folded`; no refcount: it moved during them), where no record
+/// carries them: a pin call's end, or a call found still open (with `n` 0
+/// when it only carries the call's held-back pin).
+#[inline(always)]
+pub fn folded_unpins(n: u64) -> Record {
+    let calls = GupUnpin {
+        npages: n,
+        zero_pages: n,
+        ..GupUnpin::default()
+    };
+    Record::new(ProbeId::GupUnpinPage, flag::PFN_ZERO | flag::FOLDED, &calls)
+}
+
 /// Counts `n` folded zero-page unpin_user_page calls and `pins` held-back
 /// zero-page GUP pins: gup_unpin_page and `gup::defer_pin` leave their
 /// counters to this one lookup.
@@ -573,8 +535,8 @@ pub fn count_folded(n: u64, pins: u64) {
 pub fn emit(t: Option<&mut Thread>, record: Record) {
     match t {
         Some(t) => {
-            t.flush_deferred();
-            t.emit(record)
+            let (f, at) = t.take_deferred();
+            t.emit(record.carry_pin(f, at))
         }
         None => write(&record),
     }

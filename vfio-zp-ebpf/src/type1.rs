@@ -12,8 +12,8 @@ use vfio_zp_common::{
 use crate::{
     shared::{Record, Tally, ZeroIds, add, hit, stash, unstash},
     thread::{
-        IoctlCall, NO_FOLD, PinCall, count_folded, emit, give_back, slot_held, thread,
-        thread_for_ioctl, thread_or_new, unmatched,
+        IoctlCall, NO_FOLD, PinCall, count_folded, emit, folded_unpins, give_back, slot_held,
+        thread, thread_for_ioctl, thread_or_new, unmatched,
     },
 };
 
@@ -80,12 +80,9 @@ pub fn type1_pin_ret(ctx: RetProbeContext) -> u32 {
         (folded, flag::FOLDED | carries_pin, at)
     } else {
         // Never for the zero page, which type1 does not charge. The pin
-        // goes first, unpins written before it could let another thread's
-        // reading be compared without it.
-        if carries_pin != 0 {
-            t.write_held_pin(call.vaddr, at);
-        }
-        t.emit_folded(folded);
+        // rides on the unpins' record, before them: unpins written without
+        // it could let another thread's reading be compared without it.
+        t.emit(folded_unpins(folded).carry_pin(carries_pin, at));
         (charged, 0, 0)
     };
     let pfn_base = if ret > 0 {

@@ -1,11 +1,9 @@
 //! Raw ring-buffer records (vfio_zp_common::Event) to [`Event`]s, each
 //! payload read through its kind's struct (vfio_zp_common::payload).
 use vfio_zp_common::payload::{self as p, Payload};
-use vfio_zp_common::{Event as Raw, ProbeId, flag};
+use vfio_zp_common::{Event as Raw, ProbeId, carried_pin, flag};
 
 use super::ids::KeyIds;
-
-const PAGE_SIZE: u64 = 4096;
 use crate::stream::IdOp;
 use crate::stream::event::Memlock;
 use crate::stream::event::{Event, Id, PageClass, Refcount, UnpinFn, What, When};
@@ -125,9 +123,9 @@ impl Decoder {
     /// own. `Event::carried` counts, on a type1 pin, what vfio_lock_acct
     /// charged inside it to the same mapping, or with flag::FOLDED its
     /// call's zero-page `unpin_user_page` calls; on any other record those
-    /// of its thread's pin call. A type1 pin with flag::CARRIES_PIN also
-    /// carries one zero-page GUP pin of its call, first: it ran before the
-    /// last of those unpins.
+    /// of its thread's pin call. A record with flag::CARRIES_PIN also
+    /// carries one zero-page GUP pin of that call, first: it ran before
+    /// the last of those unpins.
     pub fn decode_all(&mut self, raw: &Raw) -> Result<(Vec<Event>, Event), DecodeError> {
         let event = self.decode(raw)?;
         let mut before = Vec::new();
@@ -136,14 +134,13 @@ impl Decoder {
             what,
             ..event.clone()
         };
-        if raw.flags & flag::CARRIES_PIN != 0
-            && let What::Type1Pin { vaddr, .. } = event.what
-        {
+        if raw.flags & flag::CARRIES_PIN != 0 {
+            let (start, gup_flags) = carried_pin::decode(raw.limit);
             before.push(carried(What::GupPin {
                 remote: true,
-                start: vaddr.wrapping_add((raw.limit >> 32).wrapping_mul(PAGE_SIZE)),
+                start,
                 nr_pages: 1,
-                gup_flags: raw.limit as u32,
+                gup_flags,
                 pinned: 1,
                 zero_pages: 1,
                 huge_zero_pages: 0,
@@ -525,7 +522,7 @@ pub(crate) mod tests {
         );
         r.zero_refcount = 1025;
         r.carried = 2;
-        r.limit = 1 << 32 | 0x10000;
+        r.limit = carried_pin::encode(0x7f00_1000, 0x10000).unwrap();
         let (before, e) = Decoder::default().decode_all(&r).unwrap();
         let old = raw(
             ProbeId::GupPinRemote,
@@ -539,7 +536,7 @@ pub(crate) mod tests {
             [2, 2, 0, 0, 0, 0],
         );
         let unpins = Decoder::default().decode(&unpins).unwrap();
-        assert_eq!(before, vec![pin, unpins]);
+        assert_eq!(before, vec![pin.clone(), unpins]);
         assert_eq!(e.zero_refcount.map(|r| r.value), Some(1025));
         assert!(matches!(e.what, What::Type1Pin { pinned: 1, .. }));
         // Without the flag `limit` says nothing: no pin.
@@ -552,6 +549,29 @@ pub(crate) mod tests {
                 ..
             }]
         ));
+        // Any record of the call may carry it: a later GUP pin's, with the
+        // unpins, then the record and its own reading.
+        let mut g = raw(
+            ProbeId::GupPinRemote,
+            flag::IN_TYPE1 | flag::CARRIES_PIN | flag::REFCOUNT,
+            [0x7f00_2000, 1, 0x10000, 1, 1, 0],
+        );
+        g.limit = r.limit;
+        g.carried = 1;
+        let (before, e) = Decoder::default().decode_all(&g).unwrap();
+        assert_eq!(before[0], pin);
+        assert!(matches!(
+            before[1].what,
+            What::GupUnpin { zero_pages: 1, .. }
+        ));
+        assert!(matches!(
+            e.what,
+            What::GupPin {
+                start: 0x7f00_2000,
+                ..
+            }
+        ));
+        assert_eq!(e.zero_refcount.map(|r| r.value), Some(1025));
     }
 
     /// A type1 pin carries the charge of its call(s): it reads as the
