@@ -15,8 +15,8 @@ use vfio_zp_common::{
 };
 
 use crate::{
-    shared::{NO_REFCOUNT, Record, Tally, ZeroIds, hit, stash, unstash},
-    thread::{NO_FOLD, emit, slot_held, thread},
+    shared::{NO_REFCOUNT, Record, Tally, ZeroIds, add, hit, stash, unstash},
+    thread::{NO_FOLD, Thread, emit, slot_held, thread},
 };
 
 /// A GUP pin call's arguments, parked at its entry.
@@ -162,53 +162,59 @@ fn pin_return(ctx: &RetProbeContext, probe: ProbeId) {
     } else {
         0
     };
-    let (mut zero, mut huge, mut refcount, mut pinned) = (0, 0, NO_REFCOUNT, ret as u64);
+    let (mut zero, mut huge, mut pinned, mut ids) = (0, 0, ret as u64, None);
     match ZeroIds::load() {
         Some(z) if ret > 0 && call.pages != 0 => {
             let (zz, hh, f, n) = scan(&z, call.pages, ret as u64);
-            (zero, huge, pinned) = (zz, hh, n);
+            (zero, huge, pinned, ids) = (zz, hh, n, Some(z));
             flags |= f;
-            if call.in_type1 != 0
-                && probe == ProbeId::GupPinRemote
-                && zero == 1
-                && n == 1
-                && defer_pin(&call)
-            {
-                return;
-            }
-            let t = Tally::get();
-            t.add(counter::GUP_ZERO_PINNED, zero);
-            t.add(counter::GUP_HUGE_ZERO_PINNED, huge);
-            refcount = z.refcount_if(zero > 0);
         }
         Some(_) => {}
         None => flags |= flag::NO_ZERO_PAGE_ID,
     }
-    if flags & flag::IN_TYPE1 != 0 || zero > 0 || huge > 0 {
-        let pin = GupPin {
-            start: call.start,
-            nr_pages: call.nr_pages,
-            gup_flags: call.gup_flags,
-            pinned: pinned as i64,
-            zero_pages: zero,
-            huge_zero_pages: huge,
-        };
-        let mut t = thread();
-        let mut carried = 0;
-        if let Some(t) = t.as_deref_mut()
-            && t.pin.live != 0
-        {
-            carried = t.take_folded();
-            t.pin.args.gup_zero += zero + huge;
-            t.pin.args.zero_seen += zero as i64;
-        }
-        emit(
-            t,
-            Record::new(probe, flags, &pin)
-                .refcount(refcount)
-                .carried(carried),
-        );
+    if flags & flag::IN_TYPE1 == 0 && zero == 0 && huge == 0 {
+        return;
     }
+    // One lookup after the scan serves the look-ahead and the record: each
+    // lookup's branches are walked again from every state the scan leaves.
+    let mut t = thread();
+    if call.in_type1 != 0
+        && probe == ProbeId::GupPinRemote
+        && zero == 1
+        && pinned == 1
+        && defer_pin(t.as_deref_mut(), &call)
+    {
+        return;
+    }
+    let mut refcount = NO_REFCOUNT;
+    if let Some(z) = ids {
+        let tally = Tally::get();
+        tally.add(counter::GUP_ZERO_PINNED, zero);
+        tally.add(counter::GUP_HUGE_ZERO_PINNED, huge);
+        refcount = z.refcount_if(zero > 0);
+    }
+    let pin = GupPin {
+        start: call.start,
+        nr_pages: call.nr_pages,
+        gup_flags: call.gup_flags,
+        pinned: pinned as i64,
+        zero_pages: zero,
+        huge_zero_pages: huge,
+    };
+    let mut carried = 0;
+    if let Some(t) = t.as_deref_mut()
+        && t.pin.live != 0
+    {
+        carried = t.take_folded();
+        t.pin.args.gup_zero += zero + huge;
+        t.pin.args.zero_seen += zero as i64;
+    }
+    emit(
+        t,
+        Record::new(probe, flags, &pin)
+            .refcount(refcount)
+            .carried(carried),
+    );
 }
 
 /// Holds back a read-only pin of one zero page inside a type1 pin call
@@ -216,13 +222,13 @@ fn pin_return(ctx: &RetProbeContext, probe: ProbeId) {
 /// (`zero_seen`): on 5.10, which pins one page per GUP call, that is the
 /// look-ahead at the next page, dropped again when the run ends, and its
 /// record was a third of a read-only mapping's. The call's return carries
-/// it (flag::CARRIES_PIN), counted there, or whatever else the call writes
-/// first (`thread::emit`). Until then the model sets aside
+/// it (flag::CARRIES_PIN), or whatever else the call writes first
+/// (`thread::emit`). Until then the model sets aside
 /// other threads' readings, as that call holds unpins it has not seen, so
 /// none is compared without the pin.
 #[inline(always)]
-fn defer_pin(call: &PinCall) -> bool {
-    let Some(t) = thread() else { return false };
+fn defer_pin(t: Option<&mut Thread>, call: &PinCall) -> bool {
+    let Some(t) = t else { return false };
     let p = &mut t.pin;
     if p.live == 0 || p.args.zero_seen <= 0 || p.args.deferred != 0 {
         return false;
@@ -232,9 +238,11 @@ fn defer_pin(call: &PinCall) -> bool {
     let Some(at) = carried_pin::encode(call.start, call.gup_flags) else {
         return false;
     };
-    p.args.deferred = 1;
+    p.args.deferred = flag::CARRIES_PIN as u64;
     p.args.deferred_at = at;
     p.args.gup_zero += 1;
+    // Counted now, not when carried: the carry stays branch-free.
+    add(counter::GUP_ZERO_PINNED, 1);
     true
 }
 

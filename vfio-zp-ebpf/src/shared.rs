@@ -183,6 +183,10 @@ pub fn unstash<A: Payload>(t: Option<&mut Thread>, probe: ProbeId) -> Option<A> 
     }
 }
 
+/// flag::CARRIES_PIN is this bit alone.
+pub const CARRIES_PIN_SHIFT: u16 = flag::CARRIES_PIN.trailing_zeros() as u16;
+const _: () = assert!(flag::CARRIES_PIN == 1 << CARRIES_PIN_SHIFT);
+
 /// `ZeroIds::refcount_raw` when the read failed or was not made.
 pub const NO_REFCOUNT: i64 = i64::MIN;
 
@@ -447,13 +451,14 @@ impl Record {
     }
 
     /// Carries a held-back GUP pin (`Thread::take_deferred`): `flag` is
-    /// flag::CARRIES_PIN or 0 (nothing), `at` its `limit` word.
+    /// flag::CARRIES_PIN or 0 (nothing), `at` its `limit` word. Branch-free,
+    /// as every record of a thread passes here: a branch would have the
+    /// verifier walk the rest of the program once per outcome.
     #[inline(always)]
     pub fn carry_pin(mut self, flag: u16, at: u64) -> Record {
-        if flag != 0 {
-            self.flags |= flag;
-            self.limit = at;
-        }
+        let mask = u64::from(flag >> CARRIES_PIN_SHIFT).wrapping_neg();
+        self.flags |= flag;
+        self.limit = (self.limit & !mask) | (at & mask);
         self
     }
 

@@ -66,14 +66,11 @@ pub fn type1_pin_ret(ctx: RetProbeContext) -> u32 {
     // the call, so both are taken from its copy.
     let folded = call.folded & !NO_FOLD;
     let charged = call.charged;
-    if folded != 0 || call.deferred != 0 {
-        count_folded(folded, call.deferred);
+    if folded != 0 {
+        count_folded(folded);
     }
-    let (carries_pin, at) = if call.deferred != 0 {
-        (flag::CARRIES_PIN, call.deferred_at)
-    } else {
-        (0, 0)
-    };
+    // flag::CARRIES_PIN or 0 (`PinCall::deferred`), already counted.
+    let (carries_pin, at) = (call.deferred as u16, call.deferred_at);
     let (carried, carries, limit) = if folded == 0 {
         (charged, carries_pin, at)
     } else if charged == 0 {

@@ -100,6 +100,10 @@ pub fn load_object_pinned(
     let mut ebpf = loader
         .load(OBJECT)
         .map_err(|e| Fatal::Load(format!("{e:#}")))?;
+    // The verifier's walk is most of an agent's start on old kernels (5.10
+    // under TCG: tens of seconds), so its time is logged per program.
+    let all = std::time::Instant::now();
+    let mut took = Vec::new();
     for p in &POINTS {
         for name in [p.entry, p.ret].into_iter().flatten() {
             let prog: &mut KProbe = ebpf
@@ -107,10 +111,25 @@ pub fn load_object_pinned(
                 .ok_or_else(|| Fatal::Load(format!("program {name} missing from the object")))?
                 .try_into()
                 .map_err(|e| Fatal::Load(format!("{name}: {e}")))?;
+            let t = std::time::Instant::now();
             prog.load()
                 .map_err(|e| Fatal::Load(format!("{name}: {e}")))?;
+            tracing::debug!("{name}: verified and loaded in {:.2?}", t.elapsed());
+            took.push((t.elapsed(), name));
         }
     }
+    took.sort_unstable_by(|a, b| b.cmp(a));
+    let slowest: Vec<String> = took
+        .iter()
+        .take(3)
+        .map(|(d, name)| format!("{name} {d:.1?}"))
+        .collect();
+    tracing::info!(
+        "{} programs verified and loaded in {:.1?} (slowest: {})",
+        took.len(),
+        all.elapsed(),
+        slowest.join(", ")
+    );
     Ok(ebpf)
 }
 
