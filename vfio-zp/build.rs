@@ -5,10 +5,16 @@
 use std::{fs, path::PathBuf};
 
 fn main() -> anyhow::Result<()> {
+    // Read when the script runs, not when it is compiled: cargo shares one
+    // compiled build script between checkouts of the workspace that use the
+    // same target directory, so a compiled-in path would build the probes
+    // of whichever checkout built the script first.
+    let manifest = std::env::var("CARGO_MANIFEST_DIR")?;
+    let root_dir = format!("{manifest}/../vfio-zp-ebpf");
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "vfio-zp-ebpf",
-            root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../vfio-zp-ebpf"),
+            root_dir: &root_dir,
             ..Default::default()
         }],
         aya_build::Toolchain::Custom("nightly"),

@@ -289,6 +289,20 @@ impl Sim {
     /// Runs steps: the kernel's changes in order, the records written
     /// unless the ring loses one, then the counters line (with a kcore
     /// reading) the agent writes at its next tick.
+    /// One event of `s`'s thread and container at the current time.
+    fn event(&mut self, s: &Step, zero_refcount: Option<Refcount>, what: What) {
+        self.lines.push(Line::Event(Event {
+            t_ns: self.t,
+            tgid: s.tgid,
+            pid: s.tgid,
+            comm: "qemu".into(),
+            cgroup_id: 1,
+            container: s.container,
+            zero_refcount,
+            what,
+        }));
+    }
+
     fn run(&mut self, mut steps: Vec<Step>) {
         if self.lean {
             for s in &mut steps {
@@ -305,45 +319,28 @@ impl Sim {
             .filter(|_| events > 0)
             .map(|seed| (seed % events as u64) as usize);
         let mut n = 0;
-        for s in steps {
+        for mut s in steps {
             let before = self.refcount;
             self.refcount += s.delta;
-            let Some(what) = s.what else { continue };
+            let Some(what) = s.what.take() else { continue };
             n += 1;
             if lost == Some(n - 1) {
                 self.drops += 1;
                 continue;
             }
             self.t += 1000;
-            for w in s.carried {
-                self.lines.push(Line::Event(Event {
-                    t_ns: self.t,
-                    tgid: s.tgid,
-                    pid: s.tgid,
-                    comm: "qemu".into(),
-                    cgroup_id: 1,
-                    container: s.container,
-                    zero_refcount: None,
-                    what: w,
-                }));
+            for w in std::mem::take(&mut s.carried) {
+                self.event(&s, None, w);
             }
-            self.lines.push(Line::Event(Event {
-                t_ns: self.t,
-                tgid: s.tgid,
-                pid: s.tgid,
-                comm: "qemu".into(),
-                cgroup_id: 1,
-                container: s.container,
-                zero_refcount: s.read.map(|when| Refcount {
-                    value: (if when == When::Before {
-                        before
-                    } else {
-                        self.refcount
-                    }) as i32,
-                    when,
-                }),
-                what,
-            }));
+            let reading = s.read.map(|when| Refcount {
+                value: (if when == When::Before {
+                    before
+                } else {
+                    self.refcount
+                }) as i32,
+                when,
+            });
+            self.event(&s, reading, what);
         }
         self.t += 1000;
         self.lines.push(Line::Counters(Counters {

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::export::snapshot::Snapshot;
+use crate::model::DivergenceCount;
 use crate::model::verdict::{Leak, Verdicts};
 use crate::stream::{ProbeState, event::Memlock};
 
@@ -290,6 +291,16 @@ fn events(r: &Registry, s: &Snapshot) {
     }
 }
 
+/// A counter per divergence kind, 0 for the kinds not seen, so every
+/// series exists from the first scrape.
+fn per_kind(r: &Registry, name: &str, help: &str, seen: &BTreeMap<String, DivergenceCount>) {
+    let c = counter(r, name, help, &["kind"]);
+    for kind in crate::model::DIVERGENCES {
+        let n = seen.get(kind.label()).map(|d| d.count).unwrap_or(0);
+        c.with_label_values(&[kind.label()]).inc_by(n);
+    }
+}
+
 /// The model's own accounts: uncharges after exit, divergences, and the
 /// build.
 fn model(r: &Registry, s: &Snapshot) {
@@ -304,36 +315,20 @@ fn model(r: &Registry, s: &Snapshot) {
     )
     .with_label_values::<&str>(&[])
     .inc_by(v.host.uncharges_after_exit);
-    let div = counter(
+    per_kind(
         r,
         "vfio_zp_model_divergence_total",
         "Events the kernel reported otherwise than the model predicted, per kind.",
-        &["kind"],
+        &v.divergences,
     );
-    for kind in crate::model::DIVERGENCES {
-        let n = v
-            .divergences
-            .get(kind.label())
-            .map(|d| d.count)
-            .unwrap_or(0);
-        div.with_label_values(&[kind.label()]).inc_by(n);
-    }
-    let aside = counter(
+    per_kind(
         r,
         "vfio_zp_model_divergence_set_aside_total",
         "Divergences found where events were lost (or the agent was not running) \
          since the records they rest on, per kind: the losses may explain them, so \
          they are not in vfio_zp_model_divergence_total.",
-        &["kind"],
+        &v.divergences_set_aside,
     );
-    for kind in crate::model::DIVERGENCES {
-        let n = v
-            .divergences_set_aside
-            .get(kind.label())
-            .map(|d| d.count)
-            .unwrap_or(0);
-        aside.with_label_values(&[kind.label()]).inc_by(n);
-    }
     gauge(
         r,
         "vfio_zp_build_info",

@@ -129,6 +129,11 @@ pub struct Model {
     /// counted 4,040 refcount divergences, and the alert blamed the kernel).
     #[serde(default)]
     pending_divergences: BTreeMap<Divergence, Found>,
+    /// Divergences set aside at once in the same interval (a blind window
+    /// already reached their base), reported together at its close: a
+    /// flood sets aside thousands, one log line per kind says so.
+    #[serde(default)]
+    pending_set_aside: BTreeMap<Divergence, Found>,
     /// Divergences that records lost, or a stretch the agent did not run,
     /// may explain: not the kernel's doing as far as anyone can tell.
     #[serde(default)]
@@ -234,6 +239,7 @@ impl Model {
             other_zero_pins: 0,
             divergences: BTreeMap::new(),
             pending_divergences: BTreeMap::new(),
+            pending_set_aside: BTreeMap::new(),
             divergences_set_aside: BTreeMap::new(),
             probes: BTreeMap::new(),
             events_lost: 0,
@@ -341,12 +347,9 @@ impl Model {
     /// losses it shows set it aside too.
     fn diverge(&mut self, kind: Divergence, why: String, from_ns: u64) {
         if self.blind_since(from_ns) {
-            self.set_aside(
-                kind,
-                1,
-                why,
-                "records were lost, or the agent was not running, since the records it rests on",
-            );
+            let f = self.pending_set_aside.entry(kind).or_default();
+            f.count += 1;
+            f.last = why;
             return;
         }
         let f = self.pending_divergences.entry(kind).or_default();
@@ -370,6 +373,14 @@ impl Model {
     /// A counters line closes the interval since the one before: the
     /// divergences found in it count, unless it lost records (`lost`).
     fn close_interval(&mut self, lost: u64) {
+        for (kind, f) in std::mem::take(&mut self.pending_set_aside) {
+            self.set_aside(
+                kind,
+                f.count,
+                f.last,
+                "records were lost, or the agent was not running, since the records they rest on",
+            );
+        }
         for (kind, f) in std::mem::take(&mut self.pending_divergences) {
             if lost > 0 {
                 let because = format!("{lost} events were lost in the same interval");

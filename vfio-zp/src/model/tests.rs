@@ -787,6 +787,48 @@ fn divergences_that_lost_records_explain_are_set_aside() {
     }
 }
 
+/// Divergences set aside at once, as a blind window already reaches their
+/// base, are reported together at their interval's close: one line per
+/// kind, not one per divergence (a flooded ring sets aside thousands).
+#[test]
+fn divergences_set_aside_at_once_share_one_line_per_interval() {
+    let counters = |r: &mut Run, lost: u64| {
+        r.t += 1;
+        r.m.apply(&Line::Counters(crate::stream::Counters {
+            t_ns: r.t,
+            drops: [("type1_pin".to_string(), lost)].into(),
+            ..Default::default()
+        }));
+    };
+    let mut r = Run::new(LEAKY.0, LEAKY.1);
+    counters(&mut r, 0);
+    // Records lost, and reported: then three mappings the model never saw
+    // pinned are unmapped in one interval (their base is the start).
+    counters(&mut r, 3);
+    r.m.take_notes();
+    for dma in [7, 8, 9] {
+        r.unmap(dma, 4, PageClass::Other);
+    }
+    assert!(
+        !r.m.take_notes()
+            .iter()
+            .any(|n| n.text.contains("set aside")),
+        "noted before the interval closed"
+    );
+    counters(&mut r, 3);
+    let v = r.m.verdicts();
+    let notes: Vec<_> = r.m.take_notes().into_iter().map(|n| n.text).collect();
+    assert!(v.divergences.is_empty(), "{:?}", v.divergences);
+    // Each unmap's remove and unpin name the unknown mapping.
+    assert_eq!(v.divergences_set_aside["unknown_mapping"].count, 6);
+    let aside: Vec<_> = notes.iter().filter(|n| n.contains("set aside")).collect();
+    assert_eq!(aside.len(), 1, "{notes:?}");
+    assert!(
+        aside[0].starts_with("6 model divergence(s) unknown_mapping"),
+        "{aside:?}"
+    );
+}
+
 /// The refcount bounds the claim without any loss counted: a leak the
 /// kernel's settled reading cannot hold is uncertain, with both figures,
 /// and a divergence; once a reading bears the count again, it stands.
