@@ -69,6 +69,12 @@ enum Cmd {
         results: PathBuf,
         #[arg(long, default_value_t = 900)]
         timeout: u64,
+        /// vCPUs (the bench's guests have 2: workload and agent apart).
+        #[arg(long, default_value_t = 1)]
+        cpus: u32,
+        /// Guest RAM, as QEMU's -m (a guest running a 1 GiB VM needs 4G).
+        #[arg(long, default_value = "2G")]
+        mem: String,
         /// Shell command run in the guest (host root mounted read-only at /).
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -211,16 +217,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             kernel,
             results,
             timeout,
+            cpus,
+            mem,
             command,
         } => {
             bootstrap::run()?;
             let k = lab::kernels::prepare(&kernel)?;
-            let r = lab::qemu::run(
+            let r = lab::qemu::run_with(
                 &k,
                 &results,
                 &command.join(" "),
                 Duration::from_secs(timeout),
                 true,
+                cpus,
+                &mem,
             )?;
             match r.exit_code {
                 Some(0) => Ok(()),

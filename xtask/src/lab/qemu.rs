@@ -51,7 +51,7 @@ pub fn run_sized(
     run_with(k, results, command, timeout, false, cpus, mem)
 }
 
-fn run_with(
+pub fn run_with(
     k: &Kernel,
     results: &Path,
     command: &str,
