@@ -524,6 +524,7 @@ impl Model {
         if self.behaviour.known(Trait::GupPinsZeroPage)
             && let Some(expect) = self.zero.expected(self.per_pin())
             && expect != value
+            && !self.zero.raced_kcore(value, self.per_pin())
         {
             self.diverge(
                 Divergence::ZeroRefcount,
@@ -558,7 +559,7 @@ impl Model {
 
     /// kcore readings race with events in flight, so they only re-anchor
     /// the ledger, and count as a divergence only when nothing moved since
-    /// the previous one.
+    /// the previous one, twice running.
     fn kcore_reading(&mut self, value: i64, t_ns: u64) {
         // Taken while a pin call holds zero-page pins whose unpins may have
         // run unwritten (folded until its thread writes again), the reading
@@ -567,6 +568,7 @@ impl Model {
         // its call, left such a base, and the next reading diverged). A
         // call that records lost since it began may have ended unseen does
         // not hold the reading back.
+        let suspect = self.zero.kcore_suspect.take();
         if self
             .in_flight
             .values()
@@ -579,6 +581,13 @@ impl Model {
             && let Some(expect) = self.zero.expected(self.per_pin())
             && expect != value
         {
+            // Counted when the next reading, with still no event between,
+            // reads the same (ZeroLedger::kcore_suspect); until then it is
+            // no base either.
+            if suspect != Some(value) {
+                self.zero.kcore_suspect = Some(value);
+                return;
+            }
             self.diverge(
                 Divergence::ZeroRefcount,
                 format!(

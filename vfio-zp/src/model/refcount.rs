@@ -20,8 +20,19 @@ pub struct ZeroLedger {
     pub outstanding: i64,
     /// Last reading and the outstanding count it was taken at.
     pub last: Option<Reading>,
+    /// The last probe reading: the base a probe reading falls back on
+    /// when `last` is a kcore reading that raced with a pin or unpin in
+    /// progress (`raced_kcore`).
+    #[serde(default)]
+    pub last_probe: Option<Reading>,
     /// Whether any event changed `outstanding` since the last kcore reading.
     pub moved_since_kcore: bool,
+    /// A kcore reading that moved with no event since the one before,
+    /// held back until the next one: a pin in progress (its reference
+    /// taken, its record not yet written) reads so too, and its record
+    /// then moves `outstanding`. Another kernel user's references stay.
+    #[serde(default)]
+    pub kcore_suspect: Option<i64>,
     /// The latest reading that races with no event: a probe's (taken in
     /// the pin path), or kcore's with no pin or unpin since the previous
     /// kcore reading. The bound on every claim.
@@ -142,6 +153,9 @@ impl ZeroLedger {
     pub fn pinned(&mut self, n: i64) {
         self.outstanding += n;
         self.moved_since_kcore |= n != 0;
+        if n != 0 {
+            self.kcore_suspect = None;
+        }
     }
 
     /// Compares a reading with the previous one under both hypotheses.
@@ -172,8 +186,26 @@ impl ZeroLedger {
 
     /// The value the model expects now, from the last reading.
     pub fn expected(&self, per_pin: i64) -> Option<i64> {
-        self.last
-            .map(|r| r.value + per_pin * (self.outstanding - r.outstanding))
+        self.last.map(|r| self.expected_from(r, per_pin))
+    }
+
+    fn expected_from(&self, r: Reading, per_pin: i64) -> i64 {
+        r.value + per_pin * (self.outstanding - r.outstanding)
+    }
+
+    /// Whether a probe reading of `value`, which the last reading (kcore's)
+    /// does not explain, is explained by the last probe reading: kcore was
+    /// read while a pin or unpin was in progress, between the refcount's
+    /// move and the record that says so. A GUP pin takes its reference
+    /// before its return writes the record, and an unpin's record, written
+    /// at its entry, goes before the reference is dropped; a counters line
+    /// goes out once the ring is empty, so kcore's value can hold a move
+    /// the model has not applied, or miss one it has.
+    pub fn raced_kcore(&self, value: i64, per_pin: i64) -> bool {
+        self.last.is_some_and(|r| r.source == ReadingSource::Kcore)
+            && self
+                .last_probe
+                .is_some_and(|p| self.expected_from(p, per_pin) == value)
     }
 
     pub fn record(&mut self, value: i64, t_ns: u64, source: ReadingSource) {
@@ -185,6 +217,9 @@ impl ZeroLedger {
         };
         if source == ReadingSource::Probe || !self.moved_since_kcore {
             self.settled = Some(reading);
+        }
+        if source == ReadingSource::Probe {
+            self.last_probe = Some(reading);
         }
         if source == ReadingSource::Kcore {
             self.moved_since_kcore = false;
