@@ -357,7 +357,10 @@ impl Thread {
         let live = self.pin.live.wrapping_neg();
         let f = self.pin.args.deferred & live;
         let at = self.pin.args.deferred_at & live;
+        // Both cleared: the call's return passes `deferred_at` on as the
+        // record's `limit` word.
         self.pin.args.deferred &= !live;
+        self.pin.args.deferred_at &= !live;
         self.pin.args.zero_seen += (f >> CARRIES_PIN_SHIFT) as i64;
         (f as u16, at)
     }
