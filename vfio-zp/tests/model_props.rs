@@ -286,9 +286,6 @@ impl Sim {
         }
     }
 
-    /// Runs steps: the kernel's changes in order, the records written
-    /// unless the ring loses one, then the counters line (with a kcore
-    /// reading) the agent writes at its next tick.
     /// One event of `s`'s thread and container at the current time.
     fn event(&mut self, s: &Step, zero_refcount: Option<Refcount>, what: What) {
         self.lines.push(Line::Event(Event {
@@ -303,6 +300,9 @@ impl Sim {
         }));
     }
 
+    /// Runs steps: the kernel's changes in order, the records written
+    /// unless the ring loses one, then the counters line (with a kcore
+    /// reading) the agent writes at its next tick.
     fn run(&mut self, mut steps: Vec<Step>) {
         if self.lean {
             for s in &mut steps {

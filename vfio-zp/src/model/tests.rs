@@ -165,6 +165,26 @@ impl Run {
         }
     }
 
+    /// A counters line with kcore's reading of the zero page's refcount.
+    fn kcore(&mut self, value: i32) {
+        self.t += 1;
+        self.m.apply(&Line::Counters(crate::stream::Counters {
+            t_ns: self.t,
+            zero_refcount: Some(value),
+            ..Default::default()
+        }));
+    }
+
+    /// A counters line whose drops for `probe` total `total`.
+    fn lost(&mut self, probe: &str, total: u64) {
+        self.t += 1;
+        self.m.apply(&Line::Counters(crate::stream::Counters {
+            t_ns: self.t,
+            drops: [(probe.to_string(), total)].into(),
+            ..Default::default()
+        }));
+    }
+
     /// The verdicts once a counters line with no new losses has closed the
     /// interval: divergences found in events count only then.
     fn verdicts(&mut self) -> verdict::Verdicts {
@@ -729,14 +749,6 @@ fn a_lost_unpin_record_on_a_batched_fixed_kernel_is_no_leak() {
 /// window, is set aside; one in a whole interval still counts.
 #[test]
 fn divergences_that_lost_records_explain_are_set_aside() {
-    let counters = |r: &mut Run, lost: u64| {
-        r.t += 1;
-        r.m.apply(&Line::Counters(crate::stream::Counters {
-            t_ns: r.t,
-            drops: [("gup_unpin_page".to_string(), lost)].into(),
-            ..Default::default()
-        }));
-    };
     // (records lost in the interval of the wrong reading, lost in an
     // earlier one after the base reading, none)
     for case in 0..3 {
@@ -745,12 +757,12 @@ fn divergences_that_lost_records_explain_are_set_aside() {
         r.gup(1, 1 + 1024);
         r.unpin(1, 1 + 1024);
         r.pin(1, 1, PageClass::Zero);
-        counters(&mut r, 0);
+        r.lost("gup_unpin_page", 0);
         // The next call's unpin record is lost (case 1: reported now).
         r.gup(1, 1 + 1024);
         r.pin(1, 1, PageClass::Zero);
         if case == 1 {
-            counters(&mut r, 1);
+            r.lost("gup_unpin_page", 1);
         }
         // The pins seen predict 2049; the kernel reads 1025.
         r.gup(1, 1 + 1024);
@@ -761,7 +773,7 @@ fn divergences_that_lost_records_explain_are_set_aside() {
             "case {case}: counted before its interval closed: {early:?}"
         );
         // Drop counters are totals: case 1's loss was reported already.
-        counters(&mut r, [1, 1, 0][case]);
+        r.lost("gup_unpin_page", [1, 1, 0][case]);
         let v = r.m.verdicts();
         let mut notes: Vec<_> = r.m.take_notes().into_iter().map(|n| n.text).collect();
         notes.extend(early);
@@ -796,22 +808,14 @@ fn divergences_that_lost_records_explain_are_set_aside() {
 /// still counts.
 #[test]
 fn a_kcore_reading_that_raced_a_pin_in_progress_is_no_base() {
-    let kcore = |r: &mut Run, value: i32| {
-        r.t += 1;
-        r.m.apply(&Line::Counters(crate::stream::Counters {
-            t_ns: r.t,
-            zero_refcount: Some(value),
-            ..Default::default()
-        }));
-    };
     for wrong in [false, true] {
         let mut r = Run::new("5.10.0-32-amd64", Some("#1 SMP Debian 5.10.223-1"));
-        kcore(&mut r, 1);
+        r.kcore(1);
         r.gup(1, 1 + 1024);
         r.unpin(1, 1 + 1024);
         r.pin(1, 1, PageClass::Zero);
         // The next call's GUP pin holds its reference, unwritten.
-        kcore(&mut r, 1 + 1024);
+        r.kcore(1 + 1024);
         r.gup(1, if wrong { 1 + 3 * 1024 } else { 1 + 1024 });
         r.unpin(1, if wrong { 1 + 3 * 1024 } else { 1 + 1024 });
         r.pin(1, 1, PageClass::Zero);
@@ -835,31 +839,23 @@ fn a_kcore_reading_that_raced_a_pin_in_progress_is_no_base() {
 /// between, count once.
 #[test]
 fn a_quiet_kcore_reading_counts_when_the_next_one_agrees() {
-    let kcore = |r: &mut Run, value: i32| {
-        r.t += 1;
-        r.m.apply(&Line::Counters(crate::stream::Counters {
-            t_ns: r.t,
-            zero_refcount: Some(value),
-            ..Default::default()
-        }));
-    };
     for foreign in [false, true] {
         let mut r = Run::new("5.10.0-32-amd64", Some("#1 SMP Debian 5.10.223-1"));
-        kcore(&mut r, 1);
+        r.kcore(1);
         r.gup(1, 1 + 1024);
         r.unpin(1, 1 + 1024);
         r.pin(1, 1, PageClass::Zero);
-        kcore(&mut r, 1);
+        r.kcore(1);
         // Nothing written since: a pin in progress, or another user.
-        kcore(&mut r, 1 + 1024);
+        r.kcore(1 + 1024);
         if foreign {
-            kcore(&mut r, 1 + 1024);
-            kcore(&mut r, 1 + 1024);
+            r.kcore(1 + 1024);
+            r.kcore(1 + 1024);
         } else {
             r.gup(1, 1 + 1024);
             r.unpin(1, 1 + 1024);
             r.pin(1, 1, PageClass::Zero);
-            kcore(&mut r, 1);
+            r.kcore(1);
         }
         let v = r.verdicts();
         if foreign {
@@ -884,19 +880,11 @@ fn a_quiet_kcore_reading_counts_when_the_next_one_agrees() {
 /// kind, not one per divergence (a flooded ring sets aside thousands).
 #[test]
 fn divergences_set_aside_at_once_share_one_line_per_interval() {
-    let counters = |r: &mut Run, lost: u64| {
-        r.t += 1;
-        r.m.apply(&Line::Counters(crate::stream::Counters {
-            t_ns: r.t,
-            drops: [("type1_pin".to_string(), lost)].into(),
-            ..Default::default()
-        }));
-    };
     let mut r = Run::new(LEAKY.0, LEAKY.1);
-    counters(&mut r, 0);
+    r.lost("type1_pin", 0);
     // Records lost, and reported: then three mappings the model never saw
     // pinned are unmapped in one interval (their base is the start).
-    counters(&mut r, 3);
+    r.lost("type1_pin", 3);
     r.m.take_notes();
     for dma in [7, 8, 9] {
         r.unmap(dma, 4, PageClass::Other);
@@ -907,7 +895,7 @@ fn divergences_set_aside_at_once_share_one_line_per_interval() {
             .any(|n| n.text.contains("set aside")),
         "noted before the interval closed"
     );
-    counters(&mut r, 3);
+    r.lost("type1_pin", 3);
     let v = r.m.verdicts();
     let notes: Vec<_> = r.m.take_notes().into_iter().map(|n| n.text).collect();
     assert!(v.divergences.is_empty(), "{:?}", v.divergences);
@@ -929,22 +917,14 @@ fn a_leak_the_refcount_cannot_hold_is_uncertain() {
     let mut r = Run::new(LEAKY.0, LEAKY.1);
     leaky_map(&mut r);
     assert_eq!(r.container().leak, Leak::Leaking);
-    let kcore = |r: &mut Run, value: i32| {
-        r.t += 1;
-        r.m.apply(&Line::Counters(crate::stream::Counters {
-            t_ns: r.t,
-            zero_refcount: Some(value),
-            ..Default::default()
-        }));
-    };
     // The first kcore reading may race with the pins before it.
-    kcore(&mut r, 1);
+    r.kcore(1);
     assert_eq!(r.container().leak, Leak::Leaking);
-    kcore(&mut r, 1 + 2 * 1024);
+    r.kcore(1 + 2 * 1024);
     // Held back until the next quiet reading agrees: a pin in progress
     // reads so too.
     assert_eq!(r.container().leak, Leak::Leaking);
-    kcore(&mut r, 1 + 2 * 1024);
+    r.kcore(1 + 2 * 1024);
     let c = r.container();
     assert_eq!((c.leak, c.zero_page_pins_leaked), (Leak::Uncertain, 0));
     assert!(
@@ -959,11 +939,11 @@ fn a_leak_the_refcount_cannot_hold_is_uncertain() {
     );
     assert_eq!(r.verdicts().divergences["refcount_bound"].count, 1);
     // The same reading at the next tick: the same stretch, counted once.
-    kcore(&mut r, 1 + 2 * 1024);
+    r.kcore(1 + 2 * 1024);
     assert_eq!(r.verdicts().divergences["refcount_bound"].count, 1);
     // Bears the count again once two quiet readings agree.
-    kcore(&mut r, 1 + 5 * 1024);
-    kcore(&mut r, 1 + 5 * 1024);
+    r.kcore(1 + 5 * 1024);
+    r.kcore(1 + 5 * 1024);
     let c = r.container();
     assert_eq!((c.leak, c.zero_page_pins_leaked), (Leak::Leaking, 5));
     assert_eq!(r.m.verdicts().host.overclaim, None);
