@@ -42,7 +42,8 @@ pub struct Type1Pin {
     pub npage: u64,
     /// The return: pages pinned, or a negative errno.
     pub pinned: i64,
-    /// The pfn of the first page pinned (never exported).
+    /// The pfn of the first page pinned (never exported); 0 for a pin that
+    /// writes, whose pfn is not read: it is never a zero page.
     pub pfn_base: u64,
     /// Of the pages pinned (a contiguous pfn run), those of the THP huge
     /// zero page: type1 holds them until its unpin of the same pfns.

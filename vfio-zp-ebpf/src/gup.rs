@@ -126,7 +126,7 @@ fn pin_entry(ctx: &ProbeContext, probe: ProbeId, first: usize) {
     hit(probe);
     // The unpins the thread's pin call holds back stay held: the return's
     // record carries them, before its refcount reading (take_folded).
-    let t = thread();
+    let mut t = thread();
     let in_type1 = t.as_deref().is_some_and(|t| t.pin.live != 0) as u64;
     // (start, nr_pages, gup_flags, pages) start at argument `first`.
     let arg = |n: usize| ctx.arg::<u64>(first + n).unwrap_or(0);
@@ -137,6 +137,15 @@ fn pin_entry(ctx: &ProbeContext, probe: ProbeId, first: usize) {
         pages: arg(3),
         in_type1,
     };
+    // The kernel's own flags, not the MAP request's (which the caller
+    // could change under type1): type1's pin calls need not read their
+    // pfns when the mapping's pins write (IoctlCall::write_pins).
+    if let Some(t) = t.as_deref_mut()
+        && in_type1 != 0
+        && t.ioctl.live != 0
+    {
+        t.ioctl.args.write_pins = (call.gup_flags & FOLL_WRITE as u64 != 0) as u64;
+    }
     stash(t, probe, &call);
 }
 

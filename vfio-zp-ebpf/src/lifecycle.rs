@@ -10,8 +10,8 @@ use vfio_zp_common::{
 };
 
 use crate::{
-    shared::{Record, hit},
-    thread::{emit, thread},
+    shared::{Record, ZeroIds, hit},
+    thread::{emit, thread, thread_or_new},
 };
 
 /// vfio_iommu_type1_open(arg) returns the container (or an ERR_PTR).
@@ -46,16 +46,20 @@ pub fn type1_release(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// vfio_remove_dma(iommu, dma): ties a mapping to its container.
+/// vfio_remove_dma(iommu, dma): ties a mapping to its container. The
+/// removal unpins the mapping's pages: the huge zero page's pfn is read
+/// once for them (`Thread::huge_pfn_for_unpin`).
 #[kprobe]
 pub fn remove_dma(ctx: ProbeContext) -> u32 {
     hit(ProbeId::RemoveDma);
     let c = ctx.arg::<u64>(0).unwrap_or(0);
     let dma = ctx.arg::<u64>(1).unwrap_or(0);
     let remove = RemoveDma { container: c, dma };
-    emit(
-        thread(),
-        Record::new(ProbeId::RemoveDma, 0, &remove).container(c),
-    );
+    let mut t = thread_or_new();
+    if let Some(t) = t.as_deref_mut() {
+        let huge = ZeroIds::load().map_or(!0, |z| z.huge_pfn());
+        t.removal_huge.park(&huge);
+    }
+    emit(t, Record::new(ProbeId::RemoveDma, 0, &remove).container(c));
     0
 }

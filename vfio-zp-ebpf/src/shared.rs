@@ -265,7 +265,7 @@ impl ZeroIds {
 
     /// The huge zero page's pfn (`!0`: none), read now: it comes and goes.
     #[inline(always)]
-    fn huge_pfn(&self) -> u64 {
+    pub fn huge_pfn(&self) -> u64 {
         if self.huge_addr == 0 {
             return !0;
         }
@@ -296,10 +296,17 @@ impl ZeroIds {
     /// the 4 KiB zero page costs that read.
     #[inline(always)]
     pub fn class_of_run(&self, pfn: u64, n: u64) -> (u16, u64) {
+        self.class_of_run_with(pfn, n, || self.huge_pfn())
+    }
+
+    /// `class_of_run` with the huge zero page's pfn from `huge`, called
+    /// only for a run that does not start at the 4 KiB zero page.
+    #[inline(always)]
+    pub fn class_of_run_with(&self, pfn: u64, n: u64, huge: impl FnOnce() -> u64) -> (u16, u64) {
         if pfn == self.zero_pfn {
             return (flag::PFN_ZERO, 0);
         }
-        let huge = self.huge_pfn();
+        let huge = huge();
         if huge == !0 {
             return (0, 0);
         }

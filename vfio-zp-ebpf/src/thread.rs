@@ -66,6 +66,11 @@ pub struct IoctlCall {
     pub flags: u64,
     pub vaddr: u64,
     pub iova: u64,
+    /// 1 once a GUP pin inside the ioctl's pin calls asked to write
+    /// (FOLL_WRITE, set by `gup::pin_entry`): a MAP maps one mapping, whose
+    /// protection every pin of it shares, and a write pin never returns a
+    /// zero page, so its pin calls' pfns need not be read.
+    pub write_pins: u64,
 }
 
 /// Calls held back to be written as one record: a Type1Pin or Type1Unpin
@@ -105,6 +110,10 @@ pub struct Thread {
     /// A GUP pin, vfio_lock_acct or put_pfn call inside the ioctl, parked
     /// here while the state is in `SLOTS` (`shared::stash`).
     pub call: Slot<CallSlot>,
+    /// The huge zero page's pfn, read as `vfio_remove_dma` began on this
+    /// thread, and live until its next pin call or ioctl: see
+    /// `huge_pfn_for_unpin`.
+    pub removal_huge: Slot<u64>,
     /// In `SLOTS`: the pid_tgid of the thread the slot is lent to (0: free).
     pub owner: u64,
 }
@@ -274,6 +283,30 @@ impl Thread {
     pub fn park_pin(&mut self, args: &PinCall) {
         self.end_missed_pin();
         self.pin.park(args);
+        self.removal_huge.live = 0;
+    }
+
+    /// Whether the pin calls of the ioctl this thread is inside pin to
+    /// write (`IoctlCall::write_pins`): none of their pages is a zero page.
+    #[inline(always)]
+    pub fn pins_write(&self) -> bool {
+        self.ioctl.live != 0 && self.ioctl.args.write_pins != 0
+    }
+
+    /// The huge zero page's pfn, to class pages this thread unpins: inside
+    /// a `vfio_remove_dma`, the one read as it began, else read now. Type1
+    /// unpins a VM's RAM a few pages a call, and the pages a removal unpins
+    /// were pinned before it began: if the huge zero page was among them it
+    /// was at that pfn then, and a huge zero page allocated since holds none
+    /// of them. (Read at each call instead, a huge zero page the shrinker
+    /// dropped during the removal would class its own pages as other.)
+    #[inline(always)]
+    pub fn huge_pfn_for_unpin(&self, z: &ZeroIds) -> u64 {
+        if self.removal_huge.live != 0 {
+            self.removal_huge.args
+        } else {
+            z.huge_pfn()
+        }
     }
 
     /// Ends a pin call whose return was missed, if one is open: writes the

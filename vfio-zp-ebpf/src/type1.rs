@@ -82,7 +82,10 @@ pub fn type1_pin_ret(ctx: RetProbeContext) -> u32 {
         t.emit(folded_unpins(folded).carry_pin(carries_pin, at));
         (charged, 0, 0)
     };
-    let pfn_base = if ret > 0 {
+    // A write pin's pages are no zero page: its pfn and the huge zero
+    // page's are not read (on 6.12 a VM's RAM is a pin call per few pages).
+    let read = ret > 0 && !t.pins_write();
+    let pfn_base = if read {
         unsafe { bpf_probe_read_kernel(call.pfn_base_at as *const u64) }.unwrap_or(0)
     } else {
         0
@@ -90,7 +93,7 @@ pub fn type1_pin_ret(ctx: RetProbeContext) -> u32 {
     let (z, unknown) = ZeroIds::load_flagged();
     let (flags, huge_zero_pages) = if unknown != 0 {
         (unknown, 0)
-    } else if ret > 0 {
+    } else if read {
         z.class_of_run(pfn_base, ret as u64)
     } else {
         (0, 0)
@@ -174,7 +177,7 @@ pub fn type1_unpin_ret(ctx: RetProbeContext) -> u32 {
     let (flags, huge_zero_pages) = if unknown != 0 {
         (unknown, 0)
     } else {
-        z.class_of_run(call.pfn, call.npage)
+        z.class_of_run_with(call.pfn, call.npage, || t.huge_pfn_for_unpin(&z))
     };
     let unpin = Type1Unpin {
         unlocked: ret,
@@ -222,7 +225,12 @@ pub fn put_pfn_ret(ctx: RetProbeContext) -> u32 {
         return 0;
     };
     let Some(z) = ZeroIds::load() else { return 0 };
-    let (f, _) = z.class_of_run(call.pfn, 1);
+    // Inside an UNMAP's removal the slot holds the huge zero page's pfn;
+    // elsewhere (a container's release) it is read, not looked up.
+    let (f, _) = z.class_of_run_with(call.pfn, 1, || match t.as_deref() {
+        Some(t) => t.huge_pfn_for_unpin(&z),
+        None => z.huge_pfn(),
+    });
     if f != 0 {
         // The look-ahead's zero-page unpin (5.10) ran just before: carried.
         if t.is_none() {
@@ -337,6 +345,7 @@ pub fn type1_ioctl(ctx: ProbeContext) -> u32 {
         flags: 0,
         vaddr: 0,
         iova: 0,
+        write_pins: 0,
     };
     // MAP's request is read now; UNMAP's reply at the return.
     if cmd == VFIO_IOMMU_MAP_DMA
@@ -351,6 +360,7 @@ pub fn type1_ioctl(ctx: ProbeContext) -> u32 {
     if let Some(t) = thread_for_ioctl() {
         t.flush_run();
         t.ioctl.park(&call);
+        t.removal_huge.live = 0;
     }
     0
 }
