@@ -11,7 +11,8 @@ use vfio_zp_common::{
 
 use crate::{
     shared::{Record, ZeroIds, hit},
-    thread::{emit, thread, thread_or_new},
+    thread::{Removal, emit, thread},
+    type1::VFIO_IOMMU_UNMAP_DMA,
 };
 
 /// vfio_iommu_type1_open(arg) returns the container (or an ERR_PTR).
@@ -46,19 +47,22 @@ pub fn type1_release(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// vfio_remove_dma(iommu, dma): ties a mapping to its container. The
-/// removal unpins the mapping's pages: the huge zero page's pfn is read
-/// once for them (`Thread::huge_pfn_for_unpin`).
+/// vfio_remove_dma(iommu, dma): ties a mapping to its container. Inside
+/// an UNMAP the removal's unpins class their pages against the huge zero
+/// page's pfn read here, once (`Thread::huge_pfn_for_unpin`).
 #[kprobe]
 pub fn remove_dma(ctx: ProbeContext) -> u32 {
     hit(ProbeId::RemoveDma);
     let c = ctx.arg::<u64>(0).unwrap_or(0);
     let dma = ctx.arg::<u64>(1).unwrap_or(0);
     let remove = RemoveDma { container: c, dma };
-    let mut t = thread_or_new();
-    if let Some(t) = t.as_deref_mut() {
-        let huge = ZeroIds::load().map_or(!0, |z| z.huge_pfn());
-        t.removal_huge.park(&huge);
+    let mut t = thread();
+    if let Some(t) = t.as_deref_mut()
+        && t.ioctl.live != 0
+        && t.ioctl.args.cmd == VFIO_IOMMU_UNMAP_DMA
+    {
+        let huge_pfn = ZeroIds::load().map_or(!0, |z| z.huge_pfn());
+        t.removal.park(&Removal { dma, huge_pfn });
     }
     emit(t, Record::new(ProbeId::RemoveDma, 0, &remove).container(c));
     0

@@ -73,6 +73,14 @@ pub struct IoctlCall {
     pub write_pins: u64,
 }
 
+/// A `vfio_remove_dma` inside an UNMAP ioctl.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct Removal {
+    pub dma: u64,
+    pub huge_pfn: u64,
+}
+
 /// Calls held back to be written as one record: a Type1Pin or Type1Unpin
 /// record of one page class whose payload sums the run (`held` 0: none), and the
 /// amounts its counters add when it is written (`Counts`): a folded call
@@ -110,10 +118,10 @@ pub struct Thread {
     /// A GUP pin, vfio_lock_acct or put_pfn call inside the ioctl, parked
     /// here while the state is in `SLOTS` (`shared::stash`).
     pub call: Slot<CallSlot>,
-    /// The huge zero page's pfn, read as `vfio_remove_dma` began on this
-    /// thread, and live until its next pin call or ioctl: see
+    /// The mapping an UNMAP on this thread is removing, and the huge zero
+    /// page's pfn read as its `vfio_remove_dma` began: see
     /// `huge_pfn_for_unpin`.
-    pub removal_huge: Slot<u64>,
+    pub removal: Slot<Removal>,
     /// In `SLOTS`: the pid_tgid of the thread the slot is lent to (0: free).
     pub owner: u64,
 }
@@ -283,7 +291,6 @@ impl Thread {
     pub fn park_pin(&mut self, args: &PinCall) {
         self.end_missed_pin();
         self.pin.park(args);
-        self.removal_huge.live = 0;
     }
 
     /// Whether the pin calls of the ioctl this thread is inside pin to
@@ -293,17 +300,19 @@ impl Thread {
         self.ioctl.live != 0 && self.ioctl.args.write_pins != 0
     }
 
-    /// The huge zero page's pfn, to class pages this thread unpins: inside
-    /// a `vfio_remove_dma`, the one read as it began, else read now. Type1
-    /// unpins a VM's RAM a few pages a call, and the pages a removal unpins
-    /// were pinned before it began: if the huge zero page was among them it
-    /// was at that pfn then, and a huge zero page allocated since holds none
-    /// of them. (Read at each call instead, a huge zero page the shrinker
-    /// dropped during the removal would class its own pages as other.)
+    /// The huge zero page's pfn, to class pages of mapping `dma` that this
+    /// thread unpins: while an UNMAP on it removes that mapping, the one
+    /// read as the removal began, else read now. Type1 unpins a mapping a
+    /// few pages a call, and the pages a removal unpins were pinned before
+    /// it began: if the huge zero page was among them it was at that pfn
+    /// then, and one allocated since holds none of them. Outside an UNMAP
+    /// (a container's release, a group's detach) it is read as ever: no
+    /// probe marks where those removals end, and a later mapping may reuse
+    /// the address.
     #[inline(always)]
-    pub fn huge_pfn_for_unpin(&self, z: &ZeroIds) -> u64 {
-        if self.removal_huge.live != 0 {
-            self.removal_huge.args
+    pub fn huge_pfn_for_unpin(&self, dma: u64, z: &ZeroIds) -> u64 {
+        if self.ioctl.live != 0 && self.removal.live != 0 && self.removal.args.dma == dma {
+            self.removal.args.huge_pfn
         } else {
             z.huge_pfn()
         }

@@ -177,7 +177,7 @@ pub fn type1_unpin_ret(ctx: RetProbeContext) -> u32 {
     let (flags, huge_zero_pages) = if unknown != 0 {
         (unknown, 0)
     } else {
-        z.class_of_run_with(call.pfn, call.npage, || t.huge_pfn_for_unpin(&z))
+        z.class_of_run_with(call.pfn, call.npage, || t.huge_pfn_for_unpin(call.dma, &z))
     };
     let unpin = Type1Unpin {
         unlocked: ret,
@@ -225,11 +225,11 @@ pub fn put_pfn_ret(ctx: RetProbeContext) -> u32 {
         return 0;
     };
     let Some(z) = ZeroIds::load() else { return 0 };
-    // Inside an UNMAP's removal the slot holds the huge zero page's pfn;
-    // elsewhere (a container's release) it is read, not looked up.
+    // Inside an UNMAP's removal, in type1's unpin of the mapping, the slot
+    // holds the huge zero page's pfn; elsewhere it is read.
     let (f, _) = z.class_of_run_with(call.pfn, 1, || match t.as_deref() {
-        Some(t) => t.huge_pfn_for_unpin(&z),
-        None => z.huge_pfn(),
+        Some(t) if t.unpin.live != 0 => t.huge_pfn_for_unpin(t.unpin.args.dma, &z),
+        _ => z.huge_pfn(),
     });
     if f != 0 {
         // The look-ahead's zero-page unpin (5.10) ran just before: carried.
@@ -305,7 +305,7 @@ pub fn lock_acct_ret(ctx: RetProbeContext) -> u32 {
 }
 
 const VFIO_IOMMU_MAP_DMA: u64 = 0x3b71;
-const VFIO_IOMMU_UNMAP_DMA: u64 = 0x3b72;
+pub const VFIO_IOMMU_UNMAP_DMA: u64 = 0x3b72;
 
 /// struct vfio_iommu_type1_dma_map (uapi): argsz, flags, vaddr, iova, size.
 #[repr(C)]
@@ -360,7 +360,7 @@ pub fn type1_ioctl(ctx: ProbeContext) -> u32 {
     if let Some(t) = thread_for_ioctl() {
         t.flush_run();
         t.ioctl.park(&call);
-        t.removal_huge.live = 0;
+        t.removal.live = 0;
     }
     0
 }
@@ -374,6 +374,7 @@ pub fn type1_ioctl_ret(ctx: RetProbeContext) -> u32 {
         return 0;
     };
     t.ioctl.live = 0;
+    t.removal.live = 0;
     // A pin call still open here is over, its return missed: its held-back
     // unpins go before the ioctl's record, which tells the model that the
     // thread's pin call ended (model `end_calls`).
