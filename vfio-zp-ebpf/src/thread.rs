@@ -71,13 +71,11 @@ pub struct IoctlCall {
     /// protection every pin of it shares, and a write pin never returns a
     /// zero page, so its pin calls' pfns need not be read.
     pub write_pins: u64,
-}
-
-/// A `vfio_remove_dma` inside an UNMAP ioctl.
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-pub struct Removal {
-    pub dma: u64,
+    /// In an UNMAP, the mapping its `vfio_remove_dma` is removing (0: none)
+    /// and the huge zero page's pfn read as the removal began: see
+    /// `Thread::huge_pfn_for_unpin`. Parked fresh at each ioctl's entry, so
+    /// both die with the ioctl.
+    pub removing: u64,
     pub huge_pfn: u64,
 }
 
@@ -118,10 +116,6 @@ pub struct Thread {
     /// A GUP pin, vfio_lock_acct or put_pfn call inside the ioctl, parked
     /// here while the state is in `SLOTS` (`shared::stash`).
     pub call: Slot<CallSlot>,
-    /// The mapping an UNMAP on this thread is removing, and the huge zero
-    /// page's pfn read as its `vfio_remove_dma` began: see
-    /// `huge_pfn_for_unpin`.
-    pub removal: Slot<Removal>,
     /// In `SLOTS`: the pid_tgid of the thread the slot is lent to (0: free).
     pub owner: u64,
 }
@@ -311,8 +305,8 @@ impl Thread {
     /// the address.
     #[inline(always)]
     pub fn huge_pfn_for_unpin(&self, dma: u64, z: &ZeroIds) -> u64 {
-        if self.ioctl.live != 0 && self.removal.live != 0 && self.removal.args.dma == dma {
-            self.removal.args.huge_pfn
+        if self.ioctl.live != 0 && dma != 0 && self.ioctl.args.removing == dma {
+            self.ioctl.args.huge_pfn
         } else {
             z.huge_pfn()
         }
