@@ -211,13 +211,31 @@ pub fn thread_for_ioctl() -> Option<&'static mut Thread> {
     // Lent to this thread: its state moves in (or starts blank).
     if let Some(h) = THREADS.get_ptr_mut(id) {
         // SAFETY: this thread's own entry.
-        *s = unsafe { *h };
+        copy_thread(s, unsafe { &*h });
         let _ = THREADS.remove(id);
     } else if let Some(b) = BLANK.get(0) {
-        *s = *b;
+        copy_thread(s, b);
     }
     s.owner = id;
     Some(s)
+}
+
+/// Copies a whole state word by word, each load beside its store. Built
+/// with memory intrinsics expanded inline (vfio-zp-ebpf/build.rs), a plain
+/// assignment of this 400-odd-byte value loads it all before it stores
+/// any, past the 512-byte stack.
+#[inline(always)]
+fn copy_thread(dst: &mut Thread, src: &Thread) {
+    const WORDS: usize = core::mem::size_of::<Thread>() / 8;
+    const _: () = assert!(core::mem::size_of::<Thread>().is_multiple_of(8));
+    let d = (dst as *mut Thread).cast::<u64>();
+    let s = (src as *const Thread).cast::<u64>();
+    for i in 0..WORDS {
+        // SAFETY: both are whole, 8-aligned `Thread`s (repr(C) of u64
+        // fields); volatile keeps LLVM from merging the words back into
+        // one memcpy.
+        unsafe { d.add(i).write_volatile(s.add(i).read_volatile()) };
+    }
 }
 
 /// Gives this thread's slot back at its ioctl's return, when nothing in
