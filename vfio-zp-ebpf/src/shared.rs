@@ -496,6 +496,12 @@ pub fn write(r: &Record) {
     // a memset. The helper fills all 16 bytes, zero-padded, or zeroes
     // them when it fails.
     let e = entry.as_mut_ptr();
+    // Reserved ring memory is not cleared: the fields written below must
+    // cover every byte, or the agent would read old kernel bytes.
+    const _: () = assert!(
+        core::mem::size_of::<Event>()
+            == 3 * 8 + 2 * 4 + COMM_LEN + 2 * 2 + 4 + core::mem::size_of::<Words>() + 2 * 8
+    );
     // SAFETY: `e` is the reserved, 8-aligned record, written whole below
     // before it is submitted.
     unsafe {
