@@ -11,7 +11,7 @@ use vfio_zp_common::{
 
 use crate::{
     shared::{Record, ZeroIds, hit},
-    thread::{emit, thread},
+    thread::{Removal, emit, thread},
     type1::VFIO_IOMMU_UNMAP_DMA,
 };
 
@@ -61,8 +61,8 @@ pub fn remove_dma(ctx: ProbeContext) -> u32 {
         && t.ioctl.live != 0
         && t.ioctl.args.cmd == VFIO_IOMMU_UNMAP_DMA
     {
-        t.ioctl.args.huge_pfn = ZeroIds::load().map_or(!0, |z| z.huge_pfn());
-        t.ioctl.args.removing = dma;
+        let huge_pfn = ZeroIds::load().map_or(!0, |z| z.huge_pfn());
+        t.removal.park(&Removal { dma, huge_pfn });
     }
     emit(t, Record::new(ProbeId::RemoveDma, 0, &remove).container(c));
     0

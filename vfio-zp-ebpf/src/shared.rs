@@ -3,16 +3,15 @@ use crate::thread::Thread;
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_ktime_get_ns, bpf_probe_read_kernel, generated as raw,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
-use core::ptr::addr_of_mut;
 use vfio_zp_common::{
-    CAP_IPC_LOCK, COMM_LEN, CounterBlock, Event, HUGE_ZERO_PAGES, ProbeId, RLIMIT_MEMLOCK,
-    ZeroPageConfig, counter, flag,
+    CAP_IPC_LOCK, CounterBlock, Event, HUGE_ZERO_PAGES, ProbeId, RLIMIT_MEMLOCK, ZeroPageConfig,
+    counter, flag,
     payload::{Payload, Words},
 };
 
@@ -491,33 +490,20 @@ pub fn write(r: &Record) {
     };
     let (flags, zero_refcount) = with_refcount(r.flags, r.refcount);
     let pid_tgid = bpf_get_current_pid_tgid();
-    // Field by field into the reserved record: an `Event` built on the
-    // stack and copied in cost a 120-byte copy, and its zeroed `comm`
-    // a memset. The helper fills all 16 bytes, zero-padded, or zeroes
-    // them when it fails.
-    let e = entry.as_mut_ptr();
-    // Reserved ring memory is not cleared: the fields written below must
-    // cover every byte, or the agent would read old kernel bytes.
-    const _: () = assert!(
-        core::mem::size_of::<Event>()
-            == 3 * 8 + 2 * 4 + COMM_LEN + 2 * 2 + 4 + core::mem::size_of::<Words>() + 2 * 8
-    );
-    // SAFETY: `e` is the reserved, 8-aligned record, written whole below
-    // before it is submitted.
-    unsafe {
-        raw::bpf_get_current_comm(addr_of_mut!((*e).comm).cast(), COMM_LEN as u32);
-        addr_of_mut!((*e).ts_ns).write(bpf_ktime_get_ns());
-        addr_of_mut!((*e).cgroup_id).write(bpf_get_current_cgroup_id());
-        addr_of_mut!((*e).container).write(r.container);
-        addr_of_mut!((*e).tgid).write((pid_tgid >> 32) as u32);
-        addr_of_mut!((*e).pid).write(pid_tgid as u32);
-        addr_of_mut!((*e).probe).write(r.probe);
-        addr_of_mut!((*e).flags).write(flags);
-        addr_of_mut!((*e).zero_refcount).write(zero_refcount);
-        addr_of_mut!((*e).payload).write(r.payload);
-        addr_of_mut!((*e).limit).write(r.limit);
-        addr_of_mut!((*e).carried).write(r.carried);
-    }
+    entry.write(Event {
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        container: r.container,
+        tgid: (pid_tgid >> 32) as u32,
+        pid: pid_tgid as u32,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        probe: r.probe,
+        flags,
+        zero_refcount,
+        payload: r.payload,
+        limit: r.limit,
+        carried: r.carried,
+    });
     entry.submit(wake_flags());
 }
 

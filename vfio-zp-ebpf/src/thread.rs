@@ -71,11 +71,13 @@ pub struct IoctlCall {
     /// protection every pin of it shares, and a write pin never returns a
     /// zero page, so its pin calls' pfns need not be read.
     pub write_pins: u64,
-    /// In an UNMAP, the mapping its `vfio_remove_dma` is removing (0: none)
-    /// and the huge zero page's pfn read as the removal began: see
-    /// `Thread::huge_pfn_for_unpin`. Parked fresh at each ioctl's entry, so
-    /// both die with the ioctl.
-    pub removing: u64,
+}
+
+/// A `vfio_remove_dma` inside an UNMAP ioctl.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct Removal {
+    pub dma: u64,
     pub huge_pfn: u64,
 }
 
@@ -116,6 +118,10 @@ pub struct Thread {
     /// A GUP pin, vfio_lock_acct or put_pfn call inside the ioctl, parked
     /// here while the state is in `SLOTS` (`shared::stash`).
     pub call: Slot<CallSlot>,
+    /// The mapping an UNMAP on this thread is removing, and the huge zero
+    /// page's pfn read as its `vfio_remove_dma` began: see
+    /// `huge_pfn_for_unpin`.
+    pub removal: Slot<Removal>,
     /// In `SLOTS`: the pid_tgid of the thread the slot is lent to (0: free).
     pub owner: u64,
 }
@@ -211,31 +217,13 @@ pub fn thread_for_ioctl() -> Option<&'static mut Thread> {
     // Lent to this thread: its state moves in (or starts blank).
     if let Some(h) = THREADS.get_ptr_mut(id) {
         // SAFETY: this thread's own entry.
-        copy_thread(s, unsafe { &*h });
+        *s = unsafe { *h };
         let _ = THREADS.remove(id);
     } else if let Some(b) = BLANK.get(0) {
-        copy_thread(s, b);
+        *s = *b;
     }
     s.owner = id;
     Some(s)
-}
-
-/// Copies a whole state word by word, each load beside its store. Built
-/// with memory intrinsics expanded inline (vfio-zp-ebpf/build.rs), a plain
-/// assignment of this 400-odd-byte value loads it all before it stores
-/// any, past the 512-byte stack.
-#[inline(always)]
-fn copy_thread(dst: &mut Thread, src: &Thread) {
-    const WORDS: usize = core::mem::size_of::<Thread>() / 8;
-    const _: () = assert!(core::mem::size_of::<Thread>().is_multiple_of(8));
-    let d = (dst as *mut Thread).cast::<u64>();
-    let s = (src as *const Thread).cast::<u64>();
-    for i in 0..WORDS {
-        // SAFETY: both are whole, 8-aligned `Thread`s (repr(C) of u64
-        // fields); volatile keeps LLVM from merging the words back into
-        // one memcpy.
-        unsafe { d.add(i).write_volatile(s.add(i).read_volatile()) };
-    }
 }
 
 /// Gives this thread's slot back at its ioctl's return, when nothing in
@@ -323,8 +311,8 @@ impl Thread {
     /// the address.
     #[inline(always)]
     pub fn huge_pfn_for_unpin(&self, dma: u64, z: &ZeroIds) -> u64 {
-        if self.ioctl.live != 0 && dma != 0 && self.ioctl.args.removing == dma {
-            self.ioctl.args.huge_pfn
+        if self.ioctl.live != 0 && self.removal.live != 0 && self.removal.args.dma == dma {
+            self.removal.args.huge_pfn
         } else {
             z.huge_pfn()
         }

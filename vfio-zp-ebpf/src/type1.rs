@@ -225,8 +225,8 @@ pub fn put_pfn_ret(ctx: RetProbeContext) -> u32 {
         return 0;
     };
     let Some(z) = ZeroIds::load() else { return 0 };
-    // Inside an UNMAP's removal, in type1's unpin of the mapping, the
-    // ioctl's state holds the huge zero page's pfn; elsewhere it is read.
+    // Inside an UNMAP's removal, in type1's unpin of the mapping, the slot
+    // holds the huge zero page's pfn; elsewhere it is read.
     let (f, _) = z.class_of_run_with(call.pfn, 1, || match t.as_deref() {
         Some(t) if t.unpin.live != 0 => t.huge_pfn_for_unpin(t.unpin.args.dma, &z),
         _ => z.huge_pfn(),
@@ -346,8 +346,6 @@ pub fn type1_ioctl(ctx: ProbeContext) -> u32 {
         vaddr: 0,
         iova: 0,
         write_pins: 0,
-        removing: 0,
-        huge_pfn: 0,
     };
     // MAP's request is read now; UNMAP's reply at the return.
     if cmd == VFIO_IOMMU_MAP_DMA
@@ -362,6 +360,7 @@ pub fn type1_ioctl(ctx: ProbeContext) -> u32 {
     if let Some(t) = thread_for_ioctl() {
         t.flush_run();
         t.ioctl.park(&call);
+        t.removal.live = 0;
     }
     0
 }
@@ -375,6 +374,7 @@ pub fn type1_ioctl_ret(ctx: RetProbeContext) -> u32 {
         return 0;
     };
     t.ioctl.live = 0;
+    t.removal.live = 0;
     // A pin call still open here is over, its return missed: its held-back
     // unpins go before the ioctl's record, which tells the model that the
     // thread's pin call ended (model `end_calls`).
